@@ -1,0 +1,69 @@
+"""amasim: adaptive data mixing for multi-task training (AutoMixAlign and friends).
+
+The public API, in one place::
+
+    from amasim import mixers                  # uniform, stratified, group_dro, ama_r, ama_s, ...
+    from amasim import run, RunResult          # the training loop and its result record
+    from amasim import Oracle, Batch, check_oracle
+    from amasim import make_problem, SimulatedOracle, minimax_optimum
+
+Example (runs in about a second):
+
+>>> import amasim
+>>> problem = amasim.make_problem("quadratic", sizes=(200, 20, 20), dim=4)
+>>> oracle = amasim.SimulatedOracle(problem)
+>>> result = amasim.run(amasim.mixers.ama_s(0.5, 0.1), oracle, steps=500, learning_rate=0.1)
+>>> result.weights.shape[-1]
+3
+
+``import amasim`` loads numpy only; scipy and cvxpy are imported when a problem is
+built or an optimum solved.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from amasim import mixers, scores
+from amasim.oracle import Batch, Oracle, OracleError, check_oracle
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run": "amasim.train",
+    "RunResult": "amasim.train",
+    "SCHEDULES": "amasim.train",
+    "make_problem": "amasim.problems",
+    "ConvexProblem": "amasim.problems",
+    "PROBLEMS": "amasim.problems",
+    "SimulatedOracle": "amasim.simulator",
+    "minimax_optimum": "amasim.optimum",
+    "Optimum": "amasim.optimum",
+}
+
+__all__ = [
+    "mixers",
+    "scores",
+    "Batch",
+    "Oracle",
+    "OracleError",
+    "check_oracle",
+    *_LAZY,
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from amasim.optimum import Optimum, minimax_optimum
+    from amasim.problems import PROBLEMS, ConvexProblem, make_problem
+    from amasim.simulator import SimulatedOracle
+    from amasim.train import SCHEDULES, RunResult, run
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'amasim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,344 @@
+"""Mixers: how per-task scores move the task weights α on the simplex (optax style).
+
+A mixer is a :class:`Mixer` of pure functions over a small ``NamedTuple`` state::
+
+    state = mixer.init(num_tasks, seed=0)             # seed=[0, 1, ...] -> batched state
+    alpha = mixer.weights(state)                      # weights for the next batch
+    alpha, state = mixer.update(state, scores, counts=None)
+
+``scores`` has shape ``(..., k)``: the mean score of each task over the examples just
+seen.  ``counts`` (same shape, integers) says how many examples of each task the batch
+held; ``None`` means full information (every task observed).  Every array may carry
+leading replicate axes: R runs update in one array computation.
+
+Besides the pure functions a mixer carries two defaults a training loop reads:
+``score`` (``"loss"``, ``"excess"`` or ``"clipped"``, see :mod:`amasim.scores`) and
+``apply`` (``"reweight"``: every task in every batch, loss weighted by α; or
+``"resample"``: the batch is drawn from α).  The named methods are compositions:
+
+==============  ==========  ====================================  ==========
+factory         score       weights                               apply
+==============  ==========  ====================================  ==========
+``uniform``     loss        ∝ dataset sizes (static)               resample
+``stratified``  loss        1/k (static)                           resample
+``group_dro``   loss        exponentiated gradient (Sagawa Alg. 1) reweight
+``ama_r``       clipped     exponentiated gradient                 reweight
+``ama_s``       clipped     EXP3: importance-weighted EG, smoothed resample
+==============  ==========  ====================================  ==========
+
+Log weights are renormalised every step, so they stay in [−1e300, 0] and never overflow,
+whatever the number of updates.
+
+>>> import numpy as np
+>>> mixer = ama_s(step_size=0.5, smoothing=0.1)
+>>> state = mixer.init(3, seed=0)
+>>> alpha, state = mixer.update(state, np.array([1.0, 0.0, 0.0]), counts=np.array([4, 2, 2]))
+>>> bool(alpha[0] > alpha[1]), bool(abs(alpha.sum() - 1) < 1e-12)
+(True, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from amasim.scores import check_score
+
+__all__ = [
+    "Mixer",
+    "StaticState",
+    "EGState",
+    "AveragedState",
+    "uniform",
+    "stratified",
+    "group_dro",
+    "ama_r",
+    "ama_s",
+    "exponentiated_gradient",
+    "averaged",
+    "eg_step",
+    "smooth",
+    "importance_weighted",
+    "check_scores",
+]
+
+APPLY_MODES = ("reweight", "resample")
+_LOG_FLOOR = -1e300  # far below any reachable value; keeps sums of logs finite
+
+
+class Mixer(NamedTuple):
+    """A mixing method: pure ``init``/``update``/``weights`` plus loop defaults."""
+
+    init: Callable[..., Any]
+    update: Callable[..., tuple[np.ndarray, Any]]
+    weights: Callable[[Any], np.ndarray]
+    score: str
+    apply: str
+    name: str
+
+
+class StaticState(NamedTuple):
+    """Fixed weights, shape ``(..., k)``."""
+
+    weights: np.ndarray
+
+
+class EGState(NamedTuple):
+    """An exponentiated-gradient player: normalised log weights and the weights played.
+
+    ``weights`` is ``smooth(softmax(log_weights))``, kept so the hot path (importance
+    weighting, the next batch) does not recompute it.  Shapes ``(..., k)``.
+    """
+
+    log_weights: np.ndarray
+    weights: np.ndarray
+
+
+class AveragedState(NamedTuple):
+    """Inner state plus the running sum of the weights it returned."""
+
+    inner: Any
+    weight_sum: np.ndarray
+    num_updates: int
+
+
+# --------------------------------------------------------------------------- checks
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a finite number > 0")
+    return float(value)
+
+
+def _batch_shape(num_tasks: int, seed: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)):
+        raise TypeError(f"num_tasks must be an int, got {type(num_tasks).__name__}")
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks={num_tasks} must be >= 1 (one weight per task)")
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return ()
+    seeds = list(seed)
+    if not seeds:
+        raise ValueError("seed=[] is empty: pass an int, or one int per replicate")
+    return (len(seeds),)
+
+
+def check_scores(scores: Any, num_tasks: int, name: str = "scores") -> np.ndarray:
+    """``scores`` as a float array of shape ``(..., num_tasks)`` with finite entries."""
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim == 0 or arr.shape[-1] != num_tasks:
+        raise ValueError(
+            f"{name} has shape {arr.shape}: expected (..., {num_tasks}), one entry per task"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(
+            f"{name} contains NaN or infinite values: {arr.tolist()!r:.200}; pass 0 for a "
+            "task with no example in the batch and say so through counts"
+        )
+    return arr
+
+
+def _check_counts(counts: Any, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(counts)
+    if arr.shape != shape:
+        raise ValueError(f"counts has shape {arr.shape}: expected {shape}, the shape of scores")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind != "f" or not np.array_equal(arr, np.round(arr)):
+            raise TypeError("counts must be whole numbers of examples per task")
+    if arr.min() < 0:
+        raise ValueError("counts must be >= 0: the number of examples of each task in the batch")
+    return arr
+
+
+# ----------------------------------------------------------------- building blocks
+def eg_step(
+    log_weights: np.ndarray, gains: np.ndarray, step_size: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exponentiated-gradient ascent in log space: log α ← log α + η·g, renormalised.
+
+    Returns the new normalised log weights and their softmax.  Overflow-safe: if η·g
+    reaches the float64 limit the increment is clipped to ±1e300 and the log weights to
+    ≥ −1e300, so finite gains always give finite weights on the simplex.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = log_weights + step_size * gains
+        z -= z.max(axis=-1, keepdims=True)
+        if not np.isfinite(z).all():  # reachable only with |η·g| near 1e308
+            increment = np.clip(np.nan_to_num(step_size * gains), _LOG_FLOOR, -_LOG_FLOOR)
+            z = log_weights + increment
+            z = np.maximum(z - z.max(axis=-1, keepdims=True), _LOG_FLOOR)
+    e = np.exp(z)
+    total = e.sum(axis=-1, keepdims=True)
+    return z - np.log(total), e / total
+
+
+def smooth(weights: np.ndarray, smoothing: float) -> np.ndarray:
+    """Mix with the uniform distribution: (1 − c)·α + c/k (every entry ≥ c/k)."""
+    return (1.0 - smoothing) * weights + smoothing / weights.shape[-1]
+
+
+def importance_weighted(scores: np.ndarray, counts: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Unbiased full-information estimate from a batch drawn from ``probs``: n_i/(B·p_i)·s_i.
+
+    With counts ~ Multinomial(B, p), E[n_i/(B p_i) ê_i] = E_i (notes §4); B = 1 is EXP3's
+    x/p for the drawn arm.
+    """
+    total = counts.sum(axis=-1, keepdims=True)
+    return counts / (np.maximum(total, 1) * probs) * scores
+
+
+# ------------------------------------------------------------------------ mixers
+def _static(weights_for: Callable[[int], np.ndarray], score: str, apply: str, name: str) -> Mixer:
+    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> StaticState:
+        shape = _batch_shape(num_tasks, seed)
+        return StaticState(np.broadcast_to(weights_for(num_tasks), shape + (num_tasks,)).copy())
+
+    def update(state: StaticState, scores: Any, counts: Any = None):
+        arr = check_scores(scores, state.weights.shape[-1])
+        if counts is not None:
+            _check_counts(counts, arr.shape)
+        return state.weights, state
+
+    return Mixer(init, update, lambda state: state.weights, check_score(score), apply, name)
+
+
+def uniform(sizes: Sequence[int], *, score: str = "loss", apply: str = "resample") -> Mixer:
+    """Examples drawn uniformly from the union of the tasks: α_i ∝ |D_i| (notes §2)."""
+    size_arr = np.asarray(sizes)
+    if size_arr.ndim != 1 or size_arr.size == 0:
+        raise ValueError(f"sizes must be a non-empty 1-D sequence of task sizes, got {sizes!r}")
+    if not np.issubdtype(size_arr.dtype, np.integer):
+        raise TypeError(f"sizes must be integers (examples per task), got {sizes!r}")
+    if np.any(size_arr < 1):
+        raise ValueError(f"sizes={size_arr.tolist()}: every task needs at least one example")
+    _check_apply(apply)
+
+    def weights_for(num_tasks: int) -> np.ndarray:
+        if num_tasks != size_arr.size:
+            raise ValueError(
+                f"uniform(sizes) got {size_arr.size} sizes but num_tasks={num_tasks}: "
+                "pass one size per task"
+            )
+        return size_arr / size_arr.sum()
+
+    return _static(weights_for, score, apply, "uniform")
+
+
+def stratified(*, score: str = "loss", apply: str = "resample") -> Mixer:
+    """Every task equally, whatever its size: α_i = 1/k (task-normalised, notes §2)."""
+    _check_apply(apply)
+    return _static(lambda k: np.full(k, 1.0 / k), score, apply, "stratified")
+
+
+def exponentiated_gradient(
+    step_size: float,
+    *,
+    smoothing: float = 0.0,
+    importance_weighting: bool = False,
+    score: str = "clipped",
+    apply: str = "reweight",
+    name: str = "exponentiated_gradient",
+) -> Mixer:
+    """The EG/EXP3 family every adaptive AMA mixer is an instance of.
+
+    ``update`` feeds the gains g to :func:`eg_step`; the weights are ``smooth(softmax)``.
+    Gains: with ``counts`` and ``importance_weighting``, :func:`importance_weighted`
+    (bandit feedback, EXP3); with ``counts`` otherwise, the scores of observed tasks (an
+    unobserved task keeps its weight relative to the rest); with ``counts=None``, scores.
+    """
+    eta = _positive("step_size", step_size)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float, np.floating)):
+        raise TypeError(f"smoothing must be a real number, got {type(smoothing).__name__}")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing={smoothing!r} must lie in [0, 1]")
+    c = float(smoothing)
+    check_score(score)
+    _check_apply(apply)
+
+    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> EGState:
+        shape = _batch_shape(num_tasks, seed) + (num_tasks,)
+        return EGState(np.full(shape, -np.log(num_tasks)), np.full(shape, 1.0 / num_tasks))
+
+    def update(state: EGState, scores: Any, counts: Any = None):
+        gains = check_scores(scores, state.log_weights.shape[-1])
+        if gains.shape != state.log_weights.shape:
+            raise ValueError(
+                f"scores has shape {gains.shape} but the state holds {state.log_weights.shape}"
+                ": pass one score per task for every replicate"
+            )
+        if counts is not None:
+            n = _check_counts(counts, gains.shape)
+            if importance_weighting:
+                gains = importance_weighted(gains, n, state.weights)
+            else:
+                gains = np.where(n > 0, gains, 0.0)
+        log_weights, probs = eg_step(state.log_weights, gains, eta)
+        played = smooth(probs, c) if c > 0 else probs
+        return played, EGState(log_weights, played)
+
+    return Mixer(init, update, _played_weights, score, apply, name)
+
+
+def _played_weights(state: EGState) -> np.ndarray:
+    return state.weights
+
+
+def group_dro(step_size: float, *, score: str = "loss") -> Mixer:
+    """Group DRO (Sagawa et al. 2019, Alg. 1): EG on the raw per-group losses, reweighting."""
+    return exponentiated_gradient(step_size, score=score, apply="reweight", name="group_dro")
+
+
+def ama_r(step_size: float, *, score: str = "clipped") -> Mixer:
+    """AMA-R: EG on clipped excess losses, every task in every batch, loss weighted by α.
+
+    ``score="excess"`` is the no-clipping ablation, ``score="loss"`` the raw-loss one.
+    """
+    return exponentiated_gradient(step_size, score=score, apply="reweight", name="ama_r")
+
+
+def ama_s(step_size: float, smoothing: float, *, score: str = "clipped") -> Mixer:
+    """AMA-S: EXP3 over tasks; the batch is drawn from α = (1 − c)·q + c/k (notes §4).
+
+    ``smoothing`` is c ∈ (0, 1]; gains are importance weighted, n_i/(B·α_i)·ê_i.
+    """
+    if not isinstance(smoothing, bool) and isinstance(smoothing, (int, float)) and smoothing <= 0:
+        raise ValueError(
+            f"smoothing={smoothing!r} must lie in (0, 1]: c > 0 keeps every task explored "
+            "and bounds the importance weights by k/c"
+        )
+    return exponentiated_gradient(
+        step_size,
+        smoothing=smoothing,
+        importance_weighting=True,
+        score=score,
+        apply="resample",
+        name="ama_s",
+    )
+
+
+def averaged(mixer: Mixer) -> Mixer:
+    """Return the running average of ``mixer``'s weights instead of its last weights."""
+
+    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> AveragedState:
+        inner = mixer.init(num_tasks, seed)
+        return AveragedState(inner, np.zeros_like(mixer.weights(inner)), 0)
+
+    def weights(state: AveragedState) -> np.ndarray:
+        if state.num_updates == 0:
+            return mixer.weights(state.inner)
+        return state.weight_sum / state.num_updates
+
+    def update(state: AveragedState, scores: Any, counts: Any = None):
+        w, inner = mixer.update(state.inner, scores, counts)
+        new = AveragedState(inner, state.weight_sum + w, state.num_updates + 1)
+        return weights(new), new
+
+    return Mixer(init, update, weights, mixer.score, mixer.apply, f"averaged_{mixer.name}")
+
+
+def _check_apply(apply: str) -> None:
+    if apply not in APPLY_MODES:
+        raise ValueError(f"apply={apply!r} is unknown: use 'reweight' or 'resample'")

@@ -1,0 +1,253 @@
+"""Convex multi-task problems with finite datasets, trained specialists and cached losses.
+
+Every family predicts linearly, p = x·θ, and scores p with a convex per-example loss:
+
+* ``squared``  — L = ½ (p − y)²                      (multi-task least squares)
+* ``logistic`` — L = log(1 + exp(y − p))              (labels folded into x; y an offset)
+
+The log-linear DPO family is the convex twin of the LLM oracle (notes §9): a softmax
+policy π_θ(r|x) ∝ exp(θ·φ(x, r)) over a finite response set.  The DPO loss of a pair is
+−log σ(β (θ − θ_ref)·(φ_w − φ_l)) because the log-partition cancels, i.e. a logistic loss
+with x = β(φ_w − φ_l) and offset y = β θ_ref·(φ_w − φ_l).
+
+θ lives in the ball ‖θ‖ ≤ radius (the bounded domain of the convergence theory).  Each
+task's specialist minimises its own mean loss over that ball (scipy SLSQP, analytic
+gradients) and its per-example losses ℓ(z) are cached in ``reference_losses``.
+
+>>> problem = make_problem("quadratic", sizes=(200, 20, 20), dim=4, seed=0)
+>>> problem.num_tasks, problem.dim, problem.sizes
+(3, 4, (200, 20, 20))
+>>> bool(problem.task_scores(problem.specialists[0])[0] < 1e-6)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["ConvexProblem", "make_problem", "PROBLEMS", "quadratic", "logistic", "loglinear_dpo"]
+
+PROBLEMS = ("quadratic", "logistic", "loglinear-dpo")
+
+
+def _loss_and_slope(kind: str, preds: np.ndarray, targets: np.ndarray):
+    """Per-example loss and dL/dp for predictions p."""
+    if kind == "squared":
+        r = preds - targets
+        return 0.5 * r * r, r
+    z = targets - preds  # logistic: log(1 + e^z), dL/dp = −σ(z)
+    loss = np.logaddexp(0.0, z)
+    return loss, -np.exp(z - loss)
+
+
+@dataclass(frozen=True, eq=False)
+class ConvexProblem:
+    """A k-task convex problem; examples are stored task by task (contiguous)."""
+
+    name: str
+    loss: str
+    features: np.ndarray  # (n, d)
+    targets: np.ndarray  # (n,)
+    task_ids: np.ndarray  # (n,)
+    radius: float
+    task_names: tuple[str, ...]
+    specialists: np.ndarray = field(default=None)  # (k, d)
+    reference_losses: np.ndarray = field(default=None)  # (n,)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in np.bincount(self.task_ids, minlength=self.num_tasks))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Index of each task's first example, then n: task i is offsets[i]:offsets[i+1]."""
+        return np.concatenate([[0], np.cumsum(self.sizes)])
+
+    def example_losses(self, theta: np.ndarray) -> np.ndarray:
+        """L(θ, z) for every example; θ of shape (..., d) gives (..., n)."""
+        return _loss_and_slope(self.loss, theta @ self.features.T, self.targets)[0]
+
+    def task_scores(self, theta: np.ndarray, score: str = "clipped") -> np.ndarray:
+        """Per-task mean score over the whole dataset, shape (..., k): E_i(θ) by default."""
+        from amasim.scores import example_scores
+
+        values, _ = example_scores(score, self.example_losses(theta), self.reference_losses)
+        sums = np.add.reduceat(values, self.offsets[:-1], axis=-1)
+        return sums / np.asarray(self.sizes)
+
+    def task_loss_and_grad(self, theta: np.ndarray, task: int) -> tuple[float, np.ndarray]:
+        """Mean loss of one task and its gradient (specialist training, checks)."""
+        lo, hi = self.offsets[task], self.offsets[task + 1]
+        x, y = self.features[lo:hi], self.targets[lo:hi]
+        loss, slope = _loss_and_slope(self.loss, x @ theta, y)
+        return float(loss.mean()), slope @ x / (hi - lo)
+
+    def project(self, theta: np.ndarray) -> np.ndarray:
+        """Euclidean projection onto ‖θ‖ ≤ radius, batched over leading axes."""
+        norm = np.sqrt((theta * theta).sum(axis=-1, keepdims=True))
+        return theta * np.minimum(1.0, self.radius / np.maximum(norm, 1e-300))
+
+
+def _train_specialists(problem: ConvexProblem) -> ConvexProblem:
+    from scipy.optimize import minimize
+
+    r2 = problem.radius**2
+    ball = {"type": "ineq", "fun": lambda t: r2 - t @ t, "jac": lambda t: -2 * t}
+    specialists = []
+    for i in range(problem.num_tasks):
+        res = minimize(
+            problem.task_loss_and_grad,
+            np.zeros(problem.dim),
+            args=(i,),
+            jac=True,
+            method="SLSQP",
+            constraints=[ball],
+            options={"ftol": 1e-13, "maxiter": 1000},
+        )
+        specialists.append(problem.project(res.x))
+    specialists = np.array(specialists)
+    per_task = problem.example_losses(specialists)  # (k, n)
+    reference = per_task[problem.task_ids, np.arange(len(problem.task_ids))]
+    return ConvexProblem(
+        **{**problem.__dict__, "specialists": specialists, "reference_losses": reference}
+    )
+
+
+def _check_sizes(sizes: Sequence[int], num_tasks: int | None) -> tuple[int, ...]:
+    sizes = tuple(sizes)
+    if num_tasks is not None and len(sizes) != num_tasks:
+        raise ValueError(
+            f"sizes={sizes} has {len(sizes)} entries but num_tasks={num_tasks}: "
+            "give one size per task"
+        )
+    if len(sizes) < 1:
+        raise ValueError("sizes is empty: give at least one task size")
+    for n in sizes:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"sizes={sizes}: each size must be an int")
+        if n < 1:
+            raise ValueError(f"sizes={sizes}: task sizes must be >= 1 (an empty task)")
+    return sizes
+
+
+def _task_optima(rng: np.random.Generator, k: int, dim: int, conflict: float) -> np.ndarray:
+    """Unit-scale task optima: a shared direction plus ``conflict`` × a task direction."""
+    shared = rng.standard_normal(dim)
+    shared /= np.linalg.norm(shared)
+    own = rng.standard_normal((k, dim))
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    return shared + conflict * own
+
+
+def _assemble(name, loss, xs, ys, radius, names) -> ConvexProblem:
+    task_ids = np.concatenate([np.full(len(x), i) for i, x in enumerate(xs)])
+    problem = ConvexProblem(
+        name=name,
+        loss=loss,
+        features=np.concatenate(xs),
+        targets=np.concatenate(ys),
+        task_ids=task_ids,
+        radius=float(radius),
+        task_names=tuple(names),
+    )
+    return _train_specialists(problem)
+
+
+def quadratic(
+    sizes: Sequence[int] = (1000, 100, 100),
+    *,
+    dim: int = 8,
+    conflict: float = 1.0,
+    noise: float = 0.5,
+    radius: float = 3.0,
+    seed: int = 0,
+) -> ConvexProblem:
+    """Multi-task least squares: y = x·θ*_i + noise, x ~ N(0, I)."""
+    sizes = _check_sizes(sizes, None)
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    optima = _task_optima(rng, len(sizes), dim, conflict)
+    xs = [rng.standard_normal((n, dim)) for n in sizes]
+    ys = [x @ t + noise * rng.standard_normal(len(x)) for x, t in zip(xs, optima)]
+    return _assemble("quadratic", "squared", xs, ys, radius, _names(len(sizes)))
+
+
+def logistic(
+    sizes: Sequence[int] = (1000, 100, 100),
+    *,
+    dim: int = 8,
+    conflict: float = 1.0,
+    noise: float = 1.0,
+    radius: float = 3.0,
+    seed: int = 0,
+) -> ConvexProblem:
+    """Multi-task logistic regression: P(label = +1 | a) = σ(2 a·θ*_i / noise)."""
+    sizes = _check_sizes(sizes, None)
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    optima = _task_optima(rng, len(sizes), dim, conflict)
+    xs, ys = [], []
+    for n, t in zip(sizes, optima):
+        a = rng.standard_normal((n, dim))
+        p = 1.0 / (1.0 + np.exp(-2.0 * (a @ t) / noise))
+        label = np.where(rng.random(n) < p, 1.0, -1.0)
+        xs.append(label[:, None] * a)
+        ys.append(np.zeros(n))
+    return _assemble("logistic", "logistic", xs, ys, radius, _names(len(sizes)))
+
+
+def loglinear_dpo(
+    sizes: Sequence[int] = (1000, 100, 100),
+    *,
+    dim: int = 8,
+    conflict: float = 1.0,
+    noise: float = 1.0,
+    num_responses: int = 4,
+    beta: float = 1.0,
+    radius: float = 3.0,
+    seed: int = 0,
+) -> ConvexProblem:
+    """DPO on a log-linear policy: pairs ranked by Bradley–Terry on θ*_i·φ (noise = temperature).
+
+    Each prompt has ``num_responses`` responses with features φ ~ N(0, I); two are drawn,
+    the winner under task i's reward θ*_i·φ (Bradley–Terry, temperature ``noise``) is
+    the chosen one.  The reference policy θ_ref is a small random vector.
+    """
+    sizes = _check_sizes(sizes, None)
+    if num_responses < 2:
+        raise ValueError(f"num_responses={num_responses} must be >= 2 (a pair per prompt)")
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    optima = _task_optima(rng, len(sizes), dim, conflict)
+    theta_ref = 0.1 * rng.standard_normal(dim)
+    xs, ys = [], []
+    for n, t in zip(sizes, optima):
+        phi = rng.standard_normal((n, num_responses, dim))
+        pair = np.array([rng.choice(num_responses, 2, replace=False) for _ in range(n)])
+        a, b = phi[np.arange(n), pair[:, 0]], phi[np.arange(n), pair[:, 1]]
+        p_a = 1.0 / (1.0 + np.exp(-((a - b) @ t) / noise))
+        a_wins = rng.random(n) < p_a
+        delta = np.where(a_wins[:, None], a - b, b - a)  # φ_chosen − φ_rejected
+        xs.append(beta * delta)
+        ys.append(beta * delta @ theta_ref)
+    return _assemble("loglinear-dpo", "logistic", xs, ys, radius, _names(len(sizes)))
+
+
+def _names(k: int) -> list[str]:
+    return [f"task{i}" for i in range(k)]
+
+
+def make_problem(name: str, **kwargs) -> ConvexProblem:
+    """Build a problem family by name: one of :data:`PROBLEMS`."""
+    builders = {"quadratic": quadratic, "logistic": logistic, "loglinear-dpo": loglinear_dpo}
+    if name not in builders:
+        raise ValueError(f"problem={name!r} is unknown: use one of {', '.join(PROBLEMS)}")
+    return builders[name](**kwargs)

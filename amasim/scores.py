@@ -1,0 +1,69 @@
+"""What a task reports to the mixer: raw loss, excess loss or clipped excess loss.
+
+Per example z with loss L(θ, z) and cached specialist loss ℓ(z) (notes §1):
+
+=================  ======================  ===========================
+score              value                   d value / d L (for ∇θ)
+=================  ======================  ===========================
+``"loss"``         L                       1
+``"excess"``       L − ℓ                   1
+``"clipped"``      max(L − ℓ, 0)           1[L > ℓ]
+=================  ======================  ===========================
+
+The per-task score a mixer sees is the mean of the values over the task's examples in
+the batch (:func:`task_means`).  The gradient coefficient lets any oracle take the step
+on Σ_z w_z · value(z) by asking only for the gradient of Σ_z c_z L(θ, z).
+
+>>> import numpy as np
+>>> values, coef = example_scores("clipped", np.array([1.0, 0.2]), np.array([0.5, 0.5]))
+>>> values.tolist(), coef.tolist()
+([0.5, 0.0], [1.0, 0.0])
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["SCORES", "ScoreName", "example_scores", "task_means", "check_score"]
+
+ScoreName = Literal["loss", "excess", "clipped"]
+SCORES: tuple[str, ...] = ("loss", "excess", "clipped")
+
+
+def check_score(score: str) -> str:
+    """Return ``score`` if it names a known score, else raise a ``ValueError`` listing them."""
+    if score not in SCORES:
+        raise ValueError(f"score={score!r} is unknown: use one of {', '.join(SCORES)}")
+    return score
+
+
+def example_scores(
+    score: str, losses: np.ndarray, reference_losses: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example score values and their derivative with respect to the loss."""
+    if score == "loss":
+        return losses, np.ones_like(losses)
+    excess = losses - reference_losses
+    if score == "excess":
+        return excess, np.ones_like(losses)
+    if score == "clipped":
+        positive = excess > 0
+        return np.where(positive, excess, 0.0), positive.astype(losses.dtype)
+    raise ValueError(check_score(score))
+
+
+def task_means(
+    values: np.ndarray, task_ids: np.ndarray, num_tasks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` per task and the number of examples per task.
+
+    ``values`` and ``task_ids`` have shape ``(R, N)`` (R replicates, N examples); the
+    results have shape ``(R, num_tasks)``.  A task with no example in the batch gets
+    mean 0 and count 0 (mixers ignore it through ``counts``).
+    """
+    onehot = task_ids[:, :, None] == np.arange(num_tasks)
+    counts = onehot.sum(axis=1)
+    sums = np.einsum("rn,rnk->rk", values, onehot)
+    return sums / np.maximum(counts, 1), counts

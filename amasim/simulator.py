@@ -1,0 +1,85 @@
+"""The oracle of a :class:`~amasim.problems.ConvexProblem`, batched over replicates.
+
+θ has shape (R, d); every call is one array computation over all R replicates.
+Example draws come from the counter-based generator of :mod:`amasim.prng`, keyed by
+the seeds and counted by the number of ``sample`` calls, so a replicate draws the same
+examples alone or beside others.
+
+>>> import numpy as np
+>>> from amasim.problems import make_problem
+>>> oracle = SimulatedOracle(make_problem("logistic", sizes=(40, 10), dim=3))
+>>> oracle.reset([0, 1])
+>>> batch = oracle.sample(np.array([[0, 1], [1, 1]]))
+>>> oracle.losses(batch).shape
+(2, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from amasim import prng
+from amasim.oracle import Batch
+from amasim.problems import ConvexProblem, _loss_and_slope
+
+__all__ = ["SimulatedOracle"]
+
+_SAMPLE_STREAM = 1  # SeedSequence child used for example draws (the loop uses child 0)
+
+
+class SimulatedOracle:
+    """Projected SGD from θ₀ = 0 on a convex problem; keeps the average of the iterates."""
+
+    max_replicates = None
+
+    def __init__(self, problem: ConvexProblem) -> None:
+        self.problem = problem
+        self.task_names = problem.task_names
+        self.task_sizes = problem.sizes
+        self._offsets = problem.offsets[:-1]
+        self._sizes = np.asarray(problem.sizes)
+        self._keys: np.ndarray | None = None
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        seeds = list(seeds)
+        self._keys = prng.replicate_keys(seeds, stream=_SAMPLE_STREAM)
+        self._draws = 0
+        self.theta = np.zeros((len(seeds), self.problem.dim))  # θ₀ = 0, inside the ball
+        self.theta_sum = np.zeros_like(self.theta)
+        self.iterations = 0
+        self._cache: tuple[Batch, np.ndarray] | None = None
+
+    def sample(self, task_ids: np.ndarray) -> Batch:
+        if self._keys is None:
+            raise RuntimeError("call reset(seeds) before sample()")
+        u = prng.uniform(self._keys, self._draws, task_ids.shape[1])
+        self._draws += 1
+        index = self._offsets[task_ids] + prng.integers(u, self._sizes[task_ids])
+        return Batch(task_ids, self.problem.reference_losses[index], index)
+
+    def losses(self, batch: Batch) -> np.ndarray:
+        x = self.problem.features[batch.data]  # (R, N, d)
+        preds = np.einsum("rnd,rd->rn", x, self.theta)
+        loss, slope = _loss_and_slope(self.problem.loss, preds, self.problem.targets[batch.data])
+        self._cache = (batch, x, slope)
+        return loss
+
+    def step(self, batch: Batch, loss_weights: np.ndarray, learning_rate: float) -> None:
+        if self._cache is None or self._cache[0] is not batch:
+            self.losses(batch)
+        _, x, slope = self._cache
+        grad = np.einsum("rn,rnd->rd", loss_weights * slope, x)
+        self.theta = self.problem.project(self.theta - learning_rate * grad)
+        self.theta_sum += self.theta
+        self.iterations += 1
+
+    @property
+    def average_theta(self) -> np.ndarray:
+        """θ̄ = mean of the iterates after each step (θ₀ if no step was taken)."""
+        return self.theta_sum / self.iterations if self.iterations else self.theta
+
+    def evaluate(self, score: str = "clipped", averaged: bool = False) -> np.ndarray:
+        theta = self.average_theta if averaged else self.theta
+        return self.problem.task_scores(theta, score)
