@@ -53,10 +53,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from amasim.optimum import Optimum, minimax_optimum
-    from amasim.problems import PROBLEMS, ConvexProblem, make_problem
-    from amasim.simulator import SimulatedOracle
-    from amasim.train import SCHEDULES, RunResult, run
+    from amasim.optimum import Optimum, minimax_optimum  # noqa: F401
+    from amasim.problems import PROBLEMS, ConvexProblem, make_problem  # noqa: F401
+    from amasim.simulator import SimulatedOracle  # noqa: F401
+    from amasim.train import SCHEDULES, RunResult, run  # noqa: F401
 
 
 def __getattr__(name: str):

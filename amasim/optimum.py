@@ -21,12 +21,14 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
-from amasim.problems import ConvexProblem
+from amasim.problems import ConvexProblem, make_problem
 
-__all__ = ["Optimum", "minimax_optimum"]
+__all__ = ["Optimum", "minimax_optimum", "solved_problem"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,18 @@ def minimax_optimum(problem: ConvexProblem) -> Optimum:
         task_scores=scores,
         solver=f"cvxpy {cp.__version__}: {solver} (optimum), {lower_solver} (lower bound)",
     )
+
+
+def solved_problem(name: str, **kwargs: Any) -> tuple[ConvexProblem, Optimum]:
+    """``make_problem(name, **kwargs)`` and its optimum, memoised per process.
+
+    Studies that share an instance (convergence, claims, figures) solve it once.
+    """
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+    return _solved(name, frozen)
+
+
+@lru_cache(maxsize=32)
+def _solved(name: str, frozen: tuple) -> tuple[ConvexProblem, Optimum]:
+    problem = make_problem(name, **dict(frozen))
+    return problem, minimax_optimum(problem)

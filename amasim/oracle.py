@@ -134,7 +134,9 @@ def check_oracle(oracle: Any, *, seeds: Sequence[int] = (0, 1), steps: int = 3) 
             batch = oracle.sample(task_ids)
             if not isinstance(batch, tuple) or not hasattr(batch, "reference_losses"):
                 _fail("sample()", f"returned {type(batch).__name__}", "return amasim.oracle.Batch")
-            if not np.array_equal(_check_array("sample().task_ids", batch.task_ids, (r, n), "iu"), task_ids):
+            if not np.array_equal(
+                _check_array("sample().task_ids", batch.task_ids, (r, n), "iu"), task_ids
+            ):
                 _fail("sample()", "task_ids differ from the ones asked for", "echo task_ids back")
             _check_array("sample().reference_losses", batch.reference_losses, (r, n), "f")
             losses = _check_array("losses()", oracle.losses(batch), (r, n), "f")

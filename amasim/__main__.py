@@ -1,0 +1,5 @@
+import sys
+
+from amasim.cli import main
+
+sys.exit(main())
