@@ -91,11 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="regenerate figures/ and results/ (main job)")
     rep.add_argument("--quick", action="store_true", help="T <= 1e4, 4 seeds (< 2 min)")
     rep.add_argument("--out", type=Path, default=Path("."))
+
+    prove = sub.add_parser(
+        "prove", help="the convergence theory as checks (python -m proofs_check)"
+    )
+    prove.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m proofs_check")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "prove":
+        from proofs_check import main as prove
+
+        return prove(args.args)
     if getattr(args, "seeds", 1) < 1:
         raise SystemExit("amasim: --seeds must be >= 1")
     if args.command == "converge":

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["replicate_keys", "uniform", "categorical", "integers"]
+__all__ = ["replicate_keys", "uniform", "uniform_steps", "UniformStream", "categorical", "integers"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -48,33 +48,66 @@ def replicate_keys(seeds: int | Sequence[int], stream: int = 0) -> np.ndarray:
         if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0:
             raise TypeError(f"seed {s!r} is not a non-negative int: pass seeds as ints >= 0")
     return np.array(
-        [np.random.SeedSequence(int(s), spawn_key=(stream,)).generate_state(1, np.uint64)[0] for s in seed_list],
+        [
+            np.random.SeedSequence(int(s), spawn_key=(stream,)).generate_state(1, np.uint64)[0]
+            for s in seed_list
+        ],
         dtype=np.uint64,
     )
 
 
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    z = x + _GOLDEN
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function, in place (uint64 arithmetic wraps)."""
+    z += _GOLDEN
+    z ^= z >> _S30
+    z *= _M1
+    z ^= z >> _S27
+    z *= _M2
+    z ^= z >> _S31
+    return z
 
 
-def _bits(keys: np.ndarray, step: int, size: int) -> np.ndarray:
-    base = _splitmix(keys ^ (np.uint64(step) * _STEP_MIX))
-    return _splitmix(base[:, None] + np.arange(size, dtype=np.uint64)[None, :] * _GOLDEN)
+def uniform_steps(keys: np.ndarray, first_step: int, num_steps: int, size: int) -> np.ndarray:
+    """``uniform(keys, t, size)`` for ``num_steps`` consecutive steps t, shape (S, R, size).
+
+    A loop that draws every step can draw a block of steps in one array computation.
+    """
+    steps = np.arange(first_step, first_step + num_steps, dtype=np.uint64)
+    base = _splitmix(keys[None, :] ^ (steps[:, None] * _STEP_MIX))
+    positions = np.arange(size, dtype=np.uint64) * _GOLDEN
+    bits = _splitmix(base[:, :, None] + positions)
+    return (bits >> _S11).astype(np.float64) * _TO_UNIT
 
 
 def uniform(keys: np.ndarray, step: int, size: int) -> np.ndarray:
     """Uniform draws in [0, 1), shape ``(R, size)``; a pure function of its arguments."""
-    with np.errstate(over="ignore"):
-        return (_bits(keys, step, size) >> _S11).astype(np.float64) * _TO_UNIT
+    return uniform_steps(keys, step, 1, size)[0]
+
+
+class UniformStream:
+    """``stream(t)`` is ``uniform(keys, t, size)``, computed a block of steps ahead.
+
+    Drawing 64 steps in one array computation pays the generator's fixed cost once per
+    block; the numbers are those of :func:`uniform`, so any step can be read in any order.
+    """
+
+    def __init__(self, keys: np.ndarray, size: int, block: int = 64) -> None:
+        self.keys, self.size, self.block = keys, size, block
+        self._start, self._values = 0, uniform_steps(keys, 0, 0, size)
+
+    def __call__(self, step: int) -> np.ndarray:
+        offset = step - self._start
+        if not 0 <= offset < len(self._values):
+            self._start, offset = step, 0
+            self._values = uniform_steps(self.keys, step, self.block, self.size)
+        return self._values[offset]
 
 
 def categorical(u: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Turn uniforms ``u`` (R, n) into draws from ``probs`` (R, k) by inverse CDF (R, n)."""
     cdf = np.cumsum(probs, axis=-1)
-    return (u[:, :, None] >= cdf[:, None, :-1]).sum(-1)
+    cdf = cdf / cdf[..., -1:]  # total exactly 1: a trailing zero-probability task is never drawn
+    return (u[:, None, :] >= cdf[:, :-1, None]).sum(axis=1)  # sums contiguous rows: fast
 
 
 def integers(u: np.ndarray, high: np.ndarray) -> np.ndarray:

@@ -103,6 +103,7 @@ def _train_specialists(problem: ConvexProblem) -> ConvexProblem:
     from scipy.optimize import minimize
 
     r2 = problem.radius**2
+    offsets = problem.offsets
     ball = {"type": "ineq", "fun": lambda t: r2 - t @ t, "jac": lambda t: -2 * t}
     specialists = []
     for i in range(problem.num_tasks):
@@ -117,8 +118,10 @@ def _train_specialists(problem: ConvexProblem) -> ConvexProblem:
         )
         specialists.append(problem.project(res.x))
     specialists = np.array(specialists)
-    per_task = problem.example_losses(specialists)  # (k, n)
-    reference = per_task[problem.task_ids, np.arange(len(problem.task_ids))]
+    # The same call task_scores makes, so E_i(specialist_i) is exactly 0, not 1e-17.
+    reference = np.concatenate(
+        [problem.example_losses(s)[lo:hi] for s, lo, hi in zip(specialists, offsets, offsets[1:])]
+    )
     return ConvexProblem(
         **{**problem.__dict__, "specialists": specialists, "reference_losses": reference}
     )

@@ -6,7 +6,9 @@ Writes, under ``OUT`` (default: the current directory):
 * ``figures/weights_<problem>.png`` — AMA-R and AMA-S task weights over training, with
   the exact dual weights α̂ of the optimum;
 * ``results/converge_<problem>.{json,csv}`` — the convergence records;
-* ``results/claims.json`` and ``results/RESULTS.md`` — slopes and the seed claims.
+* ``results/claims.json`` and ``results/RESULTS.md`` — slopes and the seed claims;
+* ``results/proofs_report.{md,json}`` and ``figures/bounds_<problem>.png`` — the
+  convergence theory's checks (:mod:`proofs_check`), measured gap beside each bound.
 
 ``--quick`` uses T ≤ 10⁴, 4 seeds and a smaller budget (under 2 minutes on 2 cores).
 """
@@ -142,4 +144,14 @@ def reproduce(out: str | Path = ".", *, quick: bool = False, progress: bool = Tr
     )
     path = results / "RESULTS.md"
     path.write_text(text)
+    _prove(results, figures, quick)
     return path
+
+
+def _prove(results: Path, figures: Path, quick: bool) -> None:
+    from proofs_check import main as prove
+
+    budget = "quick" if quick else "default"
+    status = prove(["--budget", budget, "--out", str(results), "--figures", str(figures)])
+    if status != 0:
+        raise RuntimeError(f"proofs_check reported a violation: see {results}/proofs_report.md")

@@ -63,7 +63,10 @@ def task_means(
     results have shape ``(R, num_tasks)``.  A task with no example in the batch gets
     mean 0 and count 0 (mixers ignore it through ``counts``).
     """
-    onehot = task_ids[:, :, None] == np.arange(num_tasks)
-    counts = onehot.sum(axis=1)
-    sums = np.einsum("rn,rnk->rk", values, onehot)
+    r = values.shape[0]
+    if task_ids.size and (task_ids.min() < 0 or task_ids.max() >= num_tasks):
+        raise ValueError(f"task_ids must lie in [0, {num_tasks}), the task of each example")
+    flat = (task_ids + num_tasks * np.arange(r)[:, None]).ravel()  # one bin per (replicate, task)
+    sums = np.bincount(flat, values.ravel(), minlength=r * num_tasks).reshape(r, num_tasks)
+    counts = np.bincount(flat, minlength=r * num_tasks).reshape(r, num_tasks)
     return sums / np.maximum(counts, 1), counts

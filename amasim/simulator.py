@@ -45,6 +45,7 @@ class SimulatedOracle:
     def reset(self, seeds: Sequence[int]) -> None:
         seeds = list(seeds)
         self._keys = prng.replicate_keys(seeds, stream=_SAMPLE_STREAM)
+        self._stream: prng.UniformStream | None = None
         self._draws = 0
         self.theta = np.zeros((len(seeds), self.problem.dim))  # θ₀ = 0, inside the ball
         self.theta_sum = np.zeros_like(self.theta)
@@ -54,14 +55,16 @@ class SimulatedOracle:
     def sample(self, task_ids: np.ndarray) -> Batch:
         if self._keys is None:
             raise RuntimeError("call reset(seeds) before sample()")
-        u = prng.uniform(self._keys, self._draws, task_ids.shape[1])
+        if self._stream is None or self._stream.size != task_ids.shape[1]:
+            self._stream = prng.UniformStream(self._keys, task_ids.shape[1])
+        u = self._stream(self._draws)  # = prng.uniform(keys, draws, N)
         self._draws += 1
         index = self._offsets[task_ids] + prng.integers(u, self._sizes[task_ids])
         return Batch(task_ids, self.problem.reference_losses[index], index)
 
     def losses(self, batch: Batch) -> np.ndarray:
         x = self.problem.features[batch.data]  # (R, N, d)
-        preds = np.einsum("rnd,rd->rn", x, self.theta)
+        preds = np.matmul(x, self.theta[:, :, None])[:, :, 0]
         loss, slope = _loss_and_slope(self.problem.loss, preds, self.problem.targets[batch.data])
         self._cache = (batch, x, slope)
         return loss
@@ -70,7 +73,7 @@ class SimulatedOracle:
         if self._cache is None or self._cache[0] is not batch:
             self.losses(batch)
         _, x, slope = self._cache
-        grad = np.einsum("rn,rnd->rd", loss_weights * slope, x)
+        grad = np.matmul((loss_weights * slope)[:, None, :], x)[:, 0, :]
         self.theta = self.problem.project(self.theta - learning_rate * grad)
         self.theta_sum += self.theta
         self.iterations += 1

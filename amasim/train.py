@@ -21,9 +21,9 @@ One step (notes §3–§4; Group DRO Alg. 1 order — the updated α weights the
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from amasim.mixers import APPLY_MODES, Mixer
 from amasim.oracle import Oracle, OracleError, _check_static, check_oracle
 from amasim.scores import check_score, example_scores, task_means
 
-__all__ = ["RunResult", "run", "SCHEDULES", "learning_rate_at"]
+__all__ = ["RunResult", "run", "Mixing", "StepResult", "SCHEDULES", "learning_rate_at"]
 
 SCHEDULES = ("constant", "1/sqrt(T)", "1/sqrt(t)")
 _LOOP_STREAM = 0
@@ -177,34 +177,19 @@ def run(
     weight_sum = np.zeros((r, k))
     examples = np.zeros((r, k), dtype=np.int64)
 
+    mixing = Mixing(mixer, oracle, seeds=seeds, batch_size=batch_size, apply=apply, score=score)
     oracle.reset(list(seeds))
     state = mixer.init(k, seed=list(seeds))
-    keys = prng.replicate_keys(seeds, stream=_LOOP_STREAM)
-    fixed_ids = np.tile(np.repeat(np.arange(k), batch_size), (r, 1))
     bar = _progress(steps, mixer.name) if progress else None
     start = time.perf_counter()
     for t in range(steps):
-        alpha = mixer.weights(state)
-        if apply == "resample":
-            task_ids = prng.categorical(prng.uniform(keys, t, batch_size), alpha)
-        else:
-            task_ids = fixed_ids
-        batch = oracle.sample(task_ids)
-        values, dvalues = example_scores(score, oracle.losses(batch), batch.reference_losses)
-        means, counts = task_means(values, task_ids, k)
-        if apply == "resample":
-            new_alpha, state = mixer.update(state, means, counts)
-            loss_weights = dvalues / batch_size
-        else:
-            new_alpha, state = mixer.update(state, means, None)
-            per_task = new_alpha / batch_size  # Σ_i α_i · mean over B examples of task i
-            loss_weights = dvalues * np.take_along_axis(per_task, task_ids, axis=1)
-        oracle.step(batch, loss_weights, learning_rate_at(learning_rate, schedule, t, steps))
-        weight_sum += alpha
-        examples += counts
+        out = mixing.step(state, t, learning_rate_at(learning_rate, schedule, t, steps))
+        state = out.state
+        weight_sum += out.weights
+        examples += out.counts
         if t % record_every == 0:
-            weights_log[t // record_every] = alpha
-            scores_log[t // record_every] = means
+            weights_log[t // record_every] = out.weights
+            scores_log[t // record_every] = out.scores
         if bar is not None:
             bar.update()
     wall = time.perf_counter() - start
@@ -236,6 +221,70 @@ def run(
         wall_time=wall,
         mixer_state=state,
     )
+
+
+class StepResult(NamedTuple):
+    """What one :meth:`Mixing.step` did; arrays carry the replicate axis R."""
+
+    state: Any  # the mixer's new state
+    weights: np.ndarray  # (R, k) α_t, the weights the batch was drawn or weighted with
+    scores: np.ndarray  # (R, k) per-task mean score of the batch (0 where absent)
+    counts: np.ndarray  # (R, k) examples of each task in the batch
+    losses: np.ndarray  # (R, N) per-example losses L(θ_t, z)
+
+
+class Mixing:
+    """One training step of any mixer on any oracle — the step in the module docstring.
+
+    Shared by :func:`run` and by the LLM training loop (``llm.train``), so both apply
+    weights identically.  ``reduce(means, counts) -> (means, counts)``, when given,
+    combines the per-task scores of data-parallel ranks before the mixer update (every
+    rank then holds the same mixer state); each rank's loss weights assume gradients are
+    averaged over ranks, as DistributedDataParallel does.
+    """
+
+    def __init__(
+        self,
+        mixer: Mixer,
+        oracle: Oracle,
+        *,
+        seeds: Sequence[int],
+        batch_size: int,
+        apply: str,
+        score: str,
+        reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> None:
+        self.mixer, self.oracle, self.reduce = mixer, oracle, reduce
+        self.batch_size, self.score = batch_size, check_score(score)
+        self.resample = apply == "resample"
+        self.num_tasks = len(oracle.task_names)
+        keys = prng.replicate_keys(list(seeds), stream=_LOOP_STREAM)
+        self.uniforms = prng.UniformStream(keys, batch_size)
+        every_task = np.repeat(np.arange(self.num_tasks), batch_size)  # task i at i·B…(i+1)·B−1
+        self.fixed_ids = np.tile(every_task, (len(keys), 1))
+
+    def step(self, state: Any, t: int, learning_rate: float) -> StepResult:
+        """Draw a batch, score it, update the mixer, then take the oracle's gradient step."""
+        alpha = self.mixer.weights(state)
+        if self.resample:
+            task_ids = prng.categorical(self.uniforms(t), alpha)
+        else:
+            task_ids = self.fixed_ids
+        batch = self.oracle.sample(task_ids)
+        losses = self.oracle.losses(batch)
+        values, dvalues = example_scores(self.score, losses, batch.reference_losses)
+        means, counts = task_means(values, task_ids, self.num_tasks)
+        if self.reduce is not None:
+            means, counts = self.reduce(means, counts)
+        if self.resample:
+            _, state = self.mixer.update(state, means, counts)
+            loss_weights = dvalues / self.batch_size  # the draw from α already weights tasks
+        else:
+            new_alpha, state = self.mixer.update(state, means, None)
+            # Σ_i α_{t+1,i} · (mean over the B examples of task i), Group DRO Alg. 1 order
+            loss_weights = dvalues * np.repeat(new_alpha / self.batch_size, self.batch_size, 1)
+        self.oracle.step(batch, loss_weights, learning_rate)
+        return StepResult(state, alpha, means, counts, losses)
 
 
 def _progress(total: int, desc: str):

@@ -1,0 +1,1 @@
+"""llm: a plain-PyTorch multi-task DPO oracle for amasim."""

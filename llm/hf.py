@@ -1,0 +1,296 @@
+"""Hugging Face causal LMs from a local directory, behind :class:`llm.model.GPT`'s contract.
+
+Nothing here touches the network: ``HF_HUB_OFFLINE=1`` is set (unless already set) before
+``transformers`` is imported, and every load passes ``local_files_only=True``. ``transformers``
+is optional and imported only by :func:`load_local` (``pip install 'amasim[hf]'``).
+
+Typical use, for a directory written by ``model.save_pretrained(d)`` and
+``tokenizer.save_pretrained(d)``::
+
+    model, tok = load_local("checkpoints/tiny")
+    logits = model(torch.tensor([tok.encode("Hello")]))       # (1, T, V) float32
+    text = tok.decode(model.generate(torch.tensor([tok.encode("Hi")]), 8, tok.eos_id)[0])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llm.model import estimate_flops_per_token
+
+__all__ = ["HFCausalLM", "HFTokenizer", "load_local"]
+
+# Files any of which means "a tokenizer was saved here" (fast, sentencepiece, BPE and WordPiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+
+
+def _import_transformers() -> Any:
+    """``transformers``, imported offline, or an ImportError that names the fix."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(
+            "loading a Hugging Face model needs the 'transformers' package; "
+            "install it with: pip install 'amasim[hf]'"
+        ) from err
+    return transformers
+
+
+def _first_int(value: object) -> int | None:
+    """An id from a config field that may hold an int, a list of ints or None."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _config_int(config: Any, *keys: str) -> int | None:
+    """The first of ``keys`` that ``config`` sets to an int (architectures name fields apart)."""
+    for key in keys:
+        if (value := _first_int(getattr(config, key, None))) is not None:
+            return value
+    return None
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM with GPT's contract: ``forward`` → float32 logits (B, T, V),
+    greedy ``generate``, ``flops_per_token``, ``num_parameters``.
+
+    ``config_dict`` is the HF config as a dict; ``block_size`` its longest context (or None).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # a module starts in training mode; follow the model's
+        self.config_dict: dict[str, Any] = model.config.to_dict()
+        self.block_size: int | None = _config_int(
+            self._text_config(), "max_position_embeddings", "n_positions", "n_ctx", "seq_length"
+        )
+
+    def _text_config(self) -> Any:
+        config = self.model.config
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    def _check(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+        T = input_ids.shape[1]
+        if self.block_size is not None and T > self.block_size:
+            raise ValueError(
+                f"sequence length {T} exceeds block_size={self.block_size} (the model's "
+                f"max_position_embeddings); crop the input to its last {self.block_size} tokens"
+            )
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, V) as float32 for ``input_ids`` (B, T); ``attention_mask`` (B, T) marks
+        real tokens with 1/True and (right) padding with 0/False."""
+        self._check(input_ids)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.logits.float()
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, max_new_tokens: int, eos_id: int | None = None
+    ) -> torch.Tensor:
+        """Greedy decoding, as :meth:`llm.model.GPT.generate`: the prompt (B, T) followed by at
+        most ``max_new_tokens`` argmax tokens; rows past ``eos_id`` are padded with it; stops when
+        every row has emitted it. Uses the KV cache; no sampling settings of the checkpoint's
+        generation_config apply (no repetition penalty, temperature, ...)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        window = self.block_size or input_ids.shape[1] + max_new_tokens
+        was_training = self.training
+        self.eval()
+        try:
+            ids, past = input_ids, None
+            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+            for _ in range(max_new_tokens):
+                if ids.shape[1] > window:  # the context no longer fits: drop the cache
+                    past = None
+                # Without a cache, run the last `window` tokens; with one, only the newest token.
+                fresh = ids[:, -window:] if past is None else ids[:, -1:]
+                out = self.model(input_ids=fresh, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                next_id = out.logits[:, -1, :].float().argmax(dim=-1)
+                if eos_id is not None:
+                    next_id = torch.where(done, eos_id, next_id)
+                    done |= next_id == eos_id
+                ids = torch.cat([ids, next_id[:, None]], dim=1)
+                if eos_id is not None and bool(done.all()):
+                    break
+            return ids
+        finally:
+            self.train(was_training)
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        """Parameter count (shared tensors once). ``non_embedding`` drops embedding lookup tables
+        (tokens, positions) but keeps the output matrix even when tied, as GPT.num_parameters."""
+        params = {id(p): p for p in self.model.parameters()}
+        if non_embedding:
+            output = self.model.get_output_embeddings()
+            keep = {id(p) for p in output.parameters()} if output is not None else set()
+            for module in self.model.modules():
+                if isinstance(module, nn.Embedding):
+                    for p in module.parameters():
+                        if id(p) not in keep:
+                            params.pop(id(p), None)
+        return sum(p.numel() for p in params.values())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token, 6·N + 12·n_layer·n_embd·seq_len, with N the non-embedding
+        parameters (see :func:`llm.model.estimate_flops_per_token`). Depth and width come from
+        the config; failing that, the longest ModuleList and the embedding width."""
+        text = self._text_config()
+        n_layer = _config_int(text, "num_hidden_layers", "n_layer", "num_layers")
+        if n_layer is None:
+            lists = [len(m) for m in self.model.modules() if isinstance(m, nn.ModuleList)]
+            n_layer = max(lists, default=0)
+        n_embd = _config_int(text, "hidden_size", "n_embd", "d_model")
+        if n_embd is None:
+            n_embd = self.model.get_input_embeddings().embedding_dim
+        return estimate_flops_per_token(self.num_parameters(), n_layer, n_embd, seq_len)
+
+
+class HFTokenizer:
+    """A transformers tokenizer behind a small interface: ids of the special tokens, ``encode``
+    without special tokens, ``decode``, a ``fingerprint`` and ``apply_chat_template``.
+
+    ``vocab_size`` is ``len(tokenizer)`` (added tokens included); the model's logit width may be
+    larger. ``pad_id`` falls back to ``eos_id`` when the tokenizer has no pad token; ``eos_id``
+    falls back to the ``eos_id`` argument (load_local passes the model config's).
+    """
+
+    def __init__(self, tokenizer: Any, *, eos_id: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size: int = len(tokenizer)
+        self.bos_id: int | None = _first_int(tokenizer.bos_token_id)
+        eos = _first_int(tokenizer.eos_token_id)
+        eos = eos if eos is not None else eos_id
+        if eos is None:
+            raise ValueError(
+                "the tokenizer has no eos token and none was given; "
+                "set tokenizer.eos_token (or config.json's eos_token_id) and save again"
+            )
+        self.eos_id: int = eos
+        pad = _first_int(tokenizer.pad_token_id)
+        self.pad_id: int = pad if pad is not None else self.eos_id
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, no special tokens added."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        """Text of ``ids`` (a list or a 1-D tensor); ``decode(encode(s)) == s`` for byte-level
+        tokenizers (no clean-up of spaces)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(
+            list(ids),
+            skip_special_tokens=skip_special_tokens,
+            clean_up_tokenization_spaces=False,
+        )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 hex digest of the vocabulary, the special tokens and (fast tokenizers) the
+        tokenization pipeline (normalizer, pre-tokenizer, model with its merges, decoder)."""
+        tok = self.tokenizer
+        payload: dict[str, Any] = {
+            "class": type(tok).__name__,
+            "vocab": sorted(tok.get_vocab().items(), key=lambda item: (item[1], item[0])),
+            "special": {
+                "bos": self.bos_id,
+                "eos": self.eos_id,
+                "pad": self.pad_id,
+                "tokens": sorted(map(str, tok.all_special_tokens)),
+            },
+        }
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None:  # padding/truncation settings are state, not tokenization
+            spec = json.loads(backend.to_str())
+            keys = ("added_tokens", "normalizer", "pre_tokenizer", "model", "decoder")
+            payload["backend"] = {k: spec.get(k) for k in keys}
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool | None = None
+    ) -> str | None:
+        """``messages`` ([{"role": ..., "content": ...}]) rendered as text by the tokenizer's
+        chat template, or None when it has none. The header of an assistant reply is appended
+        (a prompt to complete) when the last message is not the assistant's, as the
+        ``llm.tokenizer.Tokenizer`` protocol asks; ``add_generation_prompt`` forces either way."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        if add_generation_prompt is None:
+            add_generation_prompt = not messages or messages[-1].get("role") != "assistant"
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+
+def load_local(
+    path: str | Path, *, dtype: torch.dtype | None = None
+) -> tuple[HFCausalLM, HFTokenizer]:
+    """Model and tokenizer saved (``save_pretrained``) in the local directory ``path``.
+
+    ``dtype`` casts the weights (e.g. ``torch.bfloat16``); None keeps the checkpoint's dtype
+    (float32 when it records none). The model is returned in eval mode. Custom model code
+    (``trust_remote_code``) is not run.
+
+    >>> load_local("/no/such/model")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: model directory not found: /no/such/model
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path / 'config.json'} not found; save the model with model.save_pretrained({path})"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(
+            f"{path} holds no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+            f"save the tokenizer there with tokenizer.save_pretrained({path})"
+        )
+    transformers = _import_transformers()
+    from packaging.version import Version  # a dependency of transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # transformers >= 4.56 names the argument `dtype`; older releases `torch_dtype`.
+    old = Version(transformers.__version__) < Version("4.56")
+    dtype_arg = {"torch_dtype" if old else "dtype": dtype if dtype is not None else "auto"}
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, **dtype_arg
+    )
+    model.eval()
+    eos_id = _first_int(model.config.eos_token_id)
+    if eos_id is not None and not 0 <= eos_id < len(tokenizer):
+        eos_id = None  # a config default that this tokenizer does not have
+    return HFCausalLM(model), HFTokenizer(tokenizer, eos_id=eos_id)
