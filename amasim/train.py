@@ -240,7 +240,8 @@ class Mixing:
     weights identically.  ``reduce(means, counts) -> (means, counts)``, when given,
     combines the per-task scores of data-parallel ranks before the mixer update (every
     rank then holds the same mixer state); each rank's loss weights assume gradients are
-    averaged over ranks, as DistributedDataParallel does.
+    averaged over ranks, as DistributedDataParallel does.  ``stream`` selects the
+    random stream of the task draws (data-parallel ranks use one each).
     """
 
     def __init__(
@@ -253,12 +254,13 @@ class Mixing:
         apply: str,
         score: str,
         reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+        stream: int = _LOOP_STREAM,
     ) -> None:
         self.mixer, self.oracle, self.reduce = mixer, oracle, reduce
         self.batch_size, self.score = batch_size, check_score(score)
         self.resample = apply == "resample"
         self.num_tasks = len(oracle.task_names)
-        keys = prng.replicate_keys(list(seeds), stream=_LOOP_STREAM)
+        keys = prng.replicate_keys(list(seeds), stream=stream)
         self.uniforms = prng.UniformStream(keys, batch_size)
         every_task = np.repeat(np.arange(self.num_tasks), batch_size)  # task i at i·B…(i+1)·B−1
         self.fixed_ids = np.tile(every_task, (len(keys), 1))

@@ -161,6 +161,7 @@ class DPOOracle:
         autocast_dtype: torch.dtype | None = None,
         micro_batch_size: int | None = None,
         eval_batch_size: int = 64,
+        sample_stream: int = _SAMPLE_STREAM,
     ) -> None:
         if not tasks:
             raise ValueError("tasks is empty: the oracle needs at least one task")
@@ -178,6 +179,7 @@ class DPOOracle:
         self.autocast_dtype = autocast_dtype
         self.micro_batch_size = micro_batch_size
         self.eval_batch_size = eval_batch_size
+        self.sample_stream = sample_stream  # data-parallel ranks draw from one stream each
         self._pairs, self._offsets, self._ref, self._spec = _merge(tasks)
         self._initial = copy.deepcopy(policy.state_dict())
         self._keys: np.ndarray | None = None
@@ -194,7 +196,7 @@ class DPOOracle:
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=1e-3, weight_decay=self.weight_decay
         )
-        self._keys = prng.replicate_keys(seeds, stream=_SAMPLE_STREAM)
+        self._keys = prng.replicate_keys(seeds, stream=self.sample_stream)
         self.draws = 0
         self.tokens_seen = 0
         torch.manual_seed(seeds[0])  # dropout, if the model has any

@@ -1,0 +1,46 @@
+"""Generative evaluation: greedy decoding and exact match of the preferred answer.
+
+The analogue of the paper's win rates for the generated tasks: a prompt counts as won
+when the greedy completion equals the chosen answer (:func:`llm.synth.exact_match`).
+The DPO-side metrics (held-out loss, excess loss, reward accuracy) are
+:meth:`llm.oracle.DPOOracle.evaluate_tasks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from llm.data import PreferencePair
+from llm.synth import exact_match
+
+__all__ = ["greedy_exact_match"]
+
+
+@torch.no_grad()
+def greedy_exact_match(
+    model: torch.nn.Module,
+    tokenizer,
+    pairs: Sequence[PreferencePair],
+    *,
+    max_new_tokens: int = 16,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Share of ``pairs`` whose greedy completion matches the chosen answer."""
+    if not pairs:
+        raise ValueError("pairs is empty: nothing to evaluate")
+    wins = 0
+    was_training = model.training
+    model.eval()
+    for pair in pairs:
+        prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+        ids = torch.tensor([prefix + tokenizer.encode(pair.prompt)], device=device)
+        out = model.generate(ids, max_new_tokens, eos_id=tokenizer.eos_id)[0, ids.shape[1] :]
+        new = out.tolist()
+        if tokenizer.eos_id in new:
+            new = new[: new.index(tokenizer.eos_id)]
+        new = [t for t in new if t < tokenizer.vocab_size]
+        wins += exact_match(tokenizer.decode(new), pair.chosen)
+    model.train(was_training)
+    return wins / len(pairs)
