@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true", help="T <= 1e4, 4 seeds (< 2 min)")
     rep.add_argument("--out", type=Path, default=Path("."))
 
+    llm = sub.add_parser("llm", help="the PyTorch DPO backend (= python -m llm)")
+    llm.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m llm")
+
     prove = sub.add_parser(
         "prove", help="the convergence theory as checks (python -m proofs_check)"
     )
@@ -105,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proofs_check import main as prove
 
         return prove(args.args)
+    if args.command == "llm":
+        from llm.cli import main as llm_main
+
+        return llm_main(args.args)
     if getattr(args, "seeds", 1) < 1:
         raise SystemExit("amasim: --seeds must be >= 1")
     if args.command == "converge":
