@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from amasim.methods import Tuning, build, examples_per_step
+from amasim.methods import Tuning, build, examples_per_step, run_tuned
 from amasim.optimum import solved_problem
 from amasim.simulator import SimulatedOracle
-from amasim.train import run
 
 __all__ = ["CLAIM_METHODS", "measure_claims", "claims_markdown"]
 
@@ -59,17 +58,7 @@ def measure_claims(
         probe = build(method, 1, instance.sizes, tuning)
         per_step = examples_per_step(probe, k, tuning.batch_size)
         steps = max(1, budget // per_step)
-        result = run(
-            build(method, steps, instance.sizes, tuning),
-            oracle,
-            steps=steps,
-            learning_rate=tuning.learning_rate,
-            schedule="1/sqrt(T)",
-            batch_size=tuning.batch_size,
-            seeds=list(range(seeds)),
-            optimum=optimum.value,
-            check=False,
-        )
+        result = run_tuned(method, oracle, steps, range(seeds), tuning, optimum.value)
         worst[method] = result.worst_task
         rows[method] = {
             "steps": steps,

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from amasim.methods import Tuning, build
+from amasim.methods import Tuning, run_tuned
 from amasim.optimum import solved_problem
 from amasim.simulator import SimulatedOracle
-from amasim.train import run
 
 __all__ = ["converge", "fit_slope", "write_converge", "plot_converge"]
 
@@ -77,18 +76,7 @@ def converge(
     for method in methods:
         per_t = []
         for horizon in steps:
-            mixer = build(method, horizon, instance.sizes, tuning)
-            result = run(
-                mixer,
-                oracle,
-                steps=horizon,
-                learning_rate=tuning.learning_rate,
-                schedule="1/sqrt(T)",
-                batch_size=tuning.batch_size,
-                seeds=list(range(seeds)),
-                optimum=optimum.value,
-                check=False,
-            )
+            result = run_tuned(method, oracle, horizon, range(seeds), tuning, optimum.value)
             per_t.append(result.gap)
             if bar is not None:
                 bar.update()

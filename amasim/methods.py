@@ -16,13 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from amasim import mixers
 from amasim.mixers import Mixer
 
-__all__ = ["METHODS", "Tuning", "build", "examples_per_step"]
+if TYPE_CHECKING:  # pragma: no cover
+    from amasim.oracle import Oracle
+    from amasim.train import RunResult
+
+__all__ = ["METHODS", "Tuning", "build", "examples_per_step", "run_tuned"]
 
 #: name -> one-line description; ablations are the paper's (raw loss, no clipping).
 METHODS: dict[str, str] = {
@@ -70,3 +75,27 @@ def build(name: str, steps: int, sizes: Sequence[int], tuning: Tuning = Tuning()
 def examples_per_step(mixer: Mixer, num_tasks: int, batch_size: int) -> int:
     """Examples (= gradient evaluations) one step costs: k·B reweighting, B resampling."""
     return num_tasks * batch_size if mixer.apply == "reweight" else batch_size
+
+
+def run_tuned(
+    method: str,
+    oracle: Oracle,
+    steps: int,
+    seeds: int | Sequence[int],
+    tuning: Tuning = Tuning(),
+    optimum: float | None = None,
+) -> RunResult:
+    """:func:`amasim.train.run` of ``method`` with the 1/√T tuning for ``steps`` steps."""
+    from amasim.train import run
+
+    return run(
+        build(method, steps, oracle.task_sizes, tuning),
+        oracle,
+        steps=steps,
+        learning_rate=tuning.learning_rate,
+        schedule="1/sqrt(T)",
+        batch_size=tuning.batch_size,
+        seeds=seeds,
+        optimum=optimum,
+        check=False,
+    )

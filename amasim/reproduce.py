@@ -24,11 +24,10 @@ import numpy as np
 
 from amasim.claims import IMBALANCED, claims_markdown, measure_claims
 from amasim.converge import converge, write_converge
-from amasim.methods import Tuning, build
+from amasim.methods import Tuning, run_tuned
 from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS
 from amasim.simulator import SimulatedOracle
-from amasim.train import run
 
 __all__ = ["reproduce", "plot_weights"]
 
@@ -52,16 +51,7 @@ def plot_weights(problem: str, path: Path, steps: int = 4000, tuning: Tuning = T
     oracle = SimulatedOracle(instance)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, method in zip(axes, ("ama-r", "ama-s")):
-        result = run(
-            build(method, steps, instance.sizes, tuning),
-            oracle,
-            steps=steps,
-            learning_rate=tuning.learning_rate,
-            schedule="1/sqrt(T)",
-            batch_size=tuning.batch_size,
-            seeds=0,
-            check=False,
-        )
+        result = run_tuned(method, oracle, steps, 0, tuning)
         w = result.weights[:, 0, :]
         running = np.cumsum(w, axis=0) / np.arange(1, len(w) + 1)[:, None]
         for i, name in enumerate(instance.task_names):

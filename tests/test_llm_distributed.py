@@ -1,0 +1,77 @@
+"""llm.distributed: per-task score all-reduce and data-parallel training on a 2-process gloo group.
+
+One spawn per module (process start-up and DDP set-up cost seconds): the worker in
+``llm_helpers`` joins the group through a file in a temporary folder (no port to pick),
+runs both checks and writes what each rank saw to files that the tests below read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+if not dist.is_available():  # pragma: no cover - the CPU wheels ship gloo
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+import torch.multiprocessing as mp
+from llm_helpers import distributed_worker, reduce_inputs, tiny_gpt
+
+from llm.distributed import init_from_env, rank_streams
+
+WORLD = 2
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """The folder the two ranks wrote to (they ran reduce_task_scores, then training)."""
+    out = tmp_path_factory.mktemp("distributed")
+    args = (WORLD, str(out / "store"), str(out), STEPS)
+    mp.spawn(distributed_worker, args=args, nprocs=WORLD, join=True)
+    return out
+
+
+def test_reduce_task_scores_pools_means_by_count(ranks):
+    inputs = reduce_inputs()
+    counts = sum(c for _, c in inputs)
+    expected = sum(m * c for m, c in inputs) / np.maximum(counts, 1)  # Σ mean·count / Σ count
+    np.testing.assert_allclose(expected, [[0.4, 0.625, 2.0, 0.0]])  # task 3 seen nowhere: 0
+    for rank in range(WORLD):
+        with np.load(ranks / f"reduce{rank}.npz") as got:
+            np.testing.assert_allclose(got["means"], expected, rtol=1e-12)
+            np.testing.assert_array_equal(got["counts"], counts)
+            assert got["counts"].dtype.kind == "i"
+
+
+def test_data_parallel_training_keeps_ranks_in_step(ranks):
+    first, second = (torch.load(ranks / f"train{r}.pt", weights_only=False) for r in range(WORLD))
+    assert first["history"]["step"] == second["history"]["step"] == list(range(STEPS))
+    # DDP averages the gradients: every rank ends with the same parameters, and they moved.
+    assert first["params"].keys() == second["params"].keys()
+    for name, value in first["params"].items():
+        assert torch.equal(value, second["params"][name]), name
+    initial = tiny_gpt(0).state_dict()
+    assert any(not torch.equal(first["params"][k], initial[k]) for k in initial)
+    # The all-reduced scores give every rank the same mixer updates.
+    for a, b in zip(first["mixer"], second["mixer"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first["history"]["weights"] == second["history"]["weights"]
+    assert first["history"]["scores"] == second["history"]["scores"]
+    # ... while each rank draws its own examples.
+    assert len(first["drawn"]) == len(second["drawn"]) == STEPS
+    assert any(not np.array_equal(a, b) for a, b in zip(first["drawn"], second["drawn"]))
+
+
+def test_rank_streams_are_distinct_and_rank0_is_the_single_process_run():
+    streams = [s for rank in range(4) for s in rank_streams(rank)]
+    assert len(set(streams)) == len(streams)
+    assert rank_streams(0) == (0, 1)  # train()'s default loop stream, DPOOracle's sample stream
+
+
+def test_init_from_env_without_torchrun_is_single_process(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert init_from_env() == (0, 1)
+    assert not dist.is_initialized()

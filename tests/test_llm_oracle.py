@@ -1,0 +1,294 @@
+"""llm.oracle.DPOOracle: the amasim oracle protocol over a PyTorch DPO policy.
+
+A 1-layer GPT on the built-in synthetic tasks (a few dozen pairs each), reference log-probs
+computed from the same weights, so that at reset the policy *is* the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from llm_helpers import (
+    DPO,
+    SIZES,
+    TOKENIZER,
+    build_oracle,
+    char_tasks,
+    parameters,
+    task_data,
+    tiny_gpt,
+    write_suite_small,
+)
+
+import amasim
+from amasim import mixers
+from llm.data import tokenize_pairs
+from llm.oracle import DPOOracle, TaskData, dpo_settings
+
+K = len(SIZES)
+LOG2 = math.log(2.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two contending, and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def oracle() -> DPOOracle:
+    return build_oracle()
+
+
+def every_task(b: int) -> np.ndarray:
+    return np.repeat(np.arange(K), b)[None, :]
+
+
+def assert_same_parameters(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# --------------------------------------------------------------------------- protocol
+def test_passes_check_oracle(oracle):
+    assert isinstance(oracle, amasim.Oracle)
+    assert oracle.task_names == tuple(SIZES)
+    assert oracle.task_sizes == tuple(n for n, _ in SIZES.values())
+    amasim.check_oracle(oracle)
+
+
+def test_policy_equals_reference_at_reset(oracle):
+    oracle.reset([0])
+    batch = oracle.sample(every_task(4))
+    losses = oracle.losses(batch)
+    assert losses.shape == (1, 4 * K) and losses.dtype == np.float64
+    np.testing.assert_allclose(losses, LOG2, rtol=0, atol=1e-5)
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert abs(oracle.last_metrics[name]) < 1e-6, name
+    assert oracle.last_metrics["loss"] == pytest.approx(LOG2, abs=1e-5)
+    # The batch carries each pair's cached specialist loss.
+    spec = np.concatenate([t.specialist_losses for t in task_data(tiny_gpt(0))])
+    np.testing.assert_array_equal(batch.reference_losses[0], spec[batch.data[0]])
+
+
+def test_reset_restarts_from_the_reference_weights(oracle):
+    initial = parameters(oracle)
+    oracle.reset([0])
+    batch = oracle.sample(every_task(2))
+    oracle.losses(batch)
+    oracle.step(batch, np.full((1, 2 * K), 0.5), 1e-2)
+    assert any(not torch.equal(v, initial[k]) for k, v in parameters(oracle).items())
+    oracle.reset([0])
+    assert_same_parameters(parameters(oracle), initial)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: mixers.ama_r(1.0),
+        lambda: mixers.ama_s(1.0, 0.2),
+        lambda: mixers.uniform([n for n, _ in SIZES.values()]),
+        lambda: mixers.stratified(),
+        lambda: mixers.group_dro(1.0),
+    ],
+    ids=["ama_r", "ama_s", "uniform", "stratified", "group_dro"],
+)
+def test_every_amasim_mixer_drives_it(oracle, make):
+    mixer = make()
+    shapes = []
+    sample = oracle.sample
+
+    def recording(task_ids):
+        shapes.append(task_ids.shape)
+        return sample(task_ids)
+
+    batch_size, steps = 4, 3
+    result = amasim.run(
+        mixer, oracle, steps=steps, learning_rate=1e-2, batch_size=batch_size, seeds=0, check=True
+    )
+    oracle.sample = recording  # check_oracle ran above; record a second run's batches only
+    again = amasim.run(
+        mixer, oracle, steps=steps, learning_rate=1e-2, batch_size=batch_size, check=False
+    )
+    np.testing.assert_array_equal(result.task_scores, again.task_scores)  # seeded
+    assert np.isfinite(result.task_scores).all() and result.task_scores.shape == (1, K)
+    assert np.isfinite(result.worst_task).all()
+    assert np.isfinite(result.weights).all() and np.isfinite(result.scores).all()
+    per_step = K * batch_size if mixer.apply == "reweight" else batch_size
+    assert shapes == [(1, per_step)] * steps
+    assert result.examples.sum() == steps * per_step
+    if mixer.apply == "reweight":  # every task in every batch
+        np.testing.assert_array_equal(result.examples, [[steps * batch_size] * K])
+
+
+def test_sample_is_seeded(oracle):
+    ids = every_task(8)
+
+    def draw(seed):
+        oracle.reset([seed])
+        return [oracle.sample(ids).data.copy() for _ in range(3)]
+
+    first, again, other = draw(0), draw(0), draw(1)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+    assert not np.array_equal(first[0], first[1])  # a new draw every call
+    # Each index lies in the rows of the task asked for.
+    bounds = np.cumsum([0, *oracle.task_sizes])
+    index = first[0][0]
+    assert np.all((bounds[ids[0]] <= index) & (index < bounds[ids[0] + 1]))
+
+
+def test_gradient_accumulation_matches_one_batch():
+    ids = np.array([[0, 0, 1, 1, 2, 2, 0, 1]])
+    weights = np.linspace(0.05, 0.2, 8)[None, :]
+    results = []
+    for micro in (None, 4):
+        oracle = build_oracle(micro_batch_size=micro)
+        before = parameters(oracle)
+        oracle.reset([0])
+        batch = oracle.sample(ids)
+        losses = oracle.losses(batch)
+        oracle.step(batch, weights, 1e-2)
+        results.append((losses, parameters(oracle)))
+    (whole, after_whole), (accumulated, after_accumulated) = results
+    np.testing.assert_allclose(accumulated, whole, rtol=0, atol=1e-6)
+    moved = max((after_whole[k] - before[k]).abs().max().item() for k in before)
+    assert moved > 1e-3  # the step did something for the comparison to mean anything
+    for name in after_whole:
+        torch.testing.assert_close(
+            after_accumulated[name], after_whole[name], rtol=0, atol=1e-5, msg=name
+        )
+
+
+# ---------------------------------------------------------------------------- failures
+def poison_task(i: int):
+    def poison(tasks: list[TaskData]) -> None:
+        tasks[i].reference_logps[:] = np.nan
+
+    return poison
+
+
+@pytest.mark.parametrize("micro", [None, 2])
+def test_nan_loss_raises_and_leaves_parameters(micro):
+    oracle = build_oracle(poison=poison_task(1), micro_batch_size=micro)
+    oracle.reset([0])
+    before = parameters(oracle)
+    batch = oracle.sample(np.array([[0, 0, 1, 1]]))
+    losses = oracle.losses(batch)
+    assert np.isnan(losses[0, 2:]).all() and np.isfinite(losses[0, :2]).all()
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        oracle.step(batch, np.full((1, 4), 0.25), 1e-2)
+    assert_same_parameters(parameters(oracle), before)
+
+
+def test_nan_forward_raises_and_leaves_parameters(oracle):
+    oracle.reset([0])
+    before = parameters(oracle)
+    oracle.policy.register_forward_hook(lambda module, args, out: out * float("nan"))
+    batch = oracle.sample(every_task(2))
+    with pytest.raises(FloatingPointError):
+        oracle.step(batch, np.full((1, 2 * K), 0.1), 1e-2)
+    assert_same_parameters(parameters(oracle), before)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: with micro_batch_size, step() back-propagates the finite micro-batches "
+    "before it meets the NaN one and raises without zero_grad(): their gradients stay in "
+    ".grad and leak into the next step",
+)
+def test_failed_accumulated_step_leaves_no_gradient_behind():
+    ids_bad, ids_good = np.array([[0, 0, 1, 1]]), np.array([[0, 0, 0, 0]])
+    weights = np.full((1, 4), 0.25)
+
+    def run(fail_first: bool):
+        oracle = build_oracle(poison=poison_task(1), micro_batch_size=2)
+        oracle.reset([0])
+        bad = oracle.sample(ids_bad)
+        if fail_first:
+            oracle.losses(bad)
+            with pytest.raises(FloatingPointError):
+                oracle.step(bad, weights, 1e-2)
+        good = oracle.sample(ids_good)  # the same draw counter either way
+        oracle.losses(good)
+        oracle.step(good, weights, 1e-2)
+        return parameters(oracle)
+
+    recovered, clean = run(True), run(False)
+    for name in clean:
+        torch.testing.assert_close(recovered[name], clean[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_empty_task_and_no_task_are_errors():
+    model = tiny_gpt(0)
+    empty = tokenize_pairs([], TOKENIZER, max_length=48)
+    tasks = [*task_data(model)[:1], TaskData("empty", empty, np.zeros((0, 2)), np.zeros(0))]
+    with pytest.raises(ValueError, match="'empty' has no pairs"):
+        DPOOracle(model, tasks, pad_id=TOKENIZER.pad_id, dpo=dpo_settings(**DPO))
+    with pytest.raises(ValueError, match="at least one task"):
+        DPOOracle(model, [], pad_id=TOKENIZER.pad_id, dpo=dpo_settings(**DPO))
+
+
+def test_one_replicate_only(oracle):
+    assert oracle.max_replicates == 1
+    with pytest.raises(ValueError, match="one replicate"):
+        oracle.reset([0, 1])
+    with pytest.raises(ValueError, match="at most 1 replicate"):
+        amasim.run(mixers.ama_r(1.0), oracle, steps=1, learning_rate=0.1, seeds=[0, 1])
+
+
+def test_sample_before_reset_is_an_error(oracle):
+    with pytest.raises(RuntimeError, match="reset"):
+        oracle.sample(every_task(1))
+
+
+def test_pipeline_rejects_mismatched_tokenizers(tmp_path, monkeypatch):
+    from llm import pipeline
+    from llm.config import Config, DataSection, RunSection
+    from llm.tokenizer import CharTokenizer
+
+    class OtherTokenizer(CharTokenizer):
+        fingerprint = "not-the-policy-tokenizer"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fingerprint = "not-the-policy-tokenizer"
+
+    def fake_reference(cfg, out, tasks):
+        return tiny_gpt(0), OtherTokenizer()
+
+    monkeypatch.setattr(pipeline, "_reference", fake_reference)
+    manifest = write_suite_small(tmp_path / "data")
+    cfg = Config(
+        run=RunSection(out=str(tmp_path / "out"), seeds=(0,)),
+        data=DataSection(manifest=str(manifest)),
+    )
+    with pytest.raises(ValueError, match="tokenizers"):
+        pipeline.run_pipeline(cfg, progress=False)
+    assert not (tmp_path / "out" / "cache").exists()  # nothing computed with the wrong ids
+
+
+def test_eval_tasks_default_to_training_tasks(oracle):
+    oracle.reset([0])
+    details = oracle.evaluate_tasks()
+    assert list(details) == list(SIZES)
+    for row in details.values():
+        assert row["loss"] == pytest.approx(LOG2, abs=1e-5)
+        assert set(row) >= {"loss", "accuracy", "excess", "clipped"}
+    scores = oracle.evaluate("clipped")
+    assert scores.shape == (1, K)
+    np.testing.assert_allclose(scores[0], [d["clipped"] for d in details.values()])
+
+
+def test_char_tasks_have_the_requested_sizes():
+    assert [(n, len(tr), len(ev)) for n, tr, ev in char_tasks()] == [
+        (name, *SIZES[name]) for name in SIZES
+    ]

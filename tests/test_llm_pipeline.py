@@ -1,0 +1,394 @@
+"""llm.config, llm.pipeline, llm.cli end to end, and a DPO oracle over a local Hugging Face model.
+
+One tiny pipeline run (1-layer GPT, 20 SFT steps, 5-step specialists, a 24-example budget
+per generalist, two seeds) is shared by the module; tests that rerun it work on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from llm_helpers import (
+    MAX_LENGTH,
+    SIZES,
+    synthetic_pairs,
+    tiny_config_dict,
+    write_suite_small,
+    write_toml,
+)
+
+import amasim
+from llm.config import Config, load_config
+from llm.data import load_manifest
+from llm.pipeline import run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CPU = REPO / "llm" / "configs" / "tiny-cpu.toml"
+METHODS = ("uniform", "stratified", "ama-r", "ama-s")
+SEEDS = (0, 1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two contending, and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------- config
+def test_tiny_cpu_config_loads():
+    cfg = load_config(TINY_CPU)
+    assert isinstance(cfg, Config)
+    assert cfg.run.seeds == (0, 1, 2) and cfg.run.methods == METHODS
+    assert (cfg.model.kind, cfg.model.n_layer, cfg.model.n_embd) == ("gpt", 2, 64)
+    assert cfg.run.threads == 2 and cfg.mix.examples == 7200
+    assert cfg.dpo.beta == 0.1 and isinstance(cfg.run.peak_flops, float)
+
+
+def test_config_keys_are_optional_and_ints_widen_to_floats(tmp_path):
+    path = write_toml(tmp_path / "c.toml", {"dpo": {"beta": 1}, "sft": {"steps": 7}})
+    cfg = load_config(path)
+    assert cfg.dpo.beta == 1.0 and isinstance(cfg.dpo.beta, float)
+    assert cfg.sft.steps == 7 and cfg.model == Config().model
+
+
+@pytest.mark.parametrize(
+    "sections, names",
+    [
+        ({"runn": {"seeds": [0]}}, ["runn"]),
+        ({"sft": {"step": 3}}, ["step", "[sft]"]),
+        ({"sft": {"steps": "many"}}, ["steps", "[sft]"]),
+        ({"sft": {"steps": 2.5}}, ["steps", "[sft]"]),
+        ({"run": {"tensorboard": 1}}, ["tensorboard", "[run]"]),
+        ({"run": {"threads": True}}, ["threads", "[run]"]),
+        ({"dpo": {"beta": True}}, ["beta", "[dpo]"]),
+        ({"run": {"seeds": 3}}, ["seeds", "[run]"]),
+    ],
+    ids=["section", "key", "str-for-int", "float-for-int", "int-for-bool", "bool-for-int",
+         "bool-for-float", "int-for-list"],
+)  # fmt: skip
+def test_config_errors_name_the_key_and_file(tmp_path, sections, names):
+    path = write_toml(tmp_path / "bad.toml", sections)
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    for name in [*names, str(path)]:
+        assert name in str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason='BUG: list values are not checked element-wise: seeds = ["0"] loads and fails '
+    "only mid-pipeline (after SFT) inside amasim.prng",
+)
+def test_config_list_elements_are_type_checked(tmp_path):
+    path = write_toml(tmp_path / "bad.toml", {"run": {"seeds": ["0"]}})
+    with pytest.raises(ValueError, match="seeds"):
+        load_config(path)
+
+
+def test_config_invalid_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[run\nseeds = ")
+    with pytest.raises(ValueError, match=r"broken\.toml.*not valid TOML"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match=r"absent\.toml"):
+        load_config(tmp_path / "absent.toml")
+
+
+# ------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("suite")
+    write_suite_small(folder)
+    return folder
+
+
+def config_file(folder: Path, data: Path, **changes: dict) -> Path:
+    """``folder/config.toml`` for the tiny run into ``folder/out``; ``changes`` per section."""
+    sections = tiny_config_dict(folder / "out", data / "tasks.toml")
+    for section, values in changes.items():
+        sections[section] = {**sections.get(section, {}), **values}
+    return write_toml(folder / "config.toml", sections)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, data_dir) -> Path:
+    """The folder of one finished tiny run (config.toml, out/)."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    run_pipeline(load_config(config_file(folder, data_dir)), progress=False)
+    return folder
+
+
+def copy_run(first_run: Path, tmp_path: Path, data_dir: Path, **changes: dict) -> Path:
+    """A copy of the finished run whose config points at the copy, with ``changes``."""
+    folder = tmp_path / "copy"
+    shutil.copytree(first_run / "out", folder / "out")
+    config_file(folder, data_dir, **changes)
+    return folder
+
+
+def stamps(folder: Path) -> dict[str, int]:
+    """Modification times of the reference model and every cache entry."""
+    files = [folder / "out" / "models" / "reference.pt", *(folder / "out" / "cache").iterdir()]
+    return {f.name: f.stat().st_mtime_ns for f in files}
+
+
+def outcome(results: dict) -> dict:
+    """What a run found (tasks, sizes, per-run records), without wall-clock timings."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "seconds"}
+        if isinstance(value, list | tuple):
+            return [strip(v) for v in value]
+        return value
+
+    return strip({k: results[k] for k in ("tasks", "sizes", "runs")})
+
+
+def test_pipeline_writes_results_for_every_method_and_seed(first_run):
+    out = first_run / "out"
+    for name in ("results.json", "results.md", "weights.png", "excess.png"):
+        assert (out / name).stat().st_size > 0, name
+    for plot in ("weights.png", "excess.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    assert results["tasks"] == list(SIZES)
+    assert results["sizes"] == [n for n, _ in SIZES.values()]
+    assert list(results["runs"]) == list(METHODS)
+    k, batch, budget = len(SIZES), 4, 24
+    for method, runs in results["runs"].items():
+        assert [r["seed"] for r in runs] == list(SEEDS)
+        for record in runs:
+            # An equal example budget: k·B per step when reweighting, B when resampling.
+            per_step = k * batch if method == "ama-r" else batch
+            assert record["steps"] == budget // per_step
+            assert len(record["history"]["step"]) == record["steps"]
+            assert np.isfinite(record["worst_task_excess"])
+            tasks = record["tasks"]
+            assert list(tasks) == list(SIZES)
+            assert record["worst_task_excess"] == max(t["clipped"] for t in tasks.values())
+            for row in tasks.values():
+                assert 0.0 <= row["exact_match"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0
+                assert row["clipped"] >= 0.0 and np.isfinite(row["loss"])
+    table = (out / "results.md").read_text()
+    assert all(f"| {method} |" in table for method in METHODS)
+    for method in METHODS:
+        for seed in SEEDS:
+            [folder] = (out / "generalists").glob(f"{method}-seed{seed}-*")
+            assert (folder / "rank0" / "metrics.jsonl").stat().st_size > 0
+    assert len(list((out / "specialists").iterdir())) == len(SIZES)
+
+
+def test_rerun_reuses_caches_and_reproduces_results(first_run, data_dir, tmp_path):
+    folder = copy_run(first_run, tmp_path, data_dir)
+    before = json.loads((folder / "out" / "results.json").read_text())
+    cached = stamps(folder)
+    again = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    assert stamps(folder) == cached  # nothing recomputed, nothing rewritten
+    assert outcome(again) == outcome(before)
+    # Generalists retrained from scratch on the cached reference and specialists agree too.
+    shutil.rmtree(folder / "out" / "generalists")
+    fresh = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    assert stamps(folder) == cached
+    assert outcome(fresh) == outcome(before)
+
+
+def test_changing_beta_recomputes_the_specialists(first_run, data_dir, tmp_path):
+    folder = copy_run(first_run, tmp_path, data_dir, dpo={"beta": 0.2})
+    cached = stamps(folder)
+    specialists = set((folder / "out" / "cache").glob("specialist-*.npz"))
+    results = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    now = stamps(folder)
+    assert {name: now[name] for name in cached} == cached  # the old entries are untouched
+    new = set((folder / "out" / "cache").glob("specialist-*.npz")) - specialists
+    assert len(new) == len(SIZES)
+    for path in new:
+        key = json.loads(path.with_suffix(".json").read_text())["key"]
+        assert key["dpo"]["beta"] == 0.2
+    # The reference (log-probs do not depend on β) is reused: no new reference entry.
+    assert {n for n in now if n.startswith("reference-")} == {
+        n for n in cached if n.startswith("reference-")
+    }
+    assert results["config"]["dpo"]["beta"] == 0.2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="BUG: the specialist cache key holds the train pairs' fingerprint only, but the "
+    "entry also stores the specialist's losses on the eval pairs: after an eval file "
+    "changes, stale eval losses are read back (here of the wrong length)",
+)
+def test_changing_an_eval_file_recomputes_the_specialist_eval_losses(first_run, data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    write_suite_small(data, {**SIZES, "safety": (SIZES["safety"][0], 8)})  # same train data
+    folder = copy_run(first_run, tmp_path, data)
+    results = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    assert all(np.isfinite(r["worst_task_excess"]) for r in results["runs"]["ama-s"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the generalists' checkpoint key holds only the FIRST task's data fingerprint: "
+    "when the reference does not change with the data (a local HF model, or sft.steps = 0) "
+    "a run whose other tasks changed resumes the stale finished checkpoint",
+)
+def test_changing_another_tasks_data_retrains_the_generalists(data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    cfg = config_file(tmp_path, data, sft={"steps": 0}, run={"methods": ["ama-s"], "seeds": [0]})
+    before = run_pipeline(load_config(cfg), progress=False)
+    rows = synthetic_pairs({"format": (SIZES["format"][0], 0)}, seed=1)["format"][0]
+    with (data / "format.train.jsonl").open("w") as fh:  # new format data, same size
+        for pair in rows:
+            fh.write(json.dumps({"prompt": pair.prompt, "chosen": pair.chosen,
+                                 "rejected": pair.rejected}) + "\n")  # fmt: skip
+    after = run_pipeline(load_config(cfg), progress=False)
+    assert after["runs"]["ama-s"][0]["history"] != before["runs"]["ama-s"][0]["history"]
+
+
+# -------------------------------------------------------------------------------- CLI
+def test_cli_synth_writes_the_suite(tmp_path):
+    out = tmp_path / "suite"
+    done = subprocess.run(
+        [sys.executable, "-m", "llm", "synth", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "tasks.toml").is_file() and "tasks.toml" in done.stdout
+    tasks = load_manifest(out / "tasks.toml")
+    assert list(tasks) == ["arithmetic", "safety", "format"]
+    assert all(files.train.is_file() and files.eval.is_file() for files in tasks.values())
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+def test_cli_run_offline(tmp_path, data_dir, no_network, capsys):
+    """The whole pipeline from the command line, from scratch, with networking disabled."""
+    from llm.cli import main
+
+    cfg = config_file(tmp_path, data_dir, run={"methods": ["ama-s", "ama-r"]})
+    out = tmp_path / "elsewhere"
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
+    assert no_network == []
+    assert not (tmp_path / "out").exists()  # --out overrides [run] out
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["runs"]) == ["ama-s", "ama-r"]
+    assert all(len(runs) == len(SEEDS) for runs in results["runs"].values())
+    printed = capsys.readouterr().out
+    assert "| ama-s |" in printed and str(out / "results.md") in printed
+
+
+# ---------------------------------------------------------------- local Hugging Face model
+TEXTS = [
+    "the cat sat on the mat",
+    "37+45=82 12-3=9 I refuse.",
+    "#harm upper(abc)=ABC reverse(abc)=cba double(ab)=abab",
+]
+
+
+def make_hf_model_dir(path: Path, *, dropout: float = 0.0) -> Path:
+    """A tiny random GPT-2 and a byte-level BPE tokenizer trained here, saved to ``path``."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TEXTS, trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=len(fast),
+        n_positions=64,
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def hf_oracle(path: Path):
+    from llm.data import tokenize_pairs
+    from llm.hf import HFCausalLM, load_local
+    from llm.oracle import DPOOracle, TaskData, dpo_settings, reference_logps
+
+    model, tok = load_local(path)
+    assert isinstance(model, HFCausalLM)
+    tasks = []
+    for i, (name, (train, _)) in enumerate(
+        synthetic_pairs({"arithmetic": (6, 0), "safety": (6, 0)}).items()
+    ):
+        pairs = tokenize_pairs(train, tok, max_length=MAX_LENGTH)
+        ref = reference_logps(model, pairs, pad_id=tok.pad_id, average=False)
+        tasks.append(TaskData(name, pairs, ref, np.full(len(pairs), 0.6 + 0.01 * i)))
+    return DPOOracle(model, tasks, pad_id=tok.pad_id, dpo=dpo_settings(0.1, "sigmoid", 0.0))
+
+
+def test_dpo_oracle_over_a_local_hf_model(tmp_path, no_network):
+    oracle = hf_oracle(make_hf_model_dir(tmp_path / "tiny-gpt2"))
+    amasim.check_oracle(oracle)
+    oracle.reset([0])
+    batch = oracle.sample(np.array([[0, 0, 1, 1]]))
+    np.testing.assert_allclose(oracle.losses(batch), np.log(2.0), atol=1e-5)
+    before = {k: v.clone() for k, v in oracle.policy.state_dict().items()}
+    oracle.step(batch, np.full((1, 4), 0.25), 1e-2)
+    after = oracle.policy.state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+    assert no_network == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=amasim.OracleError,
+    reason="BUG: DPOOracle trains the policy in train mode, so a checkpoint with dropout "
+    "(GPT-2's default 0.1) is not its own reference at reset (loss != log 2) and two forwards "
+    "of one batch differ; TRL's DPO disables dropout in the policy for this reason",
+)
+def test_dpo_oracle_over_an_hf_model_with_dropout(tmp_path):
+    oracle = hf_oracle(make_hf_model_dir(tmp_path / "tiny-gpt2-dropout", dropout=0.1))
+    amasim.check_oracle(oracle)
+    oracle.reset([0])
+    losses = oracle.losses(oracle.sample(np.array([[0, 0, 1, 1]])))
+    np.testing.assert_allclose(losses, np.log(2.0), atol=1e-5)
