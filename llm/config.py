@@ -123,8 +123,14 @@ def _section(cls: type, values: dict[str, Any], where: str) -> Any:
         default = getattr(cls(), name)
         expected = type(default)
         if expected is tuple:
-            if not isinstance(value, list):
-                raise ValueError(f"{where}.{name} must be a list, got {value!r}")
+            item = type(default[0])
+            if not isinstance(value, list) or not all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value
+            ):
+                raise ValueError(
+                    f"{where}.{name} must be a list of {item.__name__} (like {list(default)!r}), "
+                    f"got {value!r}"
+                )
             value = tuple(value)
         elif expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

@@ -192,7 +192,9 @@ class DPOOracle:
         if len(seeds) != 1:
             raise ValueError(f"DPOOracle runs one replicate at a time, got {len(seeds)} seeds")
         self.policy.load_state_dict(self._initial)
-        self.policy.train()
+        # Dropout off (as TRL does): the policy starts exactly at the reference and its
+        # losses are reproducible; gradients flow in eval mode all the same.
+        self.policy.eval()
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=1e-3, weight_decay=self.weight_decay
         )
@@ -239,6 +241,12 @@ class DPOOracle:
             with torch.no_grad():
                 values = torch.cat([self._forward(index[c]) for c in chunks])
             self._pending = (batch, None)
+        if not torch.isfinite(values).all():  # the protocol promises finite losses
+            self._pending = None
+            raise FloatingPointError(
+                "non-finite DPO loss on this batch: lower the learning rate, check the data, or "
+                "use bf16 instead of fp16; no parameter was changed"
+            )
         return values.double().cpu().numpy()[None, :]
 
     def step(self, batch: Batch, loss_weights: np.ndarray, learning_rate: float) -> None:
@@ -251,8 +259,12 @@ class DPOOracle:
             self._backward((weights * losses).sum())
         else:
             index = batch.data[0]
-            for c in self._chunks(len(index)):
-                self._backward((weights[c] * self._forward(index[c])).sum())
+            try:
+                for c in self._chunks(len(index)):
+                    self._backward((weights[c] * self._forward(index[c])).sum())
+            except FloatingPointError:
+                self.optimizer.zero_grad(set_to_none=True)  # drop the partial accumulation
+                raise
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.grad_clip)
         for group in self.optimizer.param_groups:

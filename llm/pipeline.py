@@ -221,6 +221,7 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         key = {
             "reference": ref_fp,
             "pairs": t["train"].fingerprint,
+            "eval_pairs": t["eval"].fingerprint,
             "dpo": dpo,
             "stage": asdict(spec),
         }
@@ -284,7 +285,10 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                 "dpo": dpo,
                 "mix": asdict(cfg.mix),
             }
-            run_key |= {"stage": asdict(cfg.generalist), "data": train_data[0].pairs.fingerprint}
+            run_key |= {
+                "stage": asdict(cfg.generalist),
+                "data": [d.pairs.fingerprint for d in train_data],
+            }
             name = f"{method}-seed{seed}-{cache_key(run_key)[:12]}"
             folder = out / "generalists" / name / f"rank{rank}"
             log = MetricsLog(

@@ -78,6 +78,13 @@ class MetricsLog:
                 if isinstance(value, (int, float)) and key != "step":
                     self._writer.add_scalar(key, value, record["step"])
 
+    def drop_from(self, step: int) -> None:
+        """Forget records of steps >= ``step`` (a resumed run redoes them)."""
+        if self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if json.loads(line)["step"] < step]
+            self.path.write_text("".join(kept))
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -124,6 +131,8 @@ def train(
         ckpt = load(ckpt_path)
         oracle.load_state_dict(ckpt["oracle"])
         state, start, history = ckpt["mixer_state"], ckpt["step"], ckpt["history"]
+    if log is not None:
+        log.drop_from(start)
     saved_at = start if start else None
 
     for t in range(start, config.steps):

@@ -65,18 +65,16 @@ def test_config_keys_are_optional_and_ints_widen_to_floats(tmp_path):
 @pytest.mark.parametrize(
     "sections, names",
     [
-        ({"runn": {"seeds": [0]}}, ["runn"]),
-        ({"sft": {"step": 3}}, ["step", "[sft]"]),
-        ({"sft": {"steps": "many"}}, ["steps", "[sft]"]),
-        ({"sft": {"steps": 2.5}}, ["steps", "[sft]"]),
-        ({"run": {"tensorboard": 1}}, ["tensorboard", "[run]"]),
-        ({"run": {"threads": True}}, ["threads", "[run]"]),
-        ({"dpo": {"beta": True}}, ["beta", "[dpo]"]),
-        ({"run": {"seeds": 3}}, ["seeds", "[run]"]),
+        pytest.param({"runn": {"seeds": [0]}}, ["runn"], id="unknown-section"),
+        pytest.param({"sft": {"step": 3}}, ["step", "[sft]"], id="unknown-key"),
+        pytest.param({"sft": {"steps": "many"}}, ["steps", "[sft]"], id="str-for-int"),
+        pytest.param({"sft": {"steps": 2.5}}, ["steps", "[sft]"], id="float-for-int"),
+        pytest.param({"run": {"tensorboard": 1}}, ["tensorboard", "[run]"], id="int-for-bool"),
+        pytest.param({"run": {"threads": True}}, ["threads", "[run]"], id="bool-for-int"),
+        pytest.param({"dpo": {"beta": True}}, ["beta", "[dpo]"], id="bool-for-float"),
+        pytest.param({"run": {"seeds": 3}}, ["seeds", "[run]"], id="int-for-list"),
     ],
-    ids=["section", "key", "str-for-int", "float-for-int", "int-for-bool", "bool-for-int",
-         "bool-for-float", "int-for-list"],
-)  # fmt: skip
+)
 def test_config_errors_name_the_key_and_file(tmp_path, sections, names):
     path = write_toml(tmp_path / "bad.toml", sections)
     with pytest.raises(ValueError) as info:
@@ -85,11 +83,6 @@ def test_config_errors_name_the_key_and_file(tmp_path, sections, names):
         assert name in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: list values are not checked element-wise: seeds = ["0"] loads and fails '
-    "only mid-pipeline (after SFT) inside amasim.prng",
-)
 def test_config_list_elements_are_type_checked(tmp_path):
     path = write_toml(tmp_path / "bad.toml", {"run": {"seeds": ["0"]}})
     with pytest.raises(ValueError, match="seeds"):
@@ -223,13 +216,6 @@ def test_changing_beta_recomputes_the_specialists(first_run, data_dir, tmp_path)
     assert results["config"]["dpo"]["beta"] == 0.2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: the specialist cache key holds the train pairs' fingerprint only, but the "
-    "entry also stores the specialist's losses on the eval pairs: after an eval file "
-    "changes, stale eval losses are read back (here of the wrong length)",
-)
 def test_changing_an_eval_file_recomputes_the_specialist_eval_losses(first_run, data_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
@@ -239,12 +225,6 @@ def test_changing_an_eval_file_recomputes_the_specialist_eval_losses(first_run, 
     assert all(np.isfinite(r["worst_task_excess"]) for r in results["runs"]["ama-s"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the generalists' checkpoint key holds only the FIRST task's data fingerprint: "
-    "when the reference does not change with the data (a local HF model, or sft.steps = 0) "
-    "a run whose other tasks changed resumes the stale finished checkpoint",
-)
 def test_changing_another_tasks_data_retrains_the_generalists(data_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
@@ -253,8 +233,8 @@ def test_changing_another_tasks_data_retrains_the_generalists(data_dir, tmp_path
     rows = synthetic_pairs({"format": (SIZES["format"][0], 0)}, seed=1)["format"][0]
     with (data / "format.train.jsonl").open("w") as fh:  # new format data, same size
         for pair in rows:
-            fh.write(json.dumps({"prompt": pair.prompt, "chosen": pair.chosen,
-                                 "rejected": pair.rejected}) + "\n")  # fmt: skip
+            row = {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected}
+            fh.write(json.dumps(row) + "\n")
     after = run_pipeline(load_config(cfg), progress=False)
     assert after["runs"]["ama-s"][0]["history"] != before["runs"]["ama-s"][0]["history"]
 
@@ -379,13 +359,6 @@ def test_dpo_oracle_over_a_local_hf_model(tmp_path, no_network):
     assert no_network == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=amasim.OracleError,
-    reason="BUG: DPOOracle trains the policy in train mode, so a checkpoint with dropout "
-    "(GPT-2's default 0.1) is not its own reference at reset (loss != log 2) and two forwards "
-    "of one batch differ; TRL's DPO disables dropout in the policy for this reason",
-)
 def test_dpo_oracle_over_an_hf_model_with_dropout(tmp_path):
     oracle = hf_oracle(make_hf_model_dir(tmp_path / "tiny-gpt2-dropout", dropout=0.1))
     amasim.check_oracle(oracle)
