@@ -238,6 +238,7 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                 _loop(spec, spec.steps, 0, cfg),
                 out_dir=folder,
                 log=log,
+                progress=f"specialist {name}" if progress else None,
             )
             losses = {}
             for split in ("train", "eval"):
@@ -304,6 +305,7 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                 flops_per_token=model.flops_per_token(cfg.data.max_length),
                 reduce=reduce_task_scores if world > 1 else None,
                 stream=loop_stream,
+                progress=f"{method} seed {seed}" if progress and rank == 0 else None,
             )
             log.close()
             per_task = oracle.evaluate_tasks()

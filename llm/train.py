@@ -104,10 +104,12 @@ def train(
     log: MetricsLog | None = None,
     flops_per_token: float | None = None,
     on_step: Callable[[int], None] | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Train ``oracle``'s policy with ``mixer``; returns the weight and score history.
 
-    ``on_step(t)`` is called after each completed step (tests use it to interrupt a run).
+    ``on_step(t)`` is called after each completed step (tests use it to interrupt a run);
+    ``progress``, when given, labels a tqdm progress bar.
     """
     out = Path(out_dir)
     ckpt_path = out / "checkpoint.pt"
@@ -135,7 +137,12 @@ def train(
         log.drop_from(start)
     saved_at = start if start else None
 
-    for t in range(start, config.steps):
+    steps = range(start, config.steps)
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=progress, initial=start, total=config.steps, leave=False)
+    for t in steps:
         lr = learning_rate_at(config.learning_rate, config.schedule, t, config.steps)
         tokens_before, tick = oracle.tokens_seen, time.perf_counter()
         try:
