@@ -37,6 +37,8 @@ METHODS: dict[str, str] = {
     "ama-s-noclip": "AMA-S ablation: excess loss without clipping",
     "group-dro": "Group DRO: EG on raw loss, reweighting (= AMA-R raw-loss ablation)",
     "ama-s-raw": "AMA-S ablation: raw loss, no specialist",
+    "doremi": "DoReMi: EG on clipped excess, smoothing 1e-3, reweighting (output: mean α)",
+    "odm": "online data mixing: EXP3 on the raw loss, decaying exploration",
     "uniform": "examples uniformly from the union (α ∝ sizes)",
     "stratified": "every task equally (α = 1/k)",
 }
@@ -64,6 +66,8 @@ def build(name: str, steps: int, sizes: Sequence[int], tuning: Tuning = Tuning()
         "ama-s-noclip": lambda: mixers.ama_s(eta, c, score="excess"),
         "group-dro": lambda: mixers.group_dro(eta),
         "ama-s-raw": lambda: mixers.ama_s(eta, c, score="loss"),
+        "doremi": lambda: mixers.doremi(eta, 1e-3),
+        "odm": lambda: mixers.odm(),
         "uniform": lambda: mixers.uniform(list(sizes)),
         "stratified": lambda: mixers.stratified(),
     }

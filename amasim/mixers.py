@@ -59,6 +59,11 @@ __all__ = [
     "ama_s",
     "exponentiated_gradient",
     "averaged",
+    "hold_last_scores",
+    "doremi",
+    "odm",
+    "HeldState",
+    "ODMState",
     "eg_step",
     "smooth",
     "importance_weighted",
@@ -95,6 +100,22 @@ class EGState(NamedTuple):
 
     log_weights: np.ndarray
     weights: np.ndarray
+
+
+class HeldState(NamedTuple):
+    """Inner state plus the last score seen of every task."""
+
+    inner: Any
+    last_scores: np.ndarray
+
+
+class ODMState(NamedTuple):
+    """EXP3 of online data mixing: log weights, played weights, step, smoothed rewards."""
+
+    log_weights: np.ndarray
+    weights: np.ndarray
+    step: int
+    rewards: np.ndarray
 
 
 class AveragedState(NamedTuple):
@@ -362,6 +383,80 @@ def averaged(mixer: Mixer) -> Mixer:
         return weights(new), new
 
     return Mixer(init, update, weights, mixer.score, mixer.apply, f"averaged_{mixer.name}")
+
+
+def hold_last_scores(mixer: Mixer) -> Mixer:
+    """Feed ``mixer`` full information: a task absent from the batch keeps its last score.
+
+    This is how DoReMi treats a domain missing from a batch (notes §5).
+    """
+
+    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> HeldState:
+        inner = mixer.init(num_tasks, seed)
+        return HeldState(inner, np.zeros_like(mixer.weights(inner)))
+
+    def update(state: HeldState, scores: Any, counts: Any = None):
+        scores = check_scores(scores, state.last_scores.shape[-1])
+        if counts is not None:
+            n = _check_counts(counts, scores.shape)
+            scores = np.where(n > 0, scores, state.last_scores)
+        w, inner = mixer.update(state.inner, scores, None)
+        return w, HeldState(inner, scores)
+
+    return Mixer(
+        init, update, lambda state: mixer.weights(state.inner), mixer.score, mixer.apply, mixer.name
+    )
+
+
+def doremi(step_size: float = 1.0, smoothing: float = 1e-3) -> Mixer:
+    """DoReMi (Xie et al. 2023; notes §5): EG on clipped excess loss over one reference.
+
+    α' = α·exp(η·λ), α = (1 − c)·α'/Σα' + c/k, every domain in every batch (reweighting),
+    a domain absent from a batch keeps its last score.  DoReMi's output is the *average*
+    of α over the run — :attr:`amasim.train.RunResult.average_weights` — which then
+    trains the final model statically.  Per-token clipping becomes per-example clipping
+    with this oracle protocol (scores are per example).  With one reference equal to
+    every specialist and c = 0 the update is AMA-R's.
+    """
+    inner = exponentiated_gradient(
+        step_size, smoothing=smoothing, score="clipped", apply="reweight", name="doremi"
+    )
+    return hold_last_scores(inner)
+
+
+def odm(smoothing_rate: float = 0.9) -> Mixer:
+    """Online data mixing (Albalak et al. 2023; notes §6): EXP3 with the loss as reward.
+
+    Step t = 1, 2, …: exploration ε_t = min(1/k, √(ln k / (k·t))); the importance-weighted
+    reward n_i/(B·α_i)·ℓ_i is smoothed by an EMA (rate ``smoothing_rate``) and
+    log q ← log q + ε_{t−1}·r̄; the batch is drawn from α = (1 − k·ε_t)·q + ε_t.
+    """
+    if not 0.0 <= smoothing_rate < 1.0:
+        raise ValueError(f"smoothing_rate={smoothing_rate!r} must lie in [0, 1)")
+
+    def exploration(k: int, step: int) -> float:
+        return min(1.0 / k, float(np.sqrt(np.log(k) / (k * step)))) if k > 1 else 1.0
+
+    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> ODMState:
+        shape = (*_batch_shape(num_tasks, seed), num_tasks)
+        uniform = np.full(shape, 1.0 / num_tasks)
+        return ODMState(np.log(uniform), uniform, 1, np.zeros(shape))
+
+    def update(state: ODMState, scores: Any, counts: Any = None):
+        k = state.weights.shape[-1]
+        rewards = check_scores(scores, k)
+        if counts is not None:
+            rewards = importance_weighted(
+                rewards, _check_counts(counts, rewards.shape), state.weights
+            )
+        smoothed = smoothing_rate * state.rewards + (1.0 - smoothing_rate) * rewards
+        eps = exploration(k, state.step)
+        log_weights, probs = eg_step(state.log_weights, smoothed, eps)
+        eps_next = exploration(k, state.step + 1)
+        played = (1.0 - k * eps_next) * probs + eps_next
+        return played, ODMState(log_weights, played, state.step + 1, smoothed)
+
+    return Mixer(init, update, _played_weights, "loss", "resample", "odm")
 
 
 def _check_apply(apply: str) -> None:

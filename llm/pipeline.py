@@ -50,6 +50,8 @@ def build_mixer(method: str, num_tasks: int, sizes: tuple[int, ...], cfg: Config
         "ama-s": lambda: mixers.ama_s(eta, c),
         "ama-r-noclip": lambda: mixers.ama_r(eta, score="excess"),
         "ama-s-noclip": lambda: mixers.ama_s(eta, c, score="excess"),
+        "doremi": lambda: mixers.doremi(eta, c),
+        "odm": mixers.odm,
     }
     if method not in factories:
         raise ValueError(f"[run] methods: {method!r} is unknown; use {sorted(factories)}")

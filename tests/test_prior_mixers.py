@@ -1,0 +1,110 @@
+"""DoReMi and online data mixing (ODM): their defining invariants, on the mixer contract."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amasim import mixers
+
+finite = st.floats(-1e6, 1e6, allow_nan=False)
+score_lists = st.lists(st.lists(finite, min_size=3, max_size=3), min_size=1, max_size=20)
+count_lists = st.lists(st.lists(st.integers(0, 5), min_size=3, max_size=3), min_size=1, max_size=20)
+
+
+@settings(max_examples=50, deadline=None)
+@given(scores=score_lists, counts=count_lists)
+def test_weights_stay_on_the_simplex(scores, counts):
+    """Any finite scores, any counts: the weights of doremi and odm are a distribution."""
+    for mixer in (mixers.doremi(0.5, 0.01), mixers.odm()):
+        state = mixer.init(3)
+        for s, n in zip(scores, counts):
+            w, state = mixer.update(state, np.array(s), np.array(n))
+            assert np.all(w >= 0) and np.isfinite(w).all()
+            assert abs(w.sum() - 1) < 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(scores=score_lists)
+def test_doremi_without_smoothing_is_ama_r(scores):
+    """One reference equal to every specialist and c = 0: DoReMi's update is AMA-R's."""
+    d, a = mixers.doremi(0.3, 0.0), mixers.ama_r(0.3)
+    sd, sa = d.init(3), a.init(3)
+    for s in scores:
+        wd, sd = d.update(sd, np.array(s))
+        wa, sa = a.update(sa, np.array(s))
+        np.testing.assert_array_equal(wd, wa)
+
+
+def test_doremi_keeps_the_last_score_of_an_absent_domain():
+    """A domain missing from the batch is scored with its last seen score."""
+    mixer = mixers.doremi(1.0, 0.0)
+    state = mixer.init(2)
+    _, state = mixer.update(state, np.array([1.0, 0.0]), np.array([1, 1]))
+    held, state_held = mixer.update(state, np.array([0.0, 0.0]), np.array([0, 1]))
+    explicit, _ = mixer.update(state, np.array([1.0, 0.0]), np.array([1, 1]))
+    np.testing.assert_array_equal(held, explicit)
+    assert state_held.last_scores.tolist() == [1.0, 0.0]
+
+
+def test_doremi_smoothing_floors_every_weight():
+    """α = (1 − c)·α' + c/k keeps every domain at least c/k."""
+    mixer = mixers.doremi(5.0, 0.1)
+    state = mixer.init(4)
+    for _ in range(50):
+        w, state = mixer.update(state, np.array([10.0, 0.0, 0.0, 0.0]))
+    assert w.min() >= 0.1 / 4 - 1e-15
+
+
+def test_odm_exploration_decays_and_floors_weights():
+    """ODM plays at least ε_t = min(1/k, √(ln k/(k t))) on every domain, and ε_t decays."""
+    mixer = mixers.odm()
+    state = mixer.init(3)
+    floors = []
+    for t in range(1, 200):
+        w, state = mixer.update(state, np.array([5.0, 0.0, 0.0]), np.array([4, 2, 2]))
+        eps = min(1 / 3, np.sqrt(np.log(3) / (3 * (t + 1))))
+        assert w.min() >= eps - 1e-15
+        floors.append(eps)
+    assert floors[-1] < floors[0]
+
+
+def test_odm_favours_the_domain_with_the_highest_loss():
+    """The loss is the reward: a domain with a persistently higher loss gains weight."""
+    mixer = mixers.odm(0.5)
+    state = mixer.init(3)
+    for _ in range(100):
+        w, state = mixer.update(state, np.array([2.0, 0.5, 0.5]), None)
+    assert w[0] > w[1] and w[0] > w[2]
+
+
+def test_same_seed_same_run_and_batched_rows_match():
+    """Deterministic; a batched state updates each row as a lone state would."""
+    rng = np.random.default_rng(0)
+    scores = rng.random((10, 2, 3))
+    for mixer in (mixers.doremi(0.5, 0.01), mixers.odm()):
+        batched = mixer.init(3, seed=[0, 1])
+        lone = [mixer.init(3, seed=0), mixer.init(3, seed=1)]
+        for s in scores:
+            wb, batched = mixer.update(batched, s)
+            for r in range(2):
+                wr, lone[r] = mixer.update(lone[r], s[r])
+                np.testing.assert_array_equal(wb[r], wr)
+
+
+@pytest.mark.parametrize("bad", [np.array([np.nan, 0, 0]), np.array([0.0, 0.0])])
+def test_bad_scores_are_rejected(bad):
+    """NaN scores and the wrong number of tasks raise a ValueError naming scores."""
+    for mixer in (mixers.doremi(), mixers.odm()):
+        with pytest.raises(ValueError, match="scores"):
+            mixer.update(mixer.init(3), bad)
+
+
+def test_bad_settings_are_rejected():
+    """Step size <= 0, smoothing outside [0, 1] and an EMA rate outside [0, 1) are errors."""
+    with pytest.raises(ValueError, match="step_size"):
+        mixers.doremi(0.0)
+    with pytest.raises(ValueError, match="smoothing"):
+        mixers.doremi(1.0, 1.5)
+    with pytest.raises(ValueError, match="smoothing_rate"):
+        mixers.odm(1.0)
