@@ -57,6 +57,7 @@ import numpy as np
 
 __all__ = [
     "MERGE_METHODS",
+    "COLINEAR_COS",
     "merge",
     "linear",
     "task_arithmetic",

@@ -184,6 +184,11 @@ def _check_counts(counts: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- building blocks
+# Extreme but finite inputs may overflow on purpose in eg_step and importance_weighted
+# (the results are then repaired); a mixer enters this np.errstate once per update.
+_QUIET = {"over": "ignore", "divide": "ignore", "invalid": "ignore"}
+
+
 def eg_step(
     log_weights: np.ndarray, gains: np.ndarray, step_size: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -194,10 +199,14 @@ def eg_step(
     (−inf at worst, for a weight that is then 0); log weights are floored at −1e300, so
     finite gains always give finite weights on the simplex, after any number of updates.
     """
+    with np.errstate(**_QUIET):
+        return _eg_step(log_weights, gains, step_size)
+
+
+def _eg_step(log_weights, gains, step_size):
     # ufunc.reduce rather than the .max()/.sum() methods: same numbers, less call overhead
     # on the hot path (a mixer update is a few µs of work spread over ~15 numpy calls)
-    with np.errstate(over="ignore"):
-        z = log_weights + step_size * (gains - np.maximum.reduce(gains, axis=-1, keepdims=True))
+    z = log_weights + step_size * (gains - np.maximum.reduce(gains, axis=-1, keepdims=True))
     z = np.maximum(z - np.maximum.reduce(z, axis=-1, keepdims=True), _LOG_FLOOR)
     e = np.exp(z)
     total = np.add.reduce(e, axis=-1, keepdims=True)
@@ -215,9 +224,12 @@ def importance_weighted(scores: np.ndarray, counts: np.ndarray, probs: np.ndarra
     With counts ~ Multinomial(B, p), E[n_i/(B p_i) ê_i] = E_i (notes §4); B = 1 is EXP3's
     x/p for the drawn arm.
     """
-    total = np.add.reduce(counts, axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        estimate = counts * scores / (total * probs)
+    with np.errstate(**_QUIET):
+        return _importance_weighted(scores, counts, probs)
+
+
+def _importance_weighted(scores, counts, probs):
+    estimate = counts * scores / (np.add.reduce(counts, axis=-1, keepdims=True) * probs)
     # One scalar test: the sum is finite iff every entry is, unless finite entries overflow
     # the sum, which only sends finite estimates through nan_to_num, which keeps them.
     if not math.isfinite(np.add.reduce(estimate, axis=None)):
@@ -311,13 +323,14 @@ def exponentiated_gradient(
                 f"scores has shape {gains.shape} but the state holds {state.log_weights.shape}"
                 ": pass one score per task for every replicate"
             )
-        if counts is not None:
-            n = _check_counts(counts, gains.shape)
-            if importance_weighting:
-                gains = importance_weighted(gains, n, state.weights)
-            else:
-                gains = np.where(n > 0, gains, 0.0)
-        log_weights, probs = eg_step(state.log_weights, gains, eta)
+        with np.errstate(**_QUIET):
+            if counts is not None:
+                n = _check_counts(counts, gains.shape)
+                if importance_weighting:
+                    gains = _importance_weighted(gains, n, state.weights)
+                else:
+                    gains = np.where(n > 0, gains, 0.0)
+            log_weights, probs = _eg_step(state.log_weights, gains, eta)
         played = smooth(probs, c) if c > 0 else probs
         return played, EGState(log_weights, played)
 

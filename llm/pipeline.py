@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from amasim import mixers
+from amasim.merging import merge
 from amasim.methods import examples_per_step
 from llm.cache import cache_key, load_or_compute
 from llm.checkpoint import load, save_atomic
@@ -36,7 +37,15 @@ from llm.oracle import DPOOracle, TaskData, dpo_settings, pair_losses, reference
 from llm.tokenizer import CharTokenizer
 from llm.train import LoopConfig, MetricsLog, train
 
-__all__ = ["run_pipeline", "build_mixer"]
+__all__ = ["run_pipeline", "build_mixer", "MERGES"]
+
+#: pipeline method → amasim.merging method, applied to the specialists (base: reference)
+MERGES = {
+    "merge-linear": "linear",
+    "merge-task-arithmetic": "task_arithmetic",
+    "merge-ties": "ties",
+    "merge-dare-ties": "dare_ties",
+}
 
 
 def build_mixer(method: str, num_tasks: int, sizes: tuple[int, ...], cfg: Config) -> mixers.Mixer:
@@ -54,7 +63,8 @@ def build_mixer(method: str, num_tasks: int, sizes: tuple[int, ...], cfg: Config
         "odm": mixers.odm,
     }
     if method not in factories:
-        raise ValueError(f"[run] methods: {method!r} is unknown; use {sorted(factories)}")
+        known = sorted(factories) + sorted(MERGES)
+        raise ValueError(f"[run] methods: {method!r} is unknown; use {known}")
     return factories[method]()
 
 
@@ -181,6 +191,20 @@ def _loop(stage, steps: int, seed: int, cfg: Config) -> LoopConfig:
     )
 
 
+def _evaluated(oracle: DPOOracle, model, tokenizer, tasks, cfg: Config) -> dict[str, Any]:
+    """Per-task held-out metrics of the current policy, greedy exact match included."""
+    per_task = oracle.evaluate_tasks()
+    for task, row in per_task.items():
+        row["exact_match"] = greedy_exact_match(
+            model,
+            tokenizer,
+            tasks[task]["eval_raw"][: cfg.eval.generate],
+            max_new_tokens=cfg.eval.max_new_tokens,
+            device=cfg.run.device,
+        )
+    return {"tasks": per_task, "worst_task_excess": max(v["clipped"] for v in per_task.values())}
+
+
 def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run every stage; returns the results record (also written to ``OUT/results.json``)."""
     out = Path(cfg.run.out)
@@ -228,11 +252,13 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
             "stage": asdict(spec),
         }
 
-        def specialist_losses(t=t, name=name, key=key):
+        folder = out / "specialists" / f"{name}-{cache_key(key)[:12]}"
+        t["specialist_checkpoint"] = folder / "checkpoint.pt"
+
+        def specialist_losses(t=t, name=name, folder=folder):
             model.load_state_dict(reference_state)
             data = [TaskData(name, t["train"], t["train_ref"], np.zeros(len(t["train"])))]
             oracle = _oracle(model, data, None, cfg, spec, tokenizer.pad_id, dpo)
-            folder = out / "specialists" / f"{name}-{cache_key(key)[:12]}"
             log = MetricsLog(folder / "metrics.jsonl")
             train(
                 oracle,
@@ -277,6 +303,20 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     sizes = tuple(len(t["train"]) for t in tasks.values())
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in cfg.run.methods:
+        if method in MERGES:  # a merge of the specialists: no training, evaluated per seed
+            states = [load(tasks[n]["specialist_checkpoint"])["oracle"]["policy"] for n in names]
+            for seed in cfg.run.seeds:
+                tick = time.perf_counter()
+                options = {"seed": seed} if MERGES[method].startswith("dare") else {}
+                weights = [1.0 / len(names)] * len(names)  # task vectors averaged, not summed
+                model.load_state_dict(
+                    merge(MERGES[method], reference_state, states, weights=weights, **options)
+                )
+                record = _evaluated(oracle, model, tokenizer, tasks, cfg)
+                record |= {"seed": seed, "steps": 0, "seconds": time.perf_counter() - tick}
+                runs.setdefault(method, []).append(record)
+                say(f"{method} seed {seed}: worst-task excess {record['worst_task_excess']:.4f}")
+            continue
         mixer = build_mixer(method, len(names), sizes, cfg)
         steps = max(
             1, cfg.mix.examples // examples_per_step(mixer, len(names), cfg.generalist.batch_size)
@@ -310,24 +350,9 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                 progress=f"{method} seed {seed}" if progress and rank == 0 else None,
             )
             log.close()
-            per_task = oracle.evaluate_tasks()
-            for task in names:
-                chosen = tasks[task]["eval_raw"][: cfg.eval.generate]
-                per_task[task]["exact_match"] = greedy_exact_match(
-                    model,
-                    tokenizer,
-                    chosen,
-                    max_new_tokens=cfg.eval.max_new_tokens,
-                    device=cfg.run.device,
-                )
-            record = {
-                "seed": seed,
-                "steps": steps,
-                "seconds": time.perf_counter() - tick,
-                "tasks": per_task,
-                "worst_task_excess": max(v["clipped"] for v in per_task.values()),
-                "history": result["history"],
-            }
+            record = _evaluated(oracle, model, tokenizer, tasks, cfg)
+            record |= {"seed": seed, "steps": steps, "seconds": time.perf_counter() - tick}
+            record["history"] = result["history"]
             runs.setdefault(method, []).append(record)
             say(f"{method} seed {seed}: worst-task excess {record['worst_task_excess']:.4f}")
     results = {"config": asdict(cfg), "tasks": names, "sizes": sizes, "runs": runs}

@@ -52,7 +52,9 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
     path = out / "results.md"
     path.write_text(f"# llm pipeline results\n\n{summary_table(results)}\n")
     names = results["tasks"]
-    methods = list(results["runs"])
+    methods = [m for m, runs in results["runs"].items() if runs[0].get("history")]
+    if not methods:  # only merges: nothing was trained, nothing to plot
+        return path
     for kind, title in (("weights", "task weight α"), ("scores", "batch score (excess loss)")):
         fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3), sharey=True)
         for ax, method in zip(np.atleast_1d(axes), methods):

@@ -49,7 +49,8 @@ def one_thread():
 def test_tiny_cpu_config_loads():
     cfg = load_config(TINY_CPU)
     assert isinstance(cfg, Config)
-    assert cfg.run.seeds == (0, 1, 2) and cfg.run.methods == METHODS
+    merges = ("merge-linear", "merge-ties", "merge-dare-ties")
+    assert cfg.run.seeds == (0, 1, 2) and cfg.run.methods == METHODS + merges
     assert (cfg.model.kind, cfg.model.n_layer, cfg.model.n_embd) == ("gpt", 2, 64)
     assert cfg.run.threads == 2 and cfg.mix.examples == 7200
     assert cfg.dpo.beta == 0.1 and isinstance(cfg.run.peak_flops, float)
@@ -195,6 +196,26 @@ def test_rerun_reuses_caches_and_reproduces_results(first_run, data_dir, tmp_pat
     fresh = run_pipeline(load_config(folder / "config.toml"), progress=False)
     assert stamps(folder) == cached
     assert outcome(fresh) == outcome(before)
+
+
+def test_merging_the_specialists_is_a_method(first_run, data_dir, tmp_path):
+    """merge-* methods merge the cached specialists (base: the reference) and evaluate them."""
+    methods = ["merge-linear", "merge-task-arithmetic", "merge-dare-ties"]
+    folder = copy_run(first_run, tmp_path, data_dir, run={"methods": methods})
+    results = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    runs = results["runs"]
+    assert list(runs) == methods
+    for method in methods:
+        assert [r["steps"] for r in runs[method]] == [0] * len(SEEDS)
+        assert all(np.isfinite(r["worst_task_excess"]) for r in runs[method])
+    # With weights 1/k, the linear merge is the reference plus the mean task vector.
+    linear = [r["worst_task_excess"] for r in runs["merge-linear"]]
+    arithmetic = [r["worst_task_excess"] for r in runs["merge-task-arithmetic"]]
+    assert linear == pytest.approx(arithmetic, rel=1e-5)
+    assert len(set(linear)) == 1  # deterministic: every seed the same
+    dare = [r["worst_task_excess"] for r in runs["merge-dare-ties"]]
+    assert dare[0] != dare[1]  # DARE's drops follow the seed
+    assert "| merge-linear |" in (folder / "out" / "results.md").read_text()
 
 
 def test_changing_beta_recomputes_the_specialists(first_run, data_dir, tmp_path):

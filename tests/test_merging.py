@@ -448,6 +448,20 @@ def test_torch_low_precision_keeps_dtype(dtype_name):
         assert merged["bn.num_batches_tracked"].item() == (10 if name in ("linear", "slerp") else 7)
 
 
+def test_torch_results_stay_on_the_input_device():
+    """CUDA tensors merge to CUDA tensors with the input dtype (skipped without a GPU)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    base, models = numpy_inputs(np.float64)
+    to = lambda d: {k: torch.from_numpy(v).to("cuda") for k, v in d.items()}  # noqa: E731
+    expected = all_merges(base, models)
+    for name, merged in all_merges(to(base), [to(m) for m in models]).items():
+        for key, value in merged.items():
+            assert value.device.type == "cuda" and value.dtype == to(base)[key].dtype
+            np.testing.assert_array_equal(value.cpu().numpy(), expected[name][key])
+
+
 def test_torch_parameters_with_grad_are_accepted():
     """requires_grad tensors merge to plain tensors without autograd history."""
     torch = pytest.importorskip("torch")
