@@ -1,0 +1,304 @@
+"""Tests for :mod:`amasim.lmo`: the LMO family (Skill-It, Aioli, DML)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from amasim import lmo, mixers, prng
+from amasim.problems import make_problem
+
+FEW = settings(max_examples=30, deadline=None)
+MODERATE = st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False)
+
+
+def square(k_min: int = 2, k_max: int = 5):
+    return st.integers(k_min, k_max).flatmap(
+        lambda k: hnp.arrays(np.float64, (k, k), elements=MODERATE)
+    )
+
+
+def on_simplex(w: np.ndarray) -> bool:
+    return bool(np.all(w >= 0) and np.allclose(w.sum(axis=-1), 1.0, atol=1e-12))
+
+
+# ------------------------------------------------------------------------ lmo_step
+@FEW
+@given(hnp.arrays(np.float64, st.integers(1, 6), elements=MODERATE), st.floats(0.01, 2.0))
+def test_lmo_step_diagonal_is_eg_step(excess, eta):
+    log_w = np.full(excess.size, -np.log(excess.size))
+    got = lmo_out = lmo.lmo_step(log_w, np.diag(excess), eta)
+    want = mixers.eg_step(log_w, excess, eta)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-15)
+    assert on_simplex(lmo_out[1])
+
+
+def test_lmo_step_diagonal_matches_ama_r_update():
+    excess = np.array([0.3, 0.0, 1.2])
+    mixer = mixers.ama_r(0.5, score="excess")
+    state = mixer.init(3, seed=0)
+    w, _ = mixer.update(state, excess)
+    np.testing.assert_allclose(lmo.lmo_step(state.log_weights, np.diag(excess), 0.5)[1], w)
+
+
+@FEW
+@given(square())
+def test_lmo_step_uses_column_sums(A):
+    m = A.shape[0]
+    log_w = np.full(m, -np.log(m))
+    got = lmo.lmo_step(log_w, A, 0.3)[1]
+    assert on_simplex(got)
+    np.testing.assert_allclose(got, mixers.eg_step(log_w, A.sum(axis=0), 0.3)[1], atol=1e-14)
+
+
+def test_lmo_step_batched():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((4, 3, 3))
+    log_w = np.log(np.full((4, 3), 1 / 3))
+    got = lmo.lmo_step(log_w, A, 1.0)[1]
+    for r in range(4):
+        np.testing.assert_allclose(got[r], lmo.lmo_step(log_w[r], A[r], 1.0)[1])
+
+
+# ------------------------------------------------------------------------ Skill-It
+@FEW
+@given(hnp.arrays(np.float64, st.integers(1, 5), elements=st.floats(0, 10)))
+def test_skill_it_identity_graph_is_eg_on_losses(losses):
+    m = losses.size
+    mixer = lmo.skill_it(np.eye(m), 0.7)
+    eg = mixers.group_dro(0.7)
+    w1, s1 = mixer.update(mixer.init(m), losses)
+    w2, _ = eg.update(eg.init(m), losses)
+    np.testing.assert_allclose(w1, w2, rtol=1e-12, atol=1e-15)
+    w1b, _ = mixer.update(s1, losses)
+    assert on_simplex(w1b)
+
+
+def test_skill_it_gains_are_graph_times_losses():
+    G = np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 0.1], [0.3, 0.0, 1.0]])
+    L = np.array([1.0, 2.0, 0.5])
+    mixer = lmo.skill_it(G, 0.4)
+    state = mixer.init(3)
+    w, _ = mixer.update(state, L)
+    np.testing.assert_allclose(w, mixers.eg_step(state.log_weights, G @ L, 0.4)[1])
+
+
+def test_skill_it_batched_and_deterministic():
+    mixer = lmo.skill_it(np.eye(2) + 0.1, 0.5)
+    state = mixer.init(2, seed=[0, 1, 2])
+    losses = np.array([[1.0, 2.0], [0.5, 0.1], [3.0, 3.0]])
+    w, _ = mixer.update(state, losses)
+    w2, _ = mixer.update(mixer.init(2, seed=[0, 1, 2]), losses)
+    assert w.shape == (3, 2) and on_simplex(w) and np.array_equal(w, w2)
+
+
+def test_skills_graph_from_runs_hand_example():
+    before = np.array([2.0, 3.0, 1.0])
+    after = np.array([[1.0, 2.5, 1.0], [2.0, 1.0, 1.5], [1.9, 3.0, 0.2]])
+    G = lmo.skills_graph_from_runs(before, after)
+    want = np.array([[1.0, 0.5, 0.0], [0.0, 2.0, -0.5], [0.1, 0.0, 0.8]])
+    np.testing.assert_allclose(G, want)
+
+
+def test_measure_skills_graph_calls_single_group_runs():
+    before = np.array([2.0, 3.0])
+    after = {0: [1.0, 2.5], 1: [2.0, 1.0]}
+    G = lmo.measure_skills_graph(lambda j: after[j], lambda: before, 2)
+    np.testing.assert_allclose(G, [[1.0, 0.5], [0.0, 2.0]])
+
+
+# --------------------------------------------------------------------------- Aioli
+def linear_drops(A: np.ndarray, W: np.ndarray, sweeps: int) -> np.ndarray:
+    """drops[s, j, i] = Σ_k A_ik W_jk: the linear law, noise free."""
+    return np.broadcast_to(W @ A.T, (sweeps, *A.shape)).copy()
+
+
+@pytest.mark.parametrize("m,epsilon", [(2, 0.75), (3, 0.5), (5, 0.625), (4, 0.9)])
+def test_estimate_A_recovers_A_from_linear_drops(m, epsilon):
+    A = np.random.default_rng(m).standard_normal((m, m))
+    W = lmo.smoothed_one_hot(m, epsilon)
+    assert np.allclose(W.sum(axis=1), 1) and np.allclose(np.diag(W), epsilon)
+    got = lmo.estimate_A(linear_drops(A, W, 3), epsilon)
+    np.testing.assert_allclose(got, A, atol=1e-9)
+
+
+def test_aioli_with_exact_A_is_greedy_lmo_step():
+    m, eps = 3, 0.75
+    A = np.array([[0.4, 0.1, 0.0], [0.2, 0.3, -0.1], [0.0, 0.05, 0.6]])
+    est = lmo.estimate_A(linear_drops(A, lmo.smoothed_one_hot(m, eps), 2), eps)
+    mixer = lmo.aioli(0.8, epsilon=eps)
+    state = mixer.init(m, seed=0)
+    w, new = mixer.update(state, est)
+    np.testing.assert_allclose(w, lmo.lmo_step(state.log_weights, A, 0.8)[1], atol=1e-12)
+    assert new.num_updates == 1 and on_simplex(w)
+
+
+def test_aioli_round_with_linear_oracle_recovers_A():
+    """A stateful oracle obeying the dynamic linear law exactly: the round measures A."""
+    m = 3
+    A = np.array([[0.4, 0.1, 0.0], [0.2, 0.3, 0.1], [0.0, 0.05, 0.6]])
+    loss = np.array([5.0, 5.0, 5.0])
+    calls = []
+
+    def oracle_round(mixture, steps):
+        nonlocal loss
+        calls.append(np.array(mixture))
+        loss = loss - steps * (A @ mixture)
+        return loss
+
+    mixer = lmo.aioli(1.0, sweeps=3, epsilon=0.6)
+    state = mixer.init(m, seed=4)
+    w, new, est = lmo.aioli_round(mixer, state, oracle_round, m, steps=2)
+    np.testing.assert_allclose(est, 2 * A, atol=1e-9)
+    np.testing.assert_allclose(w, lmo.lmo_step(state.log_weights, 2 * A, 1.0)[1], atol=1e-12)
+    assert len(calls) == 1 + 3 * m  # one evaluation, then sweeps × m segments
+    assert new.num_updates == 1
+
+
+def test_sweep_orders_are_permutations_and_deterministic():
+    mixer = lmo.aioli(1.0, sweeps=4)
+    state = mixer.init(5, seed=[0, 1])
+    orders = lmo.sweep_orders(state)
+    assert orders.shape == (2, 4, 5)
+    assert np.array_equal(np.sort(orders, axis=-1), np.broadcast_to(np.arange(5), (2, 4, 5)))
+    alone = lmo.sweep_orders(mixer.init(5, seed=1))
+    assert np.array_equal(alone, orders[1])  # a replicate draws the same alone or batched
+    advanced = state._replace(num_updates=1)
+    assert not np.array_equal(lmo.sweep_orders(advanced), orders)
+
+
+@FEW
+@given(st.lists(square(3, 3), min_size=1, max_size=4), st.booleans(), st.booleans())
+def test_aioli_simplex_and_determinism(As, normalise, use_ema):
+    mixer = lmo.aioli(0.5, normalise=normalise, ema=0.3 if use_ema else None)
+
+    def play():
+        state, out = mixer.init(3, seed=7), []
+        for A in As:
+            w, state = mixer.update(state, A)
+            out.append(w)
+            assert on_simplex(w) and np.array_equal(mixer.weights(state), w)
+        return np.array(out)
+
+    assert np.array_equal(play(), play())
+
+
+def test_aioli_ema_and_normalise():
+    A1, A2 = np.diag([2.0, 0.0]), np.diag([0.0, 4.0])
+    mixer = lmo.aioli(1.0, ema=0.25, normalise=True)
+    _, s = mixer.update(mixer.init(2), A1)
+    np.testing.assert_allclose(s.A, np.diag([1.0, 0.0]))
+    _, s = mixer.update(s, A2)
+    np.testing.assert_allclose(s.A, np.diag([0.75, 0.25]))
+
+
+def test_simulated_round_is_pure_and_trains():
+    problem = make_problem("quadratic", sizes=(40, 40), dim=3, seed=0)
+    keys = prng.replicate_keys([0, 1])
+    theta = np.zeros((2, 3))
+    th1, l1 = lmo.simulated_round(problem, theta, [0.5, 0.5], 20, 0.1, keys)
+    th2, l2 = lmo.simulated_round(problem, theta, [0.5, 0.5], 20, 0.1, keys)
+    assert np.array_equal(th1, th2) and np.array_equal(l1, l2) and not theta.any()
+    _, l0 = lmo.simulated_round(problem, theta, [0.5, 0.5], 0, 0.1, keys)
+    assert l1.shape == (2, 2) and np.all(l1.sum(axis=1) < l0.sum(axis=1))
+    th_a, _ = lmo.simulated_round(problem, theta[1], [0.5, 0.5], 20, 0.1, keys[1:])
+    np.testing.assert_allclose(th_a, th1[1])  # a replicate alone = beside others
+    # training on group 0 alone helps group 0 more than group 1
+    _, l_g0 = lmo.simulated_round(problem, theta[0], [1.0, 0.0], 20, 0.1, keys[:1])
+    assert l0[0, 0] - l_g0[0] > l0[0, 1] - l_g0[1]
+
+
+def test_aioli_round_on_simulated_oracle():
+    problem = make_problem("quadratic", sizes=(60, 60, 60), dim=4, seed=1)
+    keys = prng.replicate_keys([0, 1])
+    box = {"theta": np.zeros((2, 4)), "start": 0}
+
+    def oracle_round(mixture, steps):
+        box["theta"], losses = lmo.simulated_round(
+            problem, box["theta"], mixture, steps, 0.05, keys, start=box["start"]
+        )
+        box["start"] += steps
+        return losses
+
+    mixer = lmo.aioli(0.5, sweeps=2, epsilon=0.75)
+    state = mixer.init(3, seed=[0, 1])
+    for _ in range(3):
+        w, state, A = lmo.aioli_round(mixer, state, oracle_round, 3, steps=3)
+        assert w.shape == (2, 3) and A.shape == (2, 3, 3) and on_simplex(w)
+    assert state.num_updates == 3
+
+
+# ----------------------------------------------------------------------------- DML
+def test_dml_fit_recovers_parameters_and_optimum_beats_uniform():
+    m = 3
+    true = lmo.DMLParams(
+        c=np.array([1.0, 2.0, 0.5]),
+        b=np.array([2.0, 1.0, 3.0]),
+        A=np.array([[2.0, 0.5, 0.1], [0.3, 1.5, 0.2], [0.0, 0.4, 2.5]]),
+    )
+    p = np.random.default_rng(0).dirichlet(np.ones(m), size=30)
+    params = lmo.dml_fit(p, lmo.dml_law(true, p))
+    canonical = lmo.dml_canonical(true)
+    np.testing.assert_allclose(lmo.dml_law(canonical, p), lmo.dml_law(true, p), atol=1e-12)
+    for got, want in zip(params, canonical):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    best = lmo.dml_optimal_mixture(params)
+    assert on_simplex(best)
+    uniform = np.full(m, 1 / m)
+    assert lmo.dml_law(true, best).sum() < lmo.dml_law(true, uniform).sum() - 1e-6
+    for q in p:  # no sampled mixture beats the optimum
+        assert lmo.dml_law(true, best).sum() <= lmo.dml_law(true, q).sum() + 1e-9
+
+
+def test_dml_is_static():
+    mixer = lmo.dml([1.0, 3.0])
+    state = mixer.init(2, seed=[0, 1])
+    w, s = mixer.update(state, np.ones((2, 2)))
+    np.testing.assert_allclose(w, [[0.25, 0.75]] * 2)
+    assert mixer.name == "dml" and on_simplex(mixer.weights(s))
+
+
+# ----------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "call,arg",
+    [
+        (lambda: lmo.lmo_step(np.zeros(3), np.zeros((3, 2)), 1.0), "A"),
+        (lambda: lmo.lmo_step(np.zeros(2), np.zeros((3, 3)), 1.0), "weights_log"),
+        (lambda: lmo.lmo_step(np.zeros(3), np.zeros((3, 3)), -1.0), "step_size"),
+        (lambda: lmo.skill_it(np.zeros((2, 3)), 1.0), "graph"),
+        (lambda: lmo.skill_it(np.eye(2), 1.0).init(3), "num_tasks"),
+        (lambda: lmo.aioli(1.0, sweeps=0), "sweeps"),
+        (lambda: lmo.aioli(1.0, epsilon=1.0), "epsilon"),
+        (lambda: lmo.aioli(1.0, epsilon=0.0), "epsilon"),
+        (lambda: lmo.aioli(1.0, epsilon=0.3).init(3), "epsilon"),
+        (lambda: lmo.aioli(1.0, ema=1.5), "ema"),
+        (lambda: lmo.aioli(1.0).update(lmo.aioli(1.0).init(3), np.zeros((3, 2))), "scores"),
+        (lambda: lmo.aioli(1.0).update(lmo.aioli(1.0).init(3), np.zeros((2, 2))), "scores"),
+        (lambda: lmo.estimate_A(np.zeros((2, 3, 3)), 0.2), "epsilon"),
+        (lambda: lmo.estimate_A(np.zeros((2, 3, 2)), 0.75), "drops"),
+        (lambda: lmo.smoothed_one_hot(3, 1.2), "epsilon"),
+        (lambda: lmo.skills_graph_from_runs([1.0, 2.0], np.zeros((2, 3))), "loss_after"),
+        (lambda: lmo.dml_fit(np.ones((6, 2)), np.ones((6, 3))), "losses"),
+        (lambda: lmo.dml_fit(np.full((2, 2), 0.5), np.ones((2, 2))), "proportions"),
+        (lambda: lmo.dml([-1.0, 2.0]), "fixed_weights"),
+    ],
+)
+def test_bad_input_names_the_argument(call, arg):
+    with pytest.raises(ValueError, match=arg):
+        call()
+
+
+def test_skill_it_rejects_mismatched_scores():
+    mixer = lmo.skill_it(np.eye(3), 1.0)
+    with pytest.raises(ValueError, match="scores"):
+        mixer.update(mixer.init(3, seed=[0, 1]), np.ones(3))
+
+
+def test_aioli_round_rejects_bad_oracle_shape():
+    mixer = lmo.aioli(1.0)
+    with pytest.raises(ValueError, match="oracle_round"):
+        lmo.aioli_round(mixer, mixer.init(3), lambda mix, n: np.zeros(2), 3)
