@@ -2,7 +2,10 @@
 
 The public API, in one place::
 
-    from amasim import mixers                  # uniform, stratified, group_dro, ama_r, ama_s, ...
+    from amasim import mixers                  # uniform, stratified, group_dro, ama_r, ama_s,
+                                               # doremi, odm, averaged, eg_step, smooth, ...
+    from amasim import lmo                     # Aioli, Skill-It, DML (the LMO family)
+    from amasim import merging                 # linear, task arithmetic, TIES, DARE, SLERP
     from amasim import run, RunResult          # the training loop and its result record
     from amasim import Oracle, Batch, check_oracle
     from amasim import make_problem, SimulatedOracle, minimax_optimum
