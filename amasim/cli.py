@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true", help="T <= 1e4, 4 seeds (< 2 min)")
     rep.add_argument("--out", type=Path, default=Path("."))
 
+    comp = sub.add_parser("compare", help="every method of the field on the same problems")
+    comp.add_argument("--suite", choices=("mixing", "transfer", "dga"), required=True)
+    comp.add_argument("--seeds", type=int, default=5)
+    comp.add_argument("--quick", action="store_true")
+    comp.add_argument("--out", type=Path, default=Path("."))
+
     llm = sub.add_parser("llm", help="the PyTorch DPO backend (= python -m llm)")
     llm.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m llm")
 
@@ -146,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = claims_markdown([table])
         (args.out / "claims.md").write_text(text)
         print(text)
+    elif args.command == "compare":
+        from amasim.compare import compare, compare_markdown, write_compare
+
+        result = compare(args.suite, seeds=args.seeds, quick=args.quick)
+        paths = write_compare(result, args.out)
+        print(compare_markdown(result))
+        print("wrote", ", ".join(str(p) for p in paths))
     elif args.command == "reproduce":
         from amasim.reproduce import reproduce
 

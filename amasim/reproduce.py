@@ -7,6 +7,8 @@ Writes, under ``OUT`` (default: the current directory):
   the exact dual weights α̂ of the optimum;
 * ``results/converge_<problem>.{json,csv}`` — the convergence records;
 * ``results/claims.json`` and ``results/RESULTS.md`` — slopes and the seed claims;
+* ``results/compare_<suite>.{json,md}`` and ``figures/compare_<suite>.png`` — every
+  method of the field on the same problems (:mod:`amasim.compare`);
 * ``results/proofs_report.{md,json}`` and ``figures/bounds_<problem>.png`` — the
   convergence theory's checks (:mod:`proofs_check`), measured gap beside each bound.
 
@@ -132,6 +134,14 @@ def reproduce(out: str | Path = ".", *, quick: bool = False, progress: bool = Tr
             claims_markdown(tables),
         ]
     )
+    from amasim.compare import SUITES, compare, compare_markdown, write_compare
+
+    comparisons = []
+    for suite in SUITES:
+        result = compare(suite, seeds=settings["seeds"] if quick else 5, quick=quick)
+        write_compare(result, out)
+        comparisons.append(compare_markdown(result))
+    text += "\n\n## The rest of the field (`amasim compare`)\n\n" + "\n\n".join(comparisons)
     path = results / "RESULTS.md"
     path.write_text(text)
     _prove(results, figures, quick)
