@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm.model import estimate_flops_per_token
+from llm.model import estimate_flops_per_token, greedy_decode
 
 __all__ = ["HFCausalLM", "HFTokenizer", "load_local"]
 
@@ -118,33 +118,20 @@ class HFCausalLM(nn.Module):
         most ``max_new_tokens`` argmax tokens; rows past ``eos_id`` are padded with it; stops when
         every row has emitted it. Uses the KV cache; no sampling settings of the checkpoint's
         generation_config apply (no repetition penalty, temperature, ...)."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        window = self.block_size or input_ids.shape[1] + max_new_tokens
-        was_training = self.training
-        self.eval()
-        try:
-            ids, past = input_ids, None
-            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-            for _ in range(max_new_tokens):
-                if ids.shape[1] > window:  # the context no longer fits: drop the cache
-                    past = None
-                # Without a cache, run the last `window` tokens; with one, only the newest token.
-                fresh = ids[:, -window:] if past is None else ids[:, -1:]
-                out = self.model(input_ids=fresh, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                next_id = out.logits[:, -1, :].float().argmax(dim=-1)
-                if eos_id is not None:
-                    next_id = torch.where(done, eos_id, next_id)
-                    done |= next_id == eos_id
-                ids = torch.cat([ids, next_id[:, None]], dim=1)
-                if eos_id is not None and bool(done.all()):
-                    break
-            return ids
-        finally:
-            self.train(was_training)
+        window = self.block_size or input_ids.shape[1] + max(max_new_tokens, 0)
+        past = None
+
+        def next_logits(ids: torch.Tensor) -> torch.Tensor:
+            nonlocal past
+            if ids.shape[1] > window:  # the context no longer fits: drop the cache
+                past = None
+            # Without a cache, run the last `window` tokens; with one, only the newest token.
+            fresh = ids[:, -window:] if past is None else ids[:, -1:]
+            out = self.model(input_ids=fresh, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            return out.logits[:, -1, :]
+
+        return greedy_decode(self, next_logits, input_ids, max_new_tokens, eos_id)
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         """Parameter count (shared tensors once). ``non_embedding`` drops embedding lookup tables

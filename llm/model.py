@@ -211,27 +211,43 @@ class GPT(nn.Module):
         ``max_new_tokens`` new tokens. Rows that have emitted ``eos_id`` are padded with it, and
         decoding stops once every row has. The context is cropped to the last block_size tokens.
         Rows of a batch share one prompt length (no padding); runs in eval mode."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        was_training = self.training
-        self.eval()
-        try:
-            ids = input_ids
-            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-            for _ in range(max_new_tokens):
-                logits = self(ids[:, -self.config.block_size :])[:, -1, :]
-                next_id = logits.argmax(dim=-1)
-                if eos_id is not None:
-                    next_id = torch.where(done, eos_id, next_id)
-                    done |= next_id == eos_id
-                ids = torch.cat([ids, next_id[:, None]], dim=1)
-                if eos_id is not None and bool(done.all()):
-                    break
-            return ids
-        finally:
-            self.train(was_training)
+        block = self.config.block_size
+        return greedy_decode(
+            self, lambda ids: self(ids[:, -block:])[:, -1, :], input_ids, max_new_tokens, eos_id
+        )
+
+
+@torch.no_grad()
+def greedy_decode(
+    module: nn.Module,
+    next_logits,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+) -> torch.Tensor:
+    """The greedy loop both models share: ``next_logits(ids)`` gives the logits (B, V) of the
+    next token after ``ids``; rows that emitted ``eos_id`` are padded with it; ``module`` runs
+    in eval mode meanwhile."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    was_training = module.training
+    module.eval()
+    try:
+        ids = input_ids
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            next_id = next_logits(ids).float().argmax(dim=-1)
+            if eos_id is not None:
+                next_id = torch.where(done, eos_id, next_id)
+                done |= next_id == eos_id
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if eos_id is not None and bool(done.all()):
+                break
+        return ids
+    finally:
+        module.train(was_training)
 
 
 def _config_of(model: nn.Module) -> object:
