@@ -143,12 +143,7 @@ def dga(
         return DGAState(np.log(uniform), uniform, int(update_every))
 
     def update(state: DGAState, scores: Any, counts: Any = None):
-        gains = check_scores(scores, state.log_weights.shape[-1])
-        if gains.shape != state.log_weights.shape:
-            raise ValueError(
-                f"scores has shape {gains.shape} but the state holds {state.log_weights.shape}"
-                ": pass one alignment per task for every replicate"
-            )
+        gains = check_scores(scores, state.log_weights.shape[-1], like=state.log_weights)
         log_weights, probs = eg_step(state.log_weights, gains, eta)
         if beta > 0:
             probs = beta * np.exp(state.log_weights) + (1.0 - beta) * probs

@@ -152,12 +152,23 @@ def _batch_shape(num_tasks: int, seed: int | Sequence[int]) -> tuple[int, ...]:
     return (len(seeds),)
 
 
-def check_scores(scores: Any, num_tasks: int, name: str = "scores") -> np.ndarray:
-    """``scores`` as a float array of shape ``(..., num_tasks)`` with finite entries."""
+def check_scores(
+    scores: Any, num_tasks: int, name: str = "scores", like: np.ndarray | None = None
+) -> np.ndarray:
+    """``scores`` as a float array of shape ``(..., num_tasks)`` with finite entries.
+
+    With ``like`` (a state's array), the whole shape must match: one score per task for
+    every replicate the state holds.
+    """
     arr = np.asarray(scores, dtype=np.float64)
     if arr.ndim == 0 or arr.shape[-1] != num_tasks:
         raise ValueError(
             f"{name} has shape {arr.shape}: expected (..., {num_tasks}), one entry per task"
+        )
+    if like is not None and arr.shape != like.shape:
+        raise ValueError(
+            f"{name} has shape {arr.shape} but the state holds {like.shape}: pass one score "
+            "per task for every replicate"
         )
     if not np.logical_and.reduce(np.isfinite(arr), axis=None):  # = .all(), less overhead
         raise ValueError(
@@ -246,12 +257,7 @@ def _static(weights_for: Callable[[int], np.ndarray], score: str, apply: str, na
         return StaticState(np.broadcast_to(weights_for(num_tasks), (*shape, num_tasks)).copy())
 
     def update(state: StaticState, scores: Any, counts: Any = None):
-        arr = check_scores(scores, state.weights.shape[-1])
-        if arr.shape != state.weights.shape:
-            raise ValueError(
-                f"scores has shape {arr.shape} but the state holds {state.weights.shape}"
-                ": pass one score per task for every replicate"
-            )
+        arr = check_scores(scores, state.weights.shape[-1], like=state.weights)
         if counts is not None:
             _check_counts(counts, arr.shape)
         return state.weights, state
@@ -317,12 +323,7 @@ def exponentiated_gradient(
         return EGState(np.full(shape, -np.log(num_tasks)), np.full(shape, 1.0 / num_tasks))
 
     def update(state: EGState, scores: Any, counts: Any = None):
-        gains = check_scores(scores, state.log_weights.shape[-1])
-        if gains.shape != state.log_weights.shape:
-            raise ValueError(
-                f"scores has shape {gains.shape} but the state holds {state.log_weights.shape}"
-                ": pass one score per task for every replicate"
-            )
+        gains = check_scores(scores, state.log_weights.shape[-1], like=state.log_weights)
         with np.errstate(**_QUIET):
             if counts is not None:
                 n = _check_counts(counts, gains.shape)
