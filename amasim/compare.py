@@ -5,11 +5,14 @@ Three suites, each at an equal example budget per method, seeds batched:
 * ``mixing`` — the AMA instances (sizes 1000:100:100, conflicting tasks, three convex
   families): uniform, stratified, DoReMi, ODM, AMA-R, AMA-S, and merges of the
   specialists (linear = task arithmetic with weights 1/k, TIES, DARE-TIES; base θ₀ = 0).
-  Metric: worst-task clipped excess loss at the final point, gap to the exact optimum.
+  Metrics: worst-task and mean-task clipped excess loss (the exact optimum in the JSON).
 * ``transfer`` — :data:`amasim.transfer.GROUP_SETTINGS` (7 group settings with
-  off-diagonal transfer): Aioli (LearnParams rounds, :mod:`amasim.lmo`) against
-  stratified sampling.  Metric: mean over groups of each group's loss at the last iterate
-  (the analogue of Aioli's "average test perplexity per group").
+  off-diagonal transfer), in the LMO protocol (10 rounds; each round a method sets the
+  mixture, then SGD trains on it): stratified, uniform, Group DRO, DoReMi, AMA-R (EG on
+  clipped excess), ODM, Skill-It (graph from single-group runs) and Aioli (LearnParams,
+  :mod:`amasim.lmo`); measurement steps count towards the budget.  Metrics: mean over
+  groups of each group's loss at the last iterate (Aioli's "average test perplexity per
+  group" analogue) and the worst group's loss.
 * ``dga`` — the two data-constrained regimes of DGA (a small generic set; scarce target
   data): DGA against importance sampling (domains ∝ the target's cluster histogram) and
   stratified.  Metric: held-out target loss at θ̄.
@@ -26,11 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from amasim import lmo, merging, prng
+from amasim import lmo, merging, mixers, prng
 from amasim.claims import IMBALANCED
 from amasim.gradient_mixers import dga, importance_sampling, run_with_gradients
 from amasim.methods import run_tuned
-from amasim.mixers import stratified
 from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS
 from amasim.simulator import SimulatedOracle
@@ -77,25 +79,29 @@ def _mixing(seeds: int, budget: int) -> dict[str, Any]:
         instance, optimum = solved_problem(family, **IMBALANCED)
         oracle = SimulatedOracle(instance)
         k = instance.num_tasks
-        rows = {}
+        rows, average = {}, {}
         for method in MIXING_METHODS:
             per_step = k * 32 if method in ("ama-r", "doremi") else 32
             result = run_tuned(
                 method, oracle, budget // per_step, range(seeds), optimum=optimum.value
             )
             rows[method] = _summary(result.worst_task)
+            average[method] = _summary(result.task_scores.mean(axis=1))
         specialists = [{"theta": s} for s in instance.specialists]
         base = {"theta": np.zeros(instance.dim)}
         for name, kind in MERGES.items():
-            worst = []
+            worst, mean = [], []
             for seed in range(seeds):
                 options = {"seed": seed} if kind.startswith("dare") else {}
                 if kind != "linear":
                     options["weights"] = [1.0 / k] * k
                 models = (base, specialists) if kind != "linear" else (None, specialists)
                 theta = merging.merge(kind, *models, **options)["theta"]
-                worst.append(instance.task_scores(instance.project(theta)).max())
+                scores = instance.task_scores(instance.project(theta))
+                worst.append(scores.max())
+                mean.append(scores.mean())
             rows[name] = _summary(worst)
+            average[name] = _summary(mean)
         best_merge = min(MERGES, key=lambda m: rows[m]["mean"])
         verdicts = {
             f"{ama} beats {best_merge} (best merge)": _verdict(
@@ -103,7 +109,12 @@ def _mixing(seeds: int, budget: int) -> dict[str, Any]:
             )
             for ama in ("ama-r", "ama-s")
         }
-        out[family] = {"optimum": optimum.value, "rows": rows, "verdicts": verdicts}
+        out[family] = {
+            "optimum": optimum.value,
+            "rows": rows,
+            "secondary": {"title": "mean-task excess", "rows": average},
+            "verdicts": verdicts,
+        }
     return out
 
 
@@ -135,20 +146,65 @@ def _aioli_losses(problem, keys: np.ndarray, steps: int, rounds: int = 10, sweep
     return oracle_round(state.weights, max(0, steps - position))
 
 
+def _round_based(problem, keys: np.ndarray, steps: int, mixer, score: str, rounds: int = 10):
+    """The LMO protocol for an online mixer: each round, score every group on its full data
+    (full information), update the mixer, train the round on its mixture."""
+    seeds, m = len(keys), problem.num_tasks
+    state = mixer.init(m, seed=list(range(seeds)))
+    theta, position = np.zeros((seeds, problem.dim)), 0
+    for r in range(rounds):
+        n = steps // rounds if r < rounds - 1 else steps - position
+        weights, state = mixer.update(state, problem.task_scores(theta, score))
+        theta, losses = _train(problem, theta, weights, n, keys, position)
+        position += n
+    return losses
+
+
+def _skill_it_losses(problem, keys: np.ndarray, steps: int, rounds: int = 10):
+    """Skill-It: the skills graph from m single-group runs (their steps count), then LMO."""
+    seeds, m = len(keys), problem.num_tasks
+    probe = max(1, steps // (10 * m))
+    theta0 = np.zeros((seeds, problem.dim))
+    before = problem.task_scores(theta0, "loss")
+    after = [_train(problem, theta0, np.eye(m)[j], probe, keys, j * probe)[1] for j in range(m)]
+    graph = np.mean(
+        [lmo.skills_graph_from_runs(before[r], np.array(after)[:, r]) for r in range(seeds)], axis=0
+    )
+    return _round_based(problem, keys, steps - m * probe, lmo.skill_it(graph, 0.2), "loss", rounds)
+
+
 def _transfer(seeds: int, steps: int) -> dict[str, Any]:
     out = {}
     for setting, kwargs in GROUP_SETTINGS.items():
         problem = transfer_problem(**kwargs)
         m = problem.num_tasks
         keys = prng.replicate_keys(list(range(seeds)), stream=5)
-        uniform = np.full((seeds, m), 1.0 / m)
-        _, strat_losses = _train(problem, np.zeros((seeds, problem.dim)), uniform, steps, keys, 0)
-        rows = {
-            "stratified": _summary(strat_losses.mean(axis=1)),
-            "aioli": _summary(_aioli_losses(problem, keys, steps).mean(axis=1)),
+        fixed = {
+            "stratified": np.full((seeds, m), 1.0 / m),
+            "uniform": np.tile(np.asarray(problem.sizes) / sum(problem.sizes), (seeds, 1)),
         }
+        losses = {
+            name: _train(problem, np.zeros((seeds, problem.dim)), w, steps, keys, 0)[1]
+            for name, w in fixed.items()
+        }
+        online = {  # one untuned step size, η = 0.2, for every EG-type method
+            "group-dro": (mixers.group_dro(0.2), "loss"),
+            "doremi": (mixers.doremi(0.2, 1e-3), "clipped"),
+            "ama-r": (mixers.ama_r(0.2), "clipped"),
+            "odm": (mixers.odm(), "loss"),
+        }
+        for name, (mixer, score) in online.items():
+            losses[name] = _round_based(problem, keys, steps, mixer, score)
+        losses["skill-it"] = _skill_it_losses(problem, keys, steps)
+        losses["aioli"] = _aioli_losses(problem, keys, steps)
+        rows = {name: _summary(loss.mean(axis=1)) for name, loss in losses.items()}
+        worst = {name: _summary(loss.max(axis=1)) for name, loss in losses.items()}
         verdict = _verdict(rows["aioli"]["values"], rows["stratified"]["values"])
-        out[setting] = {"rows": rows, "verdicts": {"aioli beats stratified": verdict}}
+        out[setting] = {
+            "rows": rows,
+            "secondary": {"title": "worst group's loss", "rows": worst},
+            "verdicts": {"aioli beats stratified": verdict},
+        }
     return out
 
 
@@ -163,7 +219,7 @@ def _dga(seeds: int, steps: int) -> dict[str, Any]:
             target_test=(split.test_features, split.test_targets),
         )
         methods = {
-            "stratified": stratified(),
+            "stratified": mixers.stratified(),
             "importance sampling": importance_sampling(split),
             "dga": dga(1.0, update_every=10, ema=0.5, smoothing=0.05),
         }
@@ -206,6 +262,14 @@ def compare_markdown(result: dict[str, Any]) -> str:
     for name, inst in instances.items():
         cells = [f"{inst['rows'][m]['mean']:.4f} ± {inst['rows'][m]['std']:.4f}" for m in methods]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = next(iter(instances.values()))
+    if "secondary" in first:
+        lines += ["", f"{first['secondary']['title']}:", ""]
+        lines += ["| instance | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+        for name, inst in instances.items():
+            rows = inst["secondary"]["rows"]
+            cells = [f"{rows[m]['mean']:.4f} ± {rows[m]['std']:.4f}" for m in methods]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| instance | claim | agrees | > 2 SE | difference |", "|---|---|---|---|---:|"]
     for name, inst in instances.items():
         for claim, v in inst["verdicts"].items():
