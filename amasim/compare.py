@@ -32,7 +32,7 @@ import numpy as np
 from amasim import lmo, merging, mixers, prng
 from amasim.claims import IMBALANCED
 from amasim.gradient_mixers import dga, importance_sampling, run_with_gradients
-from amasim.methods import run_tuned
+from amasim.methods import build, examples_per_step, run_tuned
 from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS
 from amasim.simulator import SimulatedOracle
@@ -81,7 +81,7 @@ def _mixing(seeds: int, budget: int) -> dict[str, Any]:
         k = instance.num_tasks
         rows, average = {}, {}
         for method in MIXING_METHODS:
-            per_step = k * 32 if method in ("ama-r", "doremi") else 32
+            per_step = examples_per_step(build(method, 1, instance.sizes), k, 32)
             result = run_tuned(
                 method, oracle, budget // per_step, range(seeds), optimum=optimum.value
             )

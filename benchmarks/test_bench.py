@@ -27,31 +27,18 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-from amasim import mixers  # noqa: E402
+from run_benchmarks import BATCH, DIM, SIZES, mixer_factories  # noqa: E402  (same settings)
 
 STEPS = 500
-BATCH, DIM, SIZES = 32, 32, (1000, 100, 100, 100)
 
 
-def _factories(k: int) -> dict[str, mixers.Mixer]:
-    return {
-        "ama_r": mixers.ama_r(0.5),
-        "ama_s": mixers.ama_s(0.5, 0.1),
-        "group_dro": mixers.group_dro(0.5),
-        "stratified": mixers.stratified(),
-        "uniform": mixers.uniform([1000] + [100] * (k - 1)),
-        "averaged_ama_r": mixers.averaged(mixers.ama_r(0.5)),
-    }
-
-
-MIXER_NAMES = tuple(_factories(2))
+MIXER_NAMES = tuple(mixer_factories(2))
 
 
 @pytest.mark.parametrize("k", [8, 64])
 @pytest.mark.parametrize("name", MIXER_NAMES)
 def test_mixer_update(benchmark, name: str, k: int) -> None:
-    mixer = _factories(k)[name]
+    mixer = mixer_factories(k)[name]
     rng = np.random.default_rng(0)
     scores = rng.random(k)
     # resampling mixers get the batch's counts, reweighting ones full information (None),
@@ -81,7 +68,7 @@ def test_simulated_steps(benchmark, problem, name: str, replicates: int) -> None
     from amasim.simulator import SimulatedOracle
     from amasim.train import run
 
-    mixer = _factories(len(SIZES))[name]
+    mixer = mixer_factories(len(SIZES))[name]
     oracle = SimulatedOracle(problem)
     seeds = list(range(replicates))
     loop_times = []
