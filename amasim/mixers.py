@@ -194,6 +194,26 @@ def _check_counts(counts: Any, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
+def _score_array(scores: Any, like: np.ndarray) -> np.ndarray:
+    """``scores`` as floats of the state's shape; finiteness is the caller's to test."""
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.shape != like.shape:
+        check_scores(arr, like.shape[-1], like=like)  # raises, naming the expected shape
+    return arr
+
+
+def _checked_gains(scores, counts, state, importance_weighting):
+    """The gains of an update whose fast path met a non-finite value: validate the scores
+    (NaN/inf raise), then repair the importance-weighted estimate (0/0, overflow)."""
+    gains = check_scores(scores, state.log_weights.shape[-1], like=state.log_weights)
+    if counts is None:
+        return gains
+    n = np.asarray(counts)
+    if importance_weighting:
+        return _importance_weighted(gains, n, state.weights)
+    return np.where(n > 0, gains, 0.0)
+
+
 # ----------------------------------------------------------------- building blocks
 # Extreme but finite inputs may overflow on purpose in eg_step and importance_weighted
 # (the results are then repaired); a mixer enters this np.errstate once per update.
@@ -215,13 +235,19 @@ def eg_step(
 
 
 def _eg_step(log_weights, gains, step_size):
+    log_weights, exp_z, total = _eg_terms(log_weights, gains, step_size)
+    return log_weights, exp_z / total
+
+
+def _eg_terms(log_weights, gains, step_size):
+    """eg_step's new log weights, unnormalised weights e^z and their sum (keepdims)."""
     # ufunc.reduce rather than the .max()/.sum() methods: same numbers, less call overhead
     # on the hot path (a mixer update is a few µs of work spread over ~15 numpy calls)
     z = log_weights + step_size * (gains - np.maximum.reduce(gains, axis=-1, keepdims=True))
     z = np.maximum(z - np.maximum.reduce(z, axis=-1, keepdims=True), _LOG_FLOOR)
     e = np.exp(z)
     total = np.add.reduce(e, axis=-1, keepdims=True)
-    return z - np.log(total), e / total
+    return z - np.log(total), e, total
 
 
 def smooth(weights: np.ndarray, smoothing: float) -> np.ndarray:
@@ -323,16 +349,23 @@ def exponentiated_gradient(
         return EGState(np.full(shape, -np.log(num_tasks)), np.full(shape, 1.0 / num_tasks))
 
     def update(state: EGState, scores: Any, counts: Any = None):
-        gains = check_scores(scores, state.log_weights.shape[-1], like=state.log_weights)
+        log_weights = state.log_weights
+        gains = _score_array(scores, log_weights)
         with np.errstate(**_QUIET):
             if counts is not None:
                 n = _check_counts(counts, gains.shape)
                 if importance_weighting:
-                    gains = _importance_weighted(gains, n, state.weights)
+                    gains = n * gains / (np.add.reduce(n, axis=-1, keepdims=True) * state.weights)
                 else:
-                    gains = np.where(n > 0, gains, 0.0)
-            log_weights, probs = _eg_step(state.log_weights, gains, eta)
-        played = smooth(probs, c) if c > 0 else probs
+                    gains = np.where(n > 0, check_scores(gains, gains.shape[-1]), 0.0)
+            # One scalar test covers the scores' validation and the estimate's repair: the
+            # sum is finite iff every gain is (a finite sum's overflow only sends finite
+            # gains through the checked path, which keeps them).
+            if not math.isfinite(np.add.reduce(gains, axis=None)):
+                gains = _checked_gains(scores, counts, state, importance_weighting)
+            log_weights, exp_z, total = _eg_terms(log_weights, gains, eta)
+        # softmax then smooth, (1 − c)·e/Σe + c/k, in one pass over the weights
+        played = exp_z * ((1.0 - c) / total) + c / gains.shape[-1] if c > 0 else exp_z / total
         return played, EGState(log_weights, played)
 
     return Mixer(init, update, _played_weights, score, apply, name)

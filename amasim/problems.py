@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -94,9 +95,15 @@ class ConvexProblem:
         return float(loss.mean()), slope @ x / (hi - lo)
 
     def project(self, theta: np.ndarray) -> np.ndarray:
-        """Euclidean projection onto ‖θ‖ ≤ radius, batched over leading axes."""
-        norm = np.sqrt((theta * theta).sum(axis=-1, keepdims=True))
-        return theta * np.minimum(1.0, self.radius / np.maximum(norm, 1e-300))
+        """Euclidean projection onto ‖θ‖ ≤ radius, batched over leading axes.
+
+        Returns ``theta`` itself (not a copy) when every row already lies in the ball.
+        """
+        squares = np.vecdot(theta, theta)[..., None]
+        # sqrt is monotone and correctly rounded: the largest norm decides for every row
+        if math.sqrt(np.maximum.reduce(squares, axis=None)) <= self.radius:
+            return theta  # θ·min(1, r/‖θ‖) would multiply by exactly 1.0
+        return theta * np.minimum(1.0, self.radius / np.maximum(np.sqrt(squares), 1e-300))
 
 
 def _train_specialists(problem: ConvexProblem) -> ConvexProblem:

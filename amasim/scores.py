@@ -55,18 +55,20 @@ def example_scores(
 
 
 def task_means(
-    values: np.ndarray, task_ids: np.ndarray, num_tasks: int
+    values: np.ndarray, task_ids: np.ndarray, num_tasks: int, *, check: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean of ``values`` per task and the number of examples per task.
 
     ``values`` and ``task_ids`` have shape ``(R, N)`` (R replicates, N examples); the
     results have shape ``(R, num_tasks)``.  A task with no example in the batch gets
-    mean 0 and count 0 (mixers ignore it through ``counts``).
+    mean 0 and count 0 (mixers ignore it through ``counts``).  ``check=False`` skips the
+    test that every id lies in ``[0, num_tasks)``, for ids the caller drew itself.
     """
     r = values.shape[0]
-    if task_ids.size and (task_ids.min() < 0 or task_ids.max() >= num_tasks):
+    if check and task_ids.size and (task_ids.min() < 0 or task_ids.max() >= num_tasks):
         raise ValueError(f"task_ids must lie in [0, {num_tasks}), the task of each example")
-    flat = (task_ids + num_tasks * np.arange(r)[:, None]).ravel()  # one bin per (replicate, task)
+    first_bin = np.arange(0, r * num_tasks, num_tasks)[:, None]
+    flat = (task_ids + first_bin).ravel()  # one bin per (replicate, task)
     sums = np.bincount(flat, values.ravel(), minlength=r * num_tasks).reshape(r, num_tasks)
     counts = np.bincount(flat, minlength=r * num_tasks).reshape(r, num_tasks)
     return sums / np.maximum(counts, 1), counts

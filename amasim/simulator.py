@@ -59,13 +59,16 @@ class SimulatedOracle:
             self._stream = prng.UniformStream(self._keys, task_ids.shape[1])
         u = self._stream(self._draws)  # = prng.uniform(keys, draws, N)
         self._draws += 1
-        index = self._offsets[task_ids] + prng.integers(u, self._sizes[task_ids])
-        return Batch(task_ids, self.problem.reference_losses[index], index)
+        # np.take: the same gather as fancy indexing, at half its cost on (R, N) indices
+        sizes = np.take(self._sizes, task_ids)
+        index = np.take(self._offsets, task_ids) + prng.integers(u, sizes)
+        return Batch(task_ids, np.take(self.problem.reference_losses, index), index)
 
     def losses(self, batch: Batch) -> np.ndarray:
-        x = self.problem.features[batch.data]  # (R, N, d)
-        preds = np.matmul(x, self.theta[:, :, None])[:, :, 0]
-        loss, slope = _loss_and_slope(self.problem.loss, preds, self.problem.targets[batch.data])
+        x = np.take(self.problem.features, batch.data, axis=0)  # (R, N, d)
+        preds = np.matvec(x, self.theta)  # (R, N): x_n · θ_r
+        targets = np.take(self.problem.targets, batch.data)
+        loss, slope = _loss_and_slope(self.problem.loss, preds, targets)
         self._cache = (batch, x, slope)
         return loss
 
@@ -73,7 +76,7 @@ class SimulatedOracle:
         if self._cache is None or self._cache[0] is not batch:
             self.losses(batch)
         _, x, slope = self._cache
-        grad = np.matmul((loss_weights * slope)[:, None, :], x)[:, 0, :]
+        grad = np.vecmat(loss_weights * slope, x)  # (R, d): Σ_n w_n ℓ'_n x_n
         self.theta = self.problem.project(self.theta - learning_rate * grad)
         self.theta_sum += self.theta
         self.iterations += 1

@@ -264,10 +264,13 @@ class Mixing:
         self.uniforms = prng.UniformStream(keys, batch_size)
         every_task = np.repeat(np.arange(self.num_tasks), batch_size)  # task i at i·B…(i+1)·B−1
         self.fixed_ids = np.tile(every_task, (len(keys), 1))
+        self.fixed_counts = np.full((len(keys), self.num_tasks), batch_size)
+        self.fixed_counts.flags.writeable = False
 
     def step(self, state: Any, t: int, learning_rate: float) -> StepResult:
         """Draw a batch, score it, update the mixer, then take the oracle's gradient step."""
         alpha = self.mixer.weights(state)
+        r, k, b = alpha.shape[0], self.num_tasks, self.batch_size
         if self.resample:
             task_ids = prng.categorical(self.uniforms(t), alpha)
         else:
@@ -275,16 +278,19 @@ class Mixing:
         batch = self.oracle.sample(task_ids)
         losses = self.oracle.losses(batch)
         values, dvalues = example_scores(self.score, losses, batch.reference_losses)
-        means, counts = task_means(values, task_ids, self.num_tasks)
+        if self.resample:
+            means, counts = task_means(values, task_ids, k, check=False)
+        else:  # the fixed layout: B examples of every task, task by task
+            means, counts = np.add.reduce(values.reshape(r, k, b), axis=-1) / b, self.fixed_counts
         if self.reduce is not None:
             means, counts = self.reduce(means, counts)
         if self.resample:
             _, state = self.mixer.update(state, means, counts)
-            loss_weights = dvalues / self.batch_size  # the draw from α already weights tasks
+            loss_weights = dvalues / b  # the draw from α already weights tasks
         else:
             new_alpha, state = self.mixer.update(state, means, None)
             # Σ_i α_{t+1,i} · (mean over the B examples of task i), Group DRO Alg. 1 order
-            loss_weights = dvalues * np.repeat(new_alpha / self.batch_size, self.batch_size, 1)
+            loss_weights = (dvalues.reshape(r, k, b) * (new_alpha / b)[..., None]).reshape(r, k * b)
         self.oracle.step(batch, loss_weights, learning_rate)
         return StepResult(state, alpha, means, counts, losses)
 
