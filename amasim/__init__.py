@@ -8,6 +8,7 @@ The public API, in one place::
     from amasim import merging                 # linear, task arithmetic, TIES, DARE, SLERP
     from amasim import run, RunResult          # the training loop and its result record
     from amasim import Oracle, Batch, check_oracle
+    from amasim import capabilities            # optional oracle capabilities and their checks
     from amasim import make_problem, SimulatedOracle, minimax_optimum
 
 Example (runs in about a second):
@@ -28,7 +29,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from amasim import mixers, scores
+from amasim import capabilities, mixers, scores
 from amasim.oracle import Batch, Oracle, OracleError, check_oracle
 
 __version__ = "0.1.0"
@@ -46,6 +47,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "capabilities",
     "mixers",
     "scores",
     "Batch",

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--suite", choices=("mixing", "transfer", "dga"), required=True)
     comp.add_argument("--seeds", type=int, default=5)
     comp.add_argument("--quick", action="store_true")
+    comp.add_argument(
+        "--online",
+        choices=("per-batch", "rounds"),
+        default="per-batch",
+        help="protocol of Group DRO, DoReMi, ODM, AMA-R, AMA-S (default: per-batch scores)",
+    )
     comp.add_argument("--out", type=Path, default=Path("."))
 
     llm = sub.add_parser("llm", help="the PyTorch DPO backend (= python -m llm)")
@@ -155,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "compare":
         from amasim.compare import compare, compare_markdown, write_compare
 
-        result = compare(args.suite, seeds=args.seeds, quick=args.quick)
+        result = compare(args.suite, seeds=args.seeds, quick=args.quick, online=args.online)
         paths = write_compare(result, args.out)
         print(compare_markdown(result))
         print("wrote", ", ".join(str(p) for p in paths))

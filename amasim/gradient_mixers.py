@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from amasim import prng
+from amasim.capabilities import require_capabilities
 from amasim.mixers import (
     _LOG_FLOOR,
     Mixer,
@@ -112,7 +113,9 @@ def doge(
             gains = np.clip(gains, -clip, clip)
         return inner.update(state, gains, None)
 
-    return Mixer(inner.init, update, inner.weights, ALIGNMENT_SCORE, "resample", "doge")
+    return Mixer(
+        inner.init, update, inner.weights, ALIGNMENT_SCORE, "resample", "doge", ("task_gradients",)
+    )
 
 
 def dga(
@@ -152,7 +155,15 @@ def dga(
         played = smooth(probs, c) if c > 0 else probs
         return played, DGAState(log_weights, played, state.update_every)
 
-    return Mixer(init, update, lambda state: state.weights, ALIGNMENT_SCORE, "resample", "dga")
+    return Mixer(
+        init,
+        update,
+        lambda state: state.weights,
+        ALIGNMENT_SCORE,
+        "resample",
+        "dga",
+        ("task_gradients", "target_set"),
+    )
 
 
 def fixed_weights(weights: Any, *, name: str = "fixed") -> Mixer:
@@ -241,7 +252,9 @@ def run_with_gradients(
     """Train by resampling from α; a gradient-alignment mixer is updated every
     :func:`update_interval` steps with :func:`alignment_scores` (``alignment`` defaults
     to ``"target"`` for ``dga`` and ``"generalization"`` otherwise).  Mixers whose score
-    is not ``"gradient_alignment"`` (static baselines) are never updated.
+    is not ``"gradient_alignment"`` (static baselines) are never updated.  An oracle
+    without the capabilities this needs (``"task_gradients"``, and ``"target_set"`` for
+    target alignment) raises :class:`~amasim.capabilities.MissingCapabilityError`.
     """
     if not isinstance(mixer, Mixer):
         raise TypeError(f"mixer must be an amasim.mixers.Mixer, got {type(mixer).__name__}")
@@ -253,6 +266,10 @@ def run_with_gradients(
     adaptive = mixer.score == ALIGNMENT_SCORE
     if alignment is None:
         alignment = "target" if mixer.name == "dga" else "generalization"
+    needed = (*mixer.requires, "task_gradients") if adaptive else mixer.requires
+    if adaptive and alignment == "target":
+        needed = (*needed, "target_set")
+    require_capabilities(oracle, needed, f"mixer {mixer.name!r} (alignment {alignment!r})")
     k, r = len(oracle.task_names), len(seeds)
     keys = prng.replicate_keys(list(seeds), stream=0)
     uniforms = prng.UniformStream(keys, batch_size)

@@ -32,14 +32,14 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from amasim import mixers, prng
+from amasim.capabilities import require_capabilities
 from amasim.mixers import EGState, Mixer, eg_step
-from amasim.problems import _loss_and_slope
 
 __all__ = [
     "lmo_step",
@@ -52,7 +52,6 @@ __all__ = [
     "estimate_A",
     "sweep_orders",
     "aioli_round",
-    "simulated_round",
     "DMLParams",
     "dml_canonical",
     "dml_law",
@@ -61,7 +60,7 @@ __all__ = [
     "dml",
 ]
 
-_AIOLI_STREAM = 2  # SeedSequence child for sweep orders (loop: 0, simulated oracle: 1)
+_AIOLI_STREAM = 2  # SeedSequence child for sweep orders (loop 0, oracle 1, mixture rounds 3)
 
 
 # --------------------------------------------------------------------------- checks
@@ -147,16 +146,18 @@ def skill_it(graph: Any, step_size: float, *, apply: str = "resample") -> Mixer:
     """Skill-It (Chen et al. 2023) as an LMO method: A^t_ij = G_ji · L_i^t.
 
     ``graph`` is the fixed skills graph G (m, m), ``G[j, i]`` = how much training on group
-    j alone lowers group i's loss (:func:`skills_graph_from_runs`).  ``update`` takes the
+    j alone lowers group i's loss (:func:`skills_graph_from_runs`), or one graph per
+    replicate (R, m, m) as :func:`measure_skills_graph` returns.  ``update`` takes the
     current per-group (validation) losses L^t, shape (..., m); the gains are
     Σ_i G_ji L_i = (G L)_j.  With G = I this is EG on the losses (Group DRO's step).
+    Requires the ``"group_validation"`` capability (the losses it reads each round).
     """
     g = _square("graph", graph)
-    if g.ndim != 2:
-        raise ValueError(f"graph has shape {g.shape}: expected one (m, m) skills graph")
+    if g.ndim > 3:
+        raise ValueError(f"graph has shape {g.shape}: expected (m, m) or (R, m, m)")
     eta = _positive("step_size", step_size)
     mixers._check_apply(apply)
-    m = g.shape[0]
+    m = g.shape[-1]
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> EGState:
         if num_tasks != m:
@@ -171,7 +172,9 @@ def skill_it(graph: Any, step_size: float, *, apply: str = "resample") -> Mixer:
         log_w, w = lmo_step(state.log_weights, A, eta)
         return w, EGState(log_w, w)
 
-    return Mixer(init, update, mixers._played_weights, "loss", apply, "skill_it")
+    return Mixer(
+        init, update, mixers._played_weights, "loss", apply, "skill_it", ("group_validation",)
+    )
 
 
 def skills_graph_from_runs(loss_before: Any, loss_after: Any) -> np.ndarray:
@@ -200,20 +203,34 @@ def skills_graph_from_runs(loss_before: Any, loss_after: Any) -> np.ndarray:
 
 
 def measure_skills_graph(
-    train_on_group: Callable[[int], Any], eval_losses: Callable[[], Any], m: int
+    oracle: Any,
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    learning_rate: float,
+    batch_size: int = 8,
 ) -> np.ndarray:
-    """Measure G with m single-group runs (Skill-It's graph learning step).
+    """Measure G with m single-group runs (Skill-It's graph learning step), per replicate.
 
-    ``eval_losses()`` returns every group's loss (m,) at the starting model;
-    ``train_on_group(j)`` trains a *fresh copy* of the starting model on group j alone
-    and returns every group's loss (m,) afterwards.  Returns
-    :func:`skills_graph_from_runs` of the two.
+    Needs the ``"mixture_rounds"`` and ``"group_validation"`` capabilities
+    (:mod:`amasim.capabilities`).  For every group j the oracle is ``reset(seeds)`` (a
+    fresh copy of the starting model), trained ``steps`` steps on group j alone, and
+    every group's validation loss read; returns :func:`skills_graph_from_runs` of each
+    replicate, shape (R, m, m).  The oracle is left after the last run: reset it.
     """
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-        raise ValueError(f"m={m!r} must be an int >= 1, the number of groups")
-    before = eval_losses()
-    after = np.stack([np.asarray(train_on_group(j), dtype=np.float64) for j in range(m)])
-    return skills_graph_from_runs(before, after)
+    require_capabilities(oracle, ("mixture_rounds", "group_validation"), "Skill-It's graph")
+    seeds, m = list(seeds), len(oracle.task_names)
+    oracle.reset(seeds)
+    before = oracle.evaluate_groups()
+    after = []
+    for j in range(m):
+        oracle.reset(seeds)
+        oracle.train_on_mixture(
+            np.eye(m)[j], steps, learning_rate=learning_rate, batch_size=batch_size
+        )
+        after.append(oracle.evaluate_groups())
+    after = np.stack(after, axis=1)  # (R, m, m): [r, j, i]
+    return np.stack([skills_graph_from_runs(b, a) for b, a in zip(before, after)])
 
 
 # --------------------------------------------------------------------------- Aioli
@@ -289,7 +306,8 @@ def aioli(
         new = AioliState(log_w, w, A, state.num_updates + 1, state.keys, eps, state.sweeps)
         return w, new
 
-    return Mixer(init, update, mixers._played_weights, "loss", "resample", "aioli")
+    requires = ("mixture_rounds", "group_validation")
+    return Mixer(init, update, mixers._played_weights, "loss", "resample", "aioli", requires)
 
 
 def smoothed_one_hot(m: int, epsilon: float) -> np.ndarray:
@@ -337,50 +355,54 @@ def sweep_orders(state: AioliState) -> np.ndarray:
 def aioli_round(
     mixer: Mixer,
     state: AioliState,
-    oracle_round: Callable[[np.ndarray, int], Any],
-    m: int,
+    oracle: Any,
     *,
     steps: int = 1,
+    learning_rate: float,
+    batch_size: int = 8,
     losses: Any = None,
 ) -> tuple[np.ndarray, AioliState, np.ndarray]:
-    """One Aioli round: LearnParams with ``oracle_round``, then ``mixer.update``.
+    """One Aioli round on ``oracle``: LearnParams, then ``mixer.update``.
 
-    ``oracle_round(mixture, steps)`` trains the (stateful) model ``steps`` steps on
-    ``mixture`` (shape (..., m): the state's replicate axes) and returns every group's
-    validation loss afterwards, (..., m); ``steps=0`` must only evaluate.  For every sweep
-    and every group j (in :func:`sweep_orders`' order) the round trains on the smoothed
-    one-hot W_j and records the loss drop; :func:`estimate_A` unmixes the drops.
-    ``losses`` are the current validation losses (evaluated with ``steps=0`` if
-    ``None``).  Returns ``(weights, new_state, A)`` — A before the mixer's normalisation
-    and EMA.  The training on ``mixture = weights`` for the rest of the round is the
-    caller's.
+    ``oracle`` needs the ``"mixture_rounds"`` and ``"group_validation"`` capabilities
+    (:mod:`amasim.capabilities`), with the state's replicates.  For every sweep and
+    every group j (in :func:`sweep_orders`' order) the round trains ``steps`` steps on
+    the smoothed one-hot W_j (``oracle.train_on_mixture``) and records the drop of every
+    group's validation loss (``oracle.evaluate_groups()``); :func:`estimate_A` unmixes
+    the drops.  ``losses`` are the current validation losses (read if ``None``).
+    Returns ``(weights, new_state, A)`` — A before the mixer's normalisation and EMA.
+    The LearnParams steps train the model; training on ``weights`` for the rest of the
+    round is the caller's.
     """
-    m = _check_groups(m)
+    require_capabilities(oracle, mixer.requires, f"mixer {mixer.name!r}")
+    m = _check_groups(len(oracle.task_names))
     if state.weights.shape[-1] != m:
-        raise ValueError(f"m={m} but the state holds {state.weights.shape[-1]} groups")
+        raise ValueError(f"the oracle has {m} groups but the state {state.weights.shape[-1]}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an int >= 1 (training steps per mixture)")
     batch = state.weights.shape[:-1]
     W = smoothed_one_hot(m, state.epsilon)
     orders = sweep_orders(state)
 
-    def call(mixture: np.ndarray, n: int) -> np.ndarray:
-        out = np.asarray(oracle_round(mixture, n), dtype=np.float64)
-        if out.shape != (*batch, m):
+    def validation() -> np.ndarray:
+        out = np.asarray(oracle.evaluate_groups(), dtype=np.float64)
+        if out.shape != (*batch, m) and out.shape != (1, *batch, m):
             raise ValueError(
-                f"oracle_round returned shape {out.shape}: expected {(*batch, m)}, every "
-                "group's validation loss"
+                f"evaluate_groups() returned shape {out.shape}: expected {(*batch, m)}, every "
+                "group's validation loss for the state's replicates"
             )
-        return out
+        return out.reshape(*batch, m)
 
-    before = call(np.broadcast_to(state.weights, (*batch, m)), 0) if losses is None else losses
-    before = np.asarray(before, dtype=np.float64)
+    before = validation() if losses is None else np.asarray(losses, dtype=np.float64)
     _check_state_shape("losses", before, (*batch, m))
     drops = np.zeros((*batch, state.sweeps, m, m))
     for s in range(state.sweeps):
         for q in range(m):
             group = orders[..., s, q]  # (...,)
-            after = call(W[group], int(steps))
+            oracle.train_on_mixture(
+                W[group], int(steps), learning_rate=learning_rate, batch_size=batch_size
+            )
+            after = validation()
             index = np.broadcast_to(group[..., None, None], (*batch, 1, m))
             target = drops[..., s, :, :]
             np.put_along_axis(target, index, (before - after)[..., None, :], axis=-2)
@@ -389,61 +411,6 @@ def aioli_round(
     A = estimate_A(drops, state.epsilon)
     weights, new_state = mixer.update(state, A)
     return weights, new_state, A
-
-
-def simulated_round(
-    problem: Any,
-    theta: Any,
-    mixture: Any,
-    steps: int,
-    lr: float,
-    rng_key: Any,
-    *,
-    batch_size: int = 8,
-    start: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``steps`` projected SGD steps from θ on a mixture of a ConvexProblem; pure.
-
-    ``theta`` (d,) or (R, d); ``mixture`` (m,) or (R, m); ``rng_key`` (R,) uint64 from
-    :func:`amasim.prng.replicate_keys`; step t draws from ``prng`` position ``start + t``
-    (pass a fresh ``start`` each call for fresh batches).  Each step draws ``batch_size``
-    examples (group ~ mixture, example uniform within the group) and steps on their mean
-    loss.  Returns ``(new_theta, losses)``, losses = every group's mean loss over its
-    whole dataset at ``new_theta``, (m,) or (R, m).
-    """
-    th = np.asarray(theta, dtype=np.float64)
-    single = th.ndim == 1
-    th = np.atleast_2d(th)
-    keys = np.asarray(rng_key, dtype=np.uint64).reshape(-1)
-    r, m = th.shape[0], problem.num_tasks
-    if th.shape[1] != problem.dim or keys.size != r:
-        raise ValueError(
-            f"theta has shape {np.shape(theta)} and rng_key {keys.shape}: expected (R, "
-            f"{problem.dim}) and (R,)"
-        )
-    mix = np.asarray(mixture, dtype=np.float64)
-    if mix.shape not in ((m,), (r, m)) or not np.isfinite(mix).all() or (mix < 0).any():
-        raise ValueError(
-            f"mixture has shape {mix.shape}: expected ({m},) or ({r}, {m}) finite weights >= 0"
-        )
-    mix = np.broadcast_to(mix, (r, m))
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps={steps!r} must be an int >= 0")
-    learning_rate = _positive("lr", lr)
-    sizes = np.asarray(problem.sizes)
-    offsets = problem.offsets[:-1]
-    if steps:
-        u = prng.uniform_steps(keys, start, int(steps), 2 * batch_size)  # (S, R, 2B)
-    for t in range(int(steps)):
-        groups = prng.categorical(u[t, :, :batch_size], mix)  # (R, B)
-        index = offsets[groups] + prng.integers(u[t, :, batch_size:], sizes[groups])
-        x = problem.features[index]  # (R, B, d)
-        preds = np.einsum("rbd,rd->rb", x, th)
-        _, slope = _loss_and_slope(problem.loss, preds, problem.targets[index])
-        grad = np.einsum("rb,rbd->rd", slope, x) / batch_size
-        th = problem.project(th - learning_rate * grad)
-    losses = problem.task_scores(th, "loss")
-    return (th[0], losses[0]) if single else (th, losses)
 
 
 # ----------------------------------------------------------------------------- DML

@@ -75,7 +75,12 @@ _LOG_FLOOR = -1e300  # far below any reachable value; keeps sums of logs finite
 
 
 class Mixer(NamedTuple):
-    """A mixing method: pure ``init``/``update``/``weights`` plus loop defaults."""
+    """A mixing method: pure ``init``/``update``/``weights`` plus loop defaults.
+
+    ``requires`` names the optional oracle capabilities (:mod:`amasim.capabilities`)
+    the method needs beyond the base protocol, e.g. ``("task_gradients",)``; the
+    training entry points refuse an oracle that lacks one.
+    """
 
     init: Callable[..., Any]
     update: Callable[..., tuple[np.ndarray, Any]]
@@ -83,6 +88,7 @@ class Mixer(NamedTuple):
     score: str
     apply: str
     name: str
+    requires: tuple[str, ...] = ()
 
 
 class StaticState(NamedTuple):

@@ -25,7 +25,10 @@ Attributes and methods an oracle must have:
     task's evaluation data at the current θ, or at the running average of the iterates
     θ̄ when ``averaged`` (the point the convex theory speaks about); shape (R, k).
 
-:func:`check_oracle` runs a short episode and names the first thing that is wrong.
+:func:`check_oracle` runs a short episode and names the first thing that is wrong; with
+``capabilities=[...]`` it also verifies the optional capabilities of
+:mod:`amasim.capabilities` (task gradients, a target set, per-group validation,
+training rounds on a given mixture).
 
 >>> from amasim.problems import make_problem
 >>> from amasim.simulator import SimulatedOracle
@@ -111,13 +114,21 @@ def _check_static(oracle: Any) -> int:
     return len(names)
 
 
-def check_oracle(oracle: Any, *, seeds: Sequence[int] = (0, 1), steps: int = 3) -> None:
+def check_oracle(
+    oracle: Any,
+    *,
+    seeds: Sequence[int] = (0, 1),
+    steps: int = 3,
+    capabilities: Sequence[str] = (),
+) -> None:
     """Validate a third-party oracle against the protocol; raise :class:`OracleError`.
 
     Checks the attributes, shapes, dtypes and finiteness of every call, that
     ``reset`` with the same seeds replays the same batches and losses, that a step with
     zero loss weights leaves the losses unchanged, that a step with positive weights
-    changes them, and that ``evaluate`` returns (R, k) finite scores.
+    changes them, and that ``evaluate`` returns (R, k) finite scores.  Then each of the
+    optional ``capabilities`` the oracle claims
+    (:func:`amasim.capabilities.check_capabilities`).
     """
     k = _check_static(oracle)
     if oracle.max_replicates is not None and oracle.max_replicates < len(seeds):
@@ -159,3 +170,7 @@ def check_oracle(oracle: Any, *, seeds: Sequence[int] = (0, 1), steps: int = 3) 
     for averaged in (False, True):
         where = f"evaluate(averaged={averaged})"
         _check_array(where, oracle.evaluate("clipped", averaged), (r, k), "f")
+    if capabilities:
+        from amasim.capabilities import check_capabilities
+
+        check_capabilities(oracle, capabilities, seeds=seeds)

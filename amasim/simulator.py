@@ -5,6 +5,11 @@ Example draws come from the counter-based generator of :mod:`amasim.prng`, keyed
 the seeds and counted by the number of ``sample`` calls, so a replicate draws the same
 examples alone or beside others.
 
+Optional capabilities (:mod:`amasim.capabilities`): ``"group_validation"``
+(:meth:`SimulatedOracle.evaluate_groups`; the validation set of a group is its whole
+dataset, the data ``evaluate`` reads) and ``"mixture_rounds"`` (``train_on_mixture``,
+through ``sample``/``losses``/``step``, so those steps enter θ̄ too).
+
 >>> import numpy as np
 >>> from amasim.problems import make_problem
 >>> oracle = SimulatedOracle(make_problem("logistic", sizes=(40, 10), dim=3))
@@ -21,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from amasim import prng
+from amasim.capabilities import MixtureRoundsFromSteps
 from amasim.oracle import Batch
 from amasim.problems import ConvexProblem, _loss_and_slope
 
@@ -29,7 +35,7 @@ __all__ = ["SimulatedOracle"]
 _SAMPLE_STREAM = 1  # SeedSequence child used for example draws (the loop uses child 0)
 
 
-class SimulatedOracle:
+class SimulatedOracle(MixtureRoundsFromSteps):
     """Projected SGD from θ₀ = 0 on a convex problem; keeps the average of the iterates."""
 
     max_replicates = None
@@ -51,6 +57,7 @@ class SimulatedOracle:
         self.theta_sum = np.zeros_like(self.theta)
         self.iterations = 0
         self._cache: tuple[Batch, np.ndarray] | None = None
+        self._reset_mixture_rounds(seeds)
 
     def sample(self, task_ids: np.ndarray) -> Batch:
         if self._keys is None:
@@ -89,3 +96,9 @@ class SimulatedOracle:
     def evaluate(self, score: str = "clipped", averaged: bool = False) -> np.ndarray:
         theta = self.average_theta if averaged else self.theta
         return self.problem.task_scores(theta, score)
+
+    def evaluate_groups(self, score: str = "loss") -> np.ndarray:
+        """Every group's mean ``score`` over its data at the current θ, (R, k)."""
+        if self._keys is None:
+            raise RuntimeError("call reset(seeds) before evaluate_groups()")
+        return self.problem.task_scores(self.theta, score)

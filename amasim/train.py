@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from amasim import prng
+from amasim.capabilities import require_capabilities
 from amasim.mixers import APPLY_MODES, Mixer
 from amasim.oracle import Oracle, OracleError, _check_static, check_oracle
 from amasim.scores import check_score, example_scores, task_means
@@ -118,6 +119,13 @@ def _check_run_args(mixer, oracle, steps, learning_rate, schedule, batch_size, s
         _check_static(oracle)
     except OracleError as err:
         raise TypeError(f"oracle does not follow the amasim oracle protocol: {err}") from None
+    if mixer.requires:  # DoGE, DGA, Aioli, Skill-It: capabilities run() does not drive
+        require_capabilities(oracle, mixer.requires, f"mixer {mixer.name!r}")
+        raise ValueError(
+            f"mixer {mixer.name!r} reads oracle capabilities {mixer.requires}, which run() "
+            "does not drive: train it with amasim.registry.train_method (or "
+            "amasim.lmo.aioli_round / amasim.gradient_mixers.run_with_gradients)"
+        )
     _positive_int("steps", steps)
     _positive_int("batch_size", batch_size)
     if not (isinstance(learning_rate, (int, float)) and np.isfinite(learning_rate)):

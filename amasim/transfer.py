@@ -38,13 +38,16 @@ the clusters ∝ the target's cluster histogram.
 
 Gradient oracles
 ----------------
-A :class:`GradientOracle` is an :mod:`amasim.oracle` oracle that can also report
+A :class:`GradientOracle` is an :mod:`amasim.oracle` oracle with the
+``"task_gradients"`` and ``"target_set"`` capabilities of :mod:`amasim.capabilities`:
 ``task_gradients() -> (R, k, d)`` (the mean gradient of each task's loss at the current
-θ, over the task's full data or a fresh batch) and ``target_gradient() -> (R, d)``, and
-counts the per-example gradients these cost in ``extra_gradient_evaluations`` (per
+θ, over the task's full data or a fresh batch), ``target_gradient() -> (R, d)``, and
+the per-example gradients these cost in ``extra_gradient_evaluations`` (per
 replicate, beyond the training steps).  :class:`GradientSimulatedOracle` implements it
-for a :class:`~amasim.problems.ConvexProblem`; :func:`check_gradient_oracle` validates
-a third-party one.
+for a :class:`~amasim.problems.ConvexProblem` (plus ``"group_validation"`` and
+``"mixture_rounds"``, inherited; ``"target_set"`` only when given a target);
+:func:`check_gradient_oracle` (= ``check_oracle(..., capabilities=...)``) validates a
+third-party one.
 
 >>> problem = transfer_problem(3, dim=4, sizes=(40, 40, 40), overlap=1.0)
 >>> oracle = GradientSimulatedOracle(problem, target=(problem.features[:40], problem.targets[:40]))
@@ -63,7 +66,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from amasim import prng
-from amasim.oracle import Oracle, _fail, check_oracle
+from amasim.capabilities import CAPABILITIES, TargetSet, TaskGradients
+from amasim.oracle import Oracle, check_oracle
 from amasim.problems import ConvexProblem, _assemble, _check_sizes, _loss_and_slope
 from amasim.simulator import SimulatedOracle
 
@@ -261,14 +265,8 @@ def importance_sampling_weights(
 
 # ----------------------------------------------------------------- gradient oracles
 @runtime_checkable
-class GradientOracle(Oracle, Protocol):
+class GradientOracle(Oracle, TaskGradients, TargetSet, Protocol):
     """An :class:`~amasim.oracle.Oracle` that also reports gradients (module docstring)."""
-
-    extra_gradient_evaluations: int
-
-    def task_gradients(self) -> np.ndarray: ...
-
-    def target_gradient(self) -> np.ndarray: ...
 
 
 class GradientSimulatedOracle(SimulatedOracle):
@@ -300,6 +298,12 @@ class GradientSimulatedOracle(SimulatedOracle):
             raise ValueError(f"gradient_batch={gradient_batch!r} must be None or an int >= 1")
         self.gradient_batch = gradient_batch
         self.extra_gradient_evaluations = 0
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Every capability of :mod:`amasim.capabilities`; ``"target_set"`` needs a target."""
+        every = frozenset(CAPABILITIES)
+        return every if self.target is not None else every - {"target_set"}
 
     def _check_pair(self, name: str, pair: Any) -> tuple[np.ndarray, np.ndarray]:
         x, y = (np.asarray(a, dtype=np.float64) for a in pair)
@@ -371,64 +375,7 @@ class GradientSimulatedOracle(SimulatedOracle):
 def check_gradient_oracle(
     oracle: Any, *, seeds: Sequence[int] = (0, 1), require_target: bool = True
 ) -> None:
-    """Validate a gradient oracle; raise :class:`~amasim.oracle.OracleError` naming the fault.
-
-    Runs :func:`~amasim.oracle.check_oracle`, then checks that ``task_gradients`` returns
-    a finite float (R, k, d) array and ``target_gradient`` (when ``require_target``) a
-    finite (R, d) one with the same d, that neither changes the model's losses, that
-    ``reset`` with the same seeds replays them, and that ``extra_gradient_evaluations``
-    is an int that resets to 0 and grows with every call.
-    """
-    check_oracle(oracle, seeds=seeds)
-    for name in ("task_gradients", "target_gradient"):
-        if not callable(getattr(oracle, name, None)):
-            _fail(type(oracle).__name__, f"has no method {name}()", "see amasim.transfer")
-    k, r = len(oracle.task_names), len(seeds)
-    task_ids = np.tile(np.arange(k), (r, 1))
-
-    def counter() -> int:
-        count = getattr(oracle, "extra_gradient_evaluations", None)
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-            _fail(
-                "extra_gradient_evaluations",
-                f"is {count!r}",
-                "keep an int count of per-example gradients computed outside step()",
-            )
-        return int(count)
-
-    def arr(where: str, value: Any, ndim: int) -> np.ndarray:
-        if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-            _fail(where, f"returned {type(value).__name__}", "return a float numpy array")
-        if value.ndim != ndim or value.shape[0] != r or (ndim == 3 and value.shape[1] != k):
-            want = "(R, k, d)" if ndim == 3 else "(R, d)"
-            _fail(where, f"returned shape {value.shape} for R={r}, k={k}", f"return {want}")
-        if not np.isfinite(value).all():
-            _fail(where, "returned NaN or infinite values", "return finite gradients")
-        return value
-
-    def episode() -> list[np.ndarray]:
-        oracle.reset(list(seeds))
-        if counter() != 0:
-            _fail("reset()", "left extra_gradient_evaluations nonzero", "set it to 0 in reset")
-        batch = oracle.sample(task_ids)
-        before = oracle.losses(batch)
-        out = []
-        for _ in range(2):
-            seen = counter()
-            out.append(arr("task_gradients()", oracle.task_gradients(), 3))
-            if counter() <= seen:
-                _fail("task_gradients()", "did not count its gradients", "add to the counter")
-            if require_target:
-                seen = counter()
-                out.append(arr("target_gradient()", oracle.target_gradient(), 2))
-                if out[-1].shape[1] != out[-2].shape[2]:
-                    _fail("target_gradient()", "has a different d", "use the model's θ")
-                if counter() <= seen:
-                    _fail("target_gradient()", "did not count its gradients", "add to counter")
-        if not np.array_equal(oracle.losses(batch), before):
-            _fail("task_gradients()", "changed the model", "compute gradients without stepping")
-        return out
-
-    first, second = episode(), episode()
-    if any(not np.array_equal(a, b) for a, b in zip(first, second)):
-        _fail("reset(seeds)", "the same seeds gave different gradients", "seed gradient batches")
+    """``check_oracle(oracle, capabilities=["task_gradients", "target_set"])`` (without
+    ``"target_set"`` unless ``require_target``): see :mod:`amasim.capabilities`."""
+    wanted = ("task_gradients", "target_set") if require_target else ("task_gradients",)
+    check_oracle(oracle, seeds=seeds, capabilities=wanted)

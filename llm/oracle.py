@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from amasim import prng
+from amasim.capabilities import MixtureRoundsFromSteps
 from amasim.oracle import Batch
 from amasim.scores import example_scores
 from llm.data import TokenizedPairs, collate_pairs
@@ -137,12 +138,14 @@ def pair_losses(
     return {"loss": out.losses.numpy(), "margin": margin.numpy()}
 
 
-class DPOOracle:
+class DPOOracle(MixtureRoundsFromSteps):
     """amasim oracle for multi-task DPO on one policy (``max_replicates = 1``).
 
     ``policy`` holds the reference weights when the oracle is built; ``reset`` always
     restarts from them (DPO starts the policy at the reference).  ``eval_tasks`` default
-    to the training tasks.
+    to the training tasks.  Optional capabilities (:mod:`amasim.capabilities`):
+    ``"group_validation"`` (:meth:`evaluate_groups`: held-out DPO loss per eval task)
+    and ``"mixture_rounds"`` (``train_on_mixture``: AdamW steps through ``step``).
     """
 
     max_replicates = 1
@@ -203,6 +206,7 @@ class DPOOracle:
         self.tokens_seen = 0
         torch.manual_seed(seeds[0])  # dropout, if the model has any
         self._pending: tuple[Batch, torch.Tensor | None] | None = None
+        self._reset_mixture_rounds(seeds)
 
     def sample(self, task_ids: np.ndarray) -> Batch:
         if self._keys is None:
@@ -291,6 +295,10 @@ class DPOOracle:
         return np.array([[d[score] for d in details.values()]])
 
     # ---------------------------------------------------------------- extras
+    def evaluate_groups(self, score: str = "loss") -> np.ndarray:
+        """Every eval task's held-out mean ``score`` at the current policy, shape (1, k)."""
+        return self.evaluate(score)
+
     def evaluate_tasks(self) -> dict[str, dict[str, float]]:
         """Held-out DPO loss, excess and clipped excess vs the specialist, reward accuracy."""
         out = {}

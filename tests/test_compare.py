@@ -1,4 +1,4 @@
-"""The comparison study runs every suite and reports measured verdicts."""
+"""The comparison study runs every method on every setting and reports measured verdicts."""
 
 import json
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from amasim.compare import SUITES, _verdict, compare, compare_markdown, write_compare
+from amasim.registry import METHODS
 
 
 def test_verdict_reports_direction_and_significance():
@@ -15,19 +16,40 @@ def test_verdict_reports_direction_and_significance():
     assert not _verdict(high, low)["agrees"]
 
 
-def test_dga_suite_writes_tables_and_figure(tmp_path):
-    """A quick dga suite: every regime has every method, a verdict, and files on disk."""
+def test_dga_suite_runs_every_method_and_writes_files(tmp_path):
+    """Every registered method and merge has a finite row in every regime, at the budget;
+    only the alignment methods spend extra gradients."""
     result = compare("dga", seeds=2, quick=True)
     assert set(result["instances"]) == {"small generic set", "scarce target data"}
     for inst in result["instances"].values():
-        assert set(inst["rows"]) == {"stratified", "importance sampling", "dga"}
-        assert all(np.isfinite(row["mean"]) for row in inst["rows"].values())
-        assert inst["rows"]["dga"]["extra_gradient_evaluations"] > 0
-        assert inst["rows"]["stratified"]["extra_gradient_evaluations"] == 0
+        rows = inst["tables"]["target test loss"]
+        assert set(METHODS) <= set(rows) and "merge-ties" in rows
+        assert all(np.isfinite(row["mean"]) for row in rows.values())
+        for name, info in inst["methods"].items():
+            assert info["examples"] <= inst["budget"]
+            assert (info["extra_gradient_evaluations"] > 0) == (name in ("dga", "doge"))
     paths = write_compare(result, tmp_path)
     assert json.loads(paths[0].read_text())["suite"] == "dga"
-    assert "dga beats importance sampling" in compare_markdown(result)
+    assert "dga beats importance-sampling" in compare_markdown(result)
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transfer_suite_marks_missing_capabilities_and_online_protocol(monkeypatch):
+    """A method whose capability a setting lacks gets an explicit n/a cell naming it; the
+    rounds option moves the online mixers' protocol."""
+    from amasim import compare as module
+    from amasim.transfer import GROUP_SETTINGS
+
+    monkeypatch.setattr(module, "GROUP_SETTINGS", {"balanced": GROUP_SETTINGS["balanced"]})
+    for online in ("per-batch", "rounds"):
+        result = compare("transfer", seeds=2, quick=True, online=online)
+        inst = result["instances"]["balanced"]
+        assert inst["methods"]["dga"]["na"] == "needs target_set"
+        assert "dga" not in inst["tables"]["mean group loss"]
+        assert inst["methods"]["ama-r"]["protocol"] == online
+        text = compare_markdown(result)
+        assert "| dga | alignment | n/a — needs target_set |" in text
+        assert "aioli beats stratified" in text
 
 
 def test_unknown_suite_and_too_few_seeds_are_rejected():

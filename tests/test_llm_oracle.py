@@ -277,3 +277,18 @@ def test_char_tasks_have_the_requested_sizes():
     assert [(n, len(tr), len(ev)) for n, tr, ev in char_tasks()] == [
         (name, *SIZES[name]) for name in SIZES
     ]
+
+
+def test_offers_validation_and_mixture_rounds(oracle):
+    """The DPO oracle passes the capability checks; a round on one task alone lowers that
+    task's held-out loss and moves the policy only through step()."""
+    from amasim.capabilities import capabilities_of, check_capabilities
+
+    assert capabilities_of(oracle) == {"group_validation", "mixture_rounds"}
+    check_capabilities(oracle, ["group_validation", "mixture_rounds"], seeds=(0,))
+    oracle.reset([0])
+    before = oracle.evaluate_groups()
+    oracle.train_on_mixture([1.0] + [0.0] * (before.shape[1] - 1), 3, learning_rate=1e-2)
+    after = oracle.evaluate_groups()
+    assert before.shape == after.shape == (1, len(oracle.task_names))
+    assert after[0, 0] < before[0, 0]

@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from amasim import lmo, mixers, prng
+from amasim import lmo, mixers
+from amasim.capabilities import MissingCapabilityError
 from amasim.problems import make_problem
+from amasim.simulator import SimulatedOracle
 
 FEW = settings(max_examples=30, deadline=None)
 MODERATE = st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False)
@@ -23,6 +25,26 @@ def square(k_min: int = 2, k_max: int = 5):
 
 def on_simplex(w: np.ndarray) -> bool:
     return bool(np.all(w >= 0) and np.allclose(w.sum(axis=-1), 1.0, atol=1e-12))
+
+
+class LinearLawOracle:
+    """A third-party oracle with only the two round capabilities, obeying the dynamic
+    linear law exactly: training ``steps`` on mixture p lowers the losses by steps·A p."""
+
+    def __init__(self, A: np.ndarray, start: float = 5.0) -> None:
+        self.A, self.start = np.asarray(A), start
+        self.task_names = tuple(f"g{i}" for i in range(len(A)))
+        self.calls: list[np.ndarray] = []
+
+    def reset(self, seeds) -> None:
+        self.loss = np.full((len(list(seeds)), len(self.A)), self.start)
+
+    def evaluate_groups(self, score: str = "loss") -> np.ndarray:
+        return self.loss.copy()
+
+    def train_on_mixture(self, mixture, steps, *, learning_rate, batch_size=8) -> None:
+        self.calls.append(np.array(mixture))
+        self.loss = self.loss - steps * np.asarray(mixture) @ self.A.T
 
 
 # ------------------------------------------------------------------------ lmo_step
@@ -104,11 +126,25 @@ def test_skills_graph_from_runs_hand_example():
     np.testing.assert_allclose(G, want)
 
 
-def test_measure_skills_graph_calls_single_group_runs():
-    before = np.array([2.0, 3.0])
-    after = {0: [1.0, 2.5], 1: [2.0, 1.0]}
-    G = lmo.measure_skills_graph(lambda j: after[j], lambda: before, 2)
-    np.testing.assert_allclose(G, [[1.0, 0.5], [0.0, 2.0]])
+def test_measure_skills_graph_runs_one_group_at_a_time():
+    """Under the linear law, a run of n steps on group j alone lowers i by n·A_ij: G = n·Aᵀ."""
+    A = np.array([[0.4, 0.1], [0.0, 0.3]])
+    oracle = LinearLawOracle(A)
+    G = lmo.measure_skills_graph(oracle, [0, 1], steps=3, learning_rate=0.1)
+    assert G.shape == (2, 2, 2)
+    np.testing.assert_allclose(G, np.broadcast_to(3 * A.T, (2, 2, 2)))
+    assert [c.tolist() for c in oracle.calls] == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_measure_skills_graph_needs_round_capabilities():
+    class NoRounds:
+        task_names = ("a", "b")
+
+        def evaluate_groups(self, score="loss"):
+            return np.zeros((1, 2))
+
+    with pytest.raises(MissingCapabilityError, match=r"mixture_rounds.*train_on_mixture"):
+        lmo.measure_skills_graph(NoRounds(), [0], steps=1, learning_rate=0.1)
 
 
 # --------------------------------------------------------------------------- Aioli
@@ -138,24 +174,17 @@ def test_aioli_with_exact_A_is_greedy_lmo_step():
 
 
 def test_aioli_round_with_linear_oracle_recovers_A():
-    """A stateful oracle obeying the dynamic linear law exactly: the round measures A."""
+    """An oracle obeying the dynamic linear law exactly: the round measures A."""
     m = 3
     A = np.array([[0.4, 0.1, 0.0], [0.2, 0.3, 0.1], [0.0, 0.05, 0.6]])
-    loss = np.array([5.0, 5.0, 5.0])
-    calls = []
-
-    def oracle_round(mixture, steps):
-        nonlocal loss
-        calls.append(np.array(mixture))
-        loss = loss - steps * (A @ mixture)
-        return loss
-
+    oracle = LinearLawOracle(A)
+    oracle.reset([4])
     mixer = lmo.aioli(1.0, sweeps=3, epsilon=0.6)
     state = mixer.init(m, seed=4)
-    w, new, est = lmo.aioli_round(mixer, state, oracle_round, m, steps=2)
+    w, new, est = lmo.aioli_round(mixer, state, oracle, steps=2, learning_rate=0.1)
     np.testing.assert_allclose(est, 2 * A, atol=1e-9)
     np.testing.assert_allclose(w, lmo.lmo_step(state.log_weights, 2 * A, 1.0)[1], atol=1e-12)
-    assert len(calls) == 1 + 3 * m  # one evaluation, then sweeps × m segments
+    assert len(oracle.calls) == 3 * m  # sweeps × m training segments
     assert new.num_updates == 1
 
 
@@ -196,40 +225,24 @@ def test_aioli_ema_and_normalise():
     np.testing.assert_allclose(s.A, np.diag([0.75, 0.25]))
 
 
-def test_simulated_round_is_pure_and_trains():
-    problem = make_problem("quadratic", sizes=(40, 40), dim=3, seed=0)
-    keys = prng.replicate_keys([0, 1])
-    theta = np.zeros((2, 3))
-    th1, l1 = lmo.simulated_round(problem, theta, [0.5, 0.5], 20, 0.1, keys)
-    th2, l2 = lmo.simulated_round(problem, theta, [0.5, 0.5], 20, 0.1, keys)
-    assert np.array_equal(th1, th2) and np.array_equal(l1, l2) and not theta.any()
-    _, l0 = lmo.simulated_round(problem, theta, [0.5, 0.5], 0, 0.1, keys)
-    assert l1.shape == (2, 2) and np.all(l1.sum(axis=1) < l0.sum(axis=1))
-    th_a, _ = lmo.simulated_round(problem, theta[1], [0.5, 0.5], 20, 0.1, keys[1:])
-    np.testing.assert_allclose(th_a, th1[1])  # a replicate alone = beside others
-    # training on group 0 alone helps group 0 more than group 1
-    _, l_g0 = lmo.simulated_round(problem, theta[0], [1.0, 0.0], 20, 0.1, keys[:1])
-    assert l0[0, 0] - l_g0[0] > l0[0, 1] - l_g0[1]
-
-
 def test_aioli_round_on_simulated_oracle():
+    """Rounds on the simulator: simplex weights, and the same seeds give the same run."""
     problem = make_problem("quadratic", sizes=(60, 60, 60), dim=4, seed=1)
-    keys = prng.replicate_keys([0, 1])
-    box = {"theta": np.zeros((2, 4)), "start": 0}
+    oracle = SimulatedOracle(problem)
 
-    def oracle_round(mixture, steps):
-        box["theta"], losses = lmo.simulated_round(
-            problem, box["theta"], mixture, steps, 0.05, keys, start=box["start"]
-        )
-        box["start"] += steps
-        return losses
+    def play():
+        mixer = lmo.aioli(0.5, sweeps=2, epsilon=0.75)
+        state, out = mixer.init(3, seed=[0, 1]), []
+        oracle.reset([0, 1])
+        for _ in range(3):
+            w, state, A = lmo.aioli_round(mixer, state, oracle, steps=3, learning_rate=0.05)
+            assert w.shape == (2, 3) and A.shape == (2, 3, 3) and on_simplex(w)
+            out.append(A)
+        assert state.num_updates == 3 and oracle.iterations == 3 * 2 * 3 * 3
+        return np.array(out)
 
-    mixer = lmo.aioli(0.5, sweeps=2, epsilon=0.75)
-    state = mixer.init(3, seed=[0, 1])
-    for _ in range(3):
-        w, state, A = lmo.aioli_round(mixer, state, oracle_round, 3, steps=3)
-        assert w.shape == (2, 3) and A.shape == (2, 3, 3) and on_simplex(w)
-    assert state.num_updates == 3
+    first = play()
+    np.testing.assert_array_equal(first, play())
 
 
 # ----------------------------------------------------------------------------- DML
@@ -299,6 +312,33 @@ def test_skill_it_rejects_mismatched_scores():
 
 
 def test_aioli_round_rejects_bad_oracle_shape():
+    class WrongShape(LinearLawOracle):
+        def evaluate_groups(self, score="loss"):
+            return np.zeros(2)
+
     mixer = lmo.aioli(1.0)
-    with pytest.raises(ValueError, match="oracle_round"):
-        lmo.aioli_round(mixer, mixer.init(3), lambda mix, n: np.zeros(2), 3)
+    oracle = WrongShape(np.eye(3))
+    oracle.reset([0])
+    with pytest.raises(ValueError, match="evaluate_groups"):
+        lmo.aioli_round(mixer, mixer.init(3), oracle, learning_rate=0.1)
+
+
+def test_aioli_round_names_the_missing_capability():
+    """A plain oracle lacks the round capabilities: the error names one and its method."""
+    mixer = lmo.aioli(1.0)
+    with pytest.raises(MissingCapabilityError, match=r"'mixture_rounds'.*train_on_mixture"):
+        lmo.aioli_round(mixer, mixer.init(2), object(), learning_rate=0.1)
+
+
+def test_skill_it_takes_one_graph_per_replicate():
+    """A (R, m, m) graph acts like R single-graph mixers, one per replicate."""
+    graphs = np.array([[[1.0, 0.2], [0.0, 0.5]], [[0.3, 0.0], [0.4, 1.0]]])
+    losses = np.array([[1.0, 2.0], [0.5, 0.1]])
+    batched = lmo.skill_it(graphs, 0.7)
+    w, _ = batched.update(batched.init(2, seed=[0, 1]), losses)
+    for r in range(2):
+        alone = lmo.skill_it(graphs[r], 0.7)
+        np.testing.assert_allclose(w[r], alone.update(alone.init(2), losses[r])[0])
+    assert batched.requires == ("group_validation",)
+    with pytest.raises(ValueError, match="graph"):
+        lmo.skill_it(np.ones((1, 2, 2, 2)), 0.7)
