@@ -71,7 +71,6 @@ __all__ = [
     "check_capabilities",
 ]
 
-MIXTURE_STREAM = 3  # SeedSequence child for mixture-round draws (loop 0, samples 1, Aioli 2)
 
 
 @runtime_checkable
@@ -224,7 +223,7 @@ def check_steps(steps: Any, name: str = "steps") -> int:
 class MixtureRoundsFromSteps:
     """The ``"mixture_rounds"`` capability built on an oracle's own ``sample``/``losses``/
     ``step``: each step draws ``batch_size`` groups from the mixture (counter-based,
-    stream :data:`MIXTURE_STREAM` of the seeds), samples them and steps on the mean
+    stream :data:`amasim.prng.MIXTURE_STREAM` of the seeds), samples them and steps on the mean
     loss.  The subclass calls :meth:`_reset_mixture_rounds` in ``reset``.
     """
 
@@ -232,7 +231,7 @@ class MixtureRoundsFromSteps:
     _mixture_draws: int = 0
 
     def _reset_mixture_rounds(self, seeds: Sequence[int]) -> None:
-        self._mixture_keys = prng.replicate_keys(list(seeds), stream=MIXTURE_STREAM)
+        self._mixture_keys = prng.replicate_keys(list(seeds), stream=prng.MIXTURE_STREAM)
         self._mixture_draws = 0
 
     def train_on_mixture(

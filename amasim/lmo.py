@@ -60,7 +60,6 @@ __all__ = [
     "dml",
 ]
 
-_AIOLI_STREAM = 2  # SeedSequence child for sweep orders (loop 0, oracle 1, mixture rounds 3)
 
 
 # --------------------------------------------------------------------------- checks
@@ -289,7 +288,7 @@ def aioli(
         m = _check_groups(num_tasks, "num_tasks")
         _check_epsilon(eps, m)
         eg = _eg_init(m, seed)
-        keys = prng.replicate_keys(seed, stream=_AIOLI_STREAM)
+        keys = prng.replicate_keys(seed, stream=prng.AIOLI_STREAM)
         A = np.zeros((*eg.weights.shape, m))
         return AioliState(eg.log_weights, eg.weights, A, 0, keys, eps, int(sweeps))
 

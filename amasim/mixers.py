@@ -435,7 +435,8 @@ def averaged(mixer: Mixer) -> Mixer:
         new = AveragedState(inner, state.weight_sum + w, state.num_updates + 1)
         return weights(new), new
 
-    return Mixer(init, update, weights, mixer.score, mixer.apply, f"averaged_{mixer.name}")
+    name = f"averaged_{mixer.name}"
+    return Mixer(init, update, weights, mixer.score, mixer.apply, name, mixer.requires)
 
 
 def hold_last_scores(mixer: Mixer) -> Mixer:
@@ -456,9 +457,10 @@ def hold_last_scores(mixer: Mixer) -> Mixer:
         w, inner = mixer.update(state.inner, scores, None)
         return w, HeldState(inner, scores)
 
-    return Mixer(
-        init, update, lambda state: mixer.weights(state.inner), mixer.score, mixer.apply, mixer.name
-    )
+    def weights(state: HeldState) -> np.ndarray:
+        return mixer.weights(state.inner)
+
+    return Mixer(init, update, weights, mixer.score, mixer.apply, mixer.name, mixer.requires)
 
 
 def doremi(step_size: float = 1.0, smoothing: float = 1e-3) -> Mixer:

@@ -24,7 +24,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["replicate_keys", "uniform", "uniform_steps", "UniformStream", "categorical", "integers"]
+__all__ = [
+    "LOOP_STREAM",
+    "SAMPLE_STREAM",
+    "AIOLI_STREAM",
+    "MIXTURE_STREAM",
+    "GRADIENT_STREAM",
+    "STREAMS_PER_RANK",
+    "replicate_keys", "uniform", "uniform_steps", "UniformStream", "categorical", "integers"]
+
+# One user seed feeds independent streams (SeedSequence spawn keys), one per consumer, so
+# no two parts of a run draw the same numbers.  Every stream number is assigned here.
+LOOP_STREAM = 0  # amasim.train.Mixing: which tasks a batch holds
+SAMPLE_STREAM = 1  # an oracle's example draws (amasim.simulator, llm.oracle)
+AIOLI_STREAM = 2  # amasim.lmo: the order of Aioli's LearnParams sweeps
+MIXTURE_STREAM = 3  # amasim.capabilities: draws of train_on_mixture rounds
+GRADIENT_STREAM = 4  # amasim.transfer: the batches of stochastic task gradients
+STREAMS_PER_RANK = 8  # data-parallel rank r draws from stream + 8·r (llm.distributed)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -32,8 +32,6 @@ from amasim.problems import ConvexProblem, _loss_and_slope
 
 __all__ = ["SimulatedOracle"]
 
-_SAMPLE_STREAM = 1  # SeedSequence child used for example draws (the loop uses child 0)
-
 
 class SimulatedOracle(MixtureRoundsFromSteps):
     """Projected SGD from θ₀ = 0 on a convex problem; keeps the average of the iterates."""
@@ -50,7 +48,7 @@ class SimulatedOracle(MixtureRoundsFromSteps):
 
     def reset(self, seeds: Sequence[int]) -> None:
         seeds = list(seeds)
-        self._keys = prng.replicate_keys(seeds, stream=_SAMPLE_STREAM)
+        self._keys = prng.replicate_keys(seeds, stream=prng.SAMPLE_STREAM)
         self._stream: prng.UniformStream | None = None
         self._draws = 0
         self.theta = np.zeros((len(seeds), self.problem.dim))  # θ₀ = 0, inside the ball

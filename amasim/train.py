@@ -36,7 +36,6 @@ from amasim.scores import check_score, example_scores, task_means
 __all__ = ["RunResult", "run", "Mixing", "StepResult", "SCHEDULES", "learning_rate_at"]
 
 SCHEDULES = ("constant", "1/sqrt(T)", "1/sqrt(t)")
-_LOOP_STREAM = 0
 
 
 @dataclass(frozen=True)
@@ -262,7 +261,7 @@ class Mixing:
         apply: str,
         score: str,
         reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-        stream: int = _LOOP_STREAM,
+        stream: int = prng.LOOP_STREAM,
     ) -> None:
         self.mixer, self.oracle, self.reduce = mixer, oracle, reduce
         self.batch_size, self.score = batch_size, check_score(score)

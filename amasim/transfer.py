@@ -83,7 +83,6 @@ __all__ = [
     "check_gradient_oracle",
 ]
 
-_GRADIENT_STREAM = 2  # SeedSequence child for gradient batches (loop 0, oracle samples 1)
 
 GROUP_SETTINGS: dict[str, dict[str, Any]] = {
     "balanced": {"num_groups": 4, "sizes": (200,) * 4, "overlap": 0.5, "noise": 0.5},
@@ -316,7 +315,7 @@ class GradientSimulatedOracle(SimulatedOracle):
 
     def reset(self, seeds: Sequence[int]) -> None:
         super().reset(seeds)
-        self._grad_keys = prng.replicate_keys(list(seeds), stream=_GRADIENT_STREAM)
+        self._grad_keys = prng.replicate_keys(list(seeds), stream=prng.GRADIENT_STREAM)
         self._grad_draws = 0
         self.extra_gradient_evaluations = 0
 

@@ -876,3 +876,10 @@ def test_factories_reject_unknown_score(factory):
 def test_factories_reject_unknown_apply_mode(factory):
     with pytest.raises(ValueError, match=r"apply='bogus'"):
         factory()
+
+
+def test_wrappers_keep_the_inner_mixers_required_capabilities():
+    """averaged and hold_last_scores wrap a mixer without dropping what it needs."""
+    inner = m.ama_r(0.5)._replace(requires=("group_validation",))
+    assert m.averaged(inner).requires == ("group_validation",)
+    assert m.hold_last_scores(inner).requires == ("group_validation",)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.stats import chisquare
 
+from amasim import prng
 from amasim.prng import categorical, integers, replicate_keys, uniform
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -242,3 +243,17 @@ def test_replicate_keys_rejects_empty_seeds():
 def test_replicate_keys_rejects_seeds_that_are_not_non_negative_ints(seeds):
     with pytest.raises((TypeError, ValueError), match="seed"):
         replicate_keys(seeds)
+
+
+def test_named_streams_are_distinct_and_fit_in_one_rank_block():
+    """Every consumer of a seed has its own stream, and rank r's block (stream + 8·r) never
+    reaches another rank's streams."""
+    streams = [
+        prng.LOOP_STREAM,
+        prng.SAMPLE_STREAM,
+        prng.AIOLI_STREAM,
+        prng.MIXTURE_STREAM,
+        prng.GRADIENT_STREAM,
+    ]
+    assert len(set(streams)) == len(streams)
+    assert all(0 <= s < prng.STREAMS_PER_RANK for s in streams)
