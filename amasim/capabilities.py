@@ -72,7 +72,6 @@ __all__ = [
 ]
 
 
-
 @runtime_checkable
 class TaskGradients(Protocol):
     """``"task_gradients"``: per-task mean gradients, (R, k, d), and their cost."""

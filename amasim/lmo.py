@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 
-
 # --------------------------------------------------------------------------- checks
 def _positive(name: str, value: Any) -> float:
     return mixers._positive(name, value)

@@ -31,7 +31,13 @@ __all__ = [
     "MIXTURE_STREAM",
     "GRADIENT_STREAM",
     "STREAMS_PER_RANK",
-    "replicate_keys", "uniform", "uniform_steps", "UniformStream", "categorical", "integers"]
+    "replicate_keys",
+    "uniform",
+    "uniform_steps",
+    "UniformStream",
+    "categorical",
+    "integers",
+]
 
 # One user seed feeds independent streams (SeedSequence spawn keys), one per consumer, so
 # no two parts of a run draw the same numbers.  Every stream number is assigned here.
