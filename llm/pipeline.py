@@ -105,7 +105,19 @@ def _cached_model(path: Path, key: str, build) -> dict:
 
 
 def _sft(model: torch.nn.Module, tasks, cfg: Config, pad_id: int) -> dict:
-    """Next-token loss on the chosen completions of every task (uniform over pairs)."""
+    """Next-token loss on the chosen completions of every task (uniform over pairs).
+
+    Leaves the model as a cache hit would: reference weights, no gradients (a stale
+    ``.grad`` would be added to the first specialist's first step), global RNG untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model.init_seed)  # dropout masks, if the model has dropout
+        _sft_steps(model, tasks, cfg, pad_id)
+    model.zero_grad(set_to_none=True)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _sft_steps(model: torch.nn.Module, tasks, cfg: Config, pad_id: int) -> None:
     from llm.data import collate_pairs
 
     generator = torch.Generator().manual_seed(cfg.model.init_seed)
@@ -128,7 +140,6 @@ def _sft(model: torch.nn.Module, tasks, cfg: Config, pad_id: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _reference(cfg: Config, out: Path, tasks):
