@@ -272,6 +272,32 @@ def test_changing_beta_recomputes_the_specialists(first_run, data_dir, tmp_path)
     assert results["config"]["dpo"]["beta"] == 0.2
 
 
+def test_changing_the_thread_count_recomputes_every_cache(first_run, data_dir, tmp_path):
+    """CPU reductions split by thread count: entries written under another count are not
+    reused, so a warm run gives the numbers of a cold one at its own thread count."""
+    folder = copy_run(first_run, tmp_path, data_dir, run={"threads": 2})
+    cached = stamps(folder)
+    run_pipeline(load_config(folder / "config.toml"), progress=False)
+    now = stamps(folder)
+    # reference.pt (one slot) is retrained; the old cache entries stay, new ones are added.
+    assert now.pop("reference.pt") != cached.pop("reference.pt")
+    assert {name: now[name] for name in cached} == cached
+    assert len(now) == 2 * len(cached)
+
+
+def test_generalists_are_keyed_by_the_specialists_losses(first_run, data_dir, tmp_path):
+    folder = copy_run(first_run, tmp_path, data_dir, run={"methods": ["ama-r"], "seeds": [0]})
+    generalists = folder / "out" / "generalists"
+    before = {p.name for p in generalists.iterdir()}
+    path = next((folder / "out" / "cache").glob("specialist-*.npz"))
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    np.savez(path, **{**arrays, "train": arrays["train"] + 0.01})  # other specialist losses
+    run_pipeline(load_config(folder / "config.toml"), progress=False)
+    added = {p.name for p in generalists.iterdir()} - before
+    assert len(added) == 1 and next(iter(added)).startswith("ama-r-seed0-")
+
+
 def test_changing_an_eval_file_recomputes_the_specialist_eval_losses(first_run, data_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
