@@ -195,6 +195,10 @@ class DPOOracle(MixtureRoundsFromSteps):
         if len(seeds) != 1:
             raise ValueError(f"DPOOracle runs one replicate at a time, got {len(seeds)} seeds")
         self.policy.load_state_dict(self._initial)
+        # Gradients left on the parameters by whoever trained the model before (the SFT that
+        # made the reference, say) would be added to the first step's: drop them, so a run
+        # starts the same whether its policy was just trained in this process or loaded.
+        self.policy.zero_grad(set_to_none=True)
         # Dropout off (as TRL does): the policy starts exactly at the reference and its
         # losses are reproducible; gradients flow in eval mode all the same.
         self.policy.eval()
@@ -333,6 +337,7 @@ class DPOOracle(MixtureRoundsFromSteps):
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
+        self.policy.zero_grad(set_to_none=True)  # a checkpoint is taken after zero_grad
         self.optimizer.load_state_dict(state["optimizer"])
         self.draws = int(state["draws"])
         self._keys = np.asarray(state["keys"], dtype=np.uint64)

@@ -8,11 +8,14 @@
       → per-task evaluation → ``results.json``, ``results.md``, plots
 
 Every cache is keyed by the fingerprints of what produced it (model weights, token ids,
-settings), so changing the model, the data or β recomputes it (:mod:`llm.cache`).
+settings, the specialists' losses a generalist reads, device, dtype and CPU thread count),
+so changing the model, the data, β or the thread count recomputes it (:mod:`llm.cache`);
+a run on warm caches gives the numbers of a run from scratch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -105,7 +108,19 @@ def _cached_model(path: Path, key: str, build) -> dict:
 
 
 def _sft(model: torch.nn.Module, tasks, cfg: Config, pad_id: int) -> dict:
-    """Next-token loss on the chosen completions of every task (uniform over pairs)."""
+    """Next-token loss on the chosen completions of every task (uniform over pairs).
+
+    Leaves the model as a cache hit would: reference weights, no gradients (a stale
+    ``.grad`` would be added to the first specialist's first step), global RNG untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model.init_seed)  # dropout masks, if the model has dropout
+        _sft_steps(model, tasks, cfg, pad_id)
+    model.zero_grad(set_to_none=True)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _sft_steps(model: torch.nn.Module, tasks, cfg: Config, pad_id: int) -> None:
     from llm.data import collate_pairs
 
     generator = torch.Generator().manual_seed(cfg.model.init_seed)
@@ -128,7 +143,6 @@ def _sft(model: torch.nn.Module, tasks, cfg: Config, pad_id: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _reference(cfg: Config, out: Path, tasks):
@@ -146,6 +160,7 @@ def _reference(cfg: Config, out: Path, tasks):
     key = cache_key(
         {"model": asdict(cfg.model), "sft": asdict(cfg.sft), "init": fingerprint(model)}
         | {name: t["train"].fingerprint for name, t in tasks.items()}
+        | {"threads": torch.get_num_threads()}  # CPU reductions split by thread count
     )
     model.load_state_dict(
         _cached_model(
@@ -224,12 +239,20 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         raise ValueError("the policy and reference tokenizers differ: use one tokenizer for both")
     reference_state = {k: v.clone() for k, v in model.state_dict().items()}
     ref_fp = fingerprint(model)
+    # What else sets the numbers: on CPU the intra-op thread count changes how reductions
+    # are split (so the last bits); a cache written under other settings is not reused.
+    numerics = {
+        "device": cfg.run.device,
+        "dtype": cfg.run.dtype,
+        "threads": torch.get_num_threads(),
+    }
     average = dpo["loss_type"] == "ipo"
     cache = out / "cache"
     say = print if progress else (lambda *a, **k: None)
 
     def ref_logps(pairs):
         key = {"model": ref_fp, "pairs": pairs.fingerprint, "average": average}
+        key["threads"] = numerics["threads"]  # computed on the CPU, in float32
 
         def compute():
             logps = reference_logps(model, pairs, pad_id=tokenizer.pad_id, average=average)
@@ -250,7 +273,10 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
             "eval_pairs": t["eval"].fingerprint,
             "dpo": dpo,
             "stage": asdict(spec),
-        }
+            # 2: trained without the reference SFT's leftover gradients (entries written
+            # before could differ between a fresh and a cached reference: not reused).
+            "version": 2,
+        } | numerics
 
         folder = out / "specialists" / f"{name}-{cache_key(key)[:12]}"
         t["specialist_checkpoint"] = folder / "checkpoint.pt"
@@ -282,6 +308,10 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     model.load_state_dict(reference_state)
 
     names = list(tasks)
+    # The generalists read the specialists' losses: key their runs by those numbers.
+    specialist_fp = cache_key(
+        {n: hashlib.sha256(tasks[n]["train_spec"].tobytes()).hexdigest() for n in names}
+    )
     train_data = [
         TaskData(n, tasks[n]["train"], tasks[n]["train_ref"], tasks[n]["train_spec"]) for n in names
     ]
@@ -324,10 +354,10 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         for seed in cfg.run.seeds:
             run_key = {
                 "reference": ref_fp,
-                "specialists": asdict(spec),
+                "specialists": specialist_fp,
                 "dpo": dpo,
                 "mix": asdict(cfg.mix),
-            }
+            } | numerics
             run_key |= {
                 "stage": asdict(cfg.generalist),
                 "data": [d.pairs.fingerprint for d in train_data],

@@ -83,6 +83,24 @@ def test_reset_restarts_from_the_reference_weights(oracle):
     assert_same_parameters(parameters(oracle), initial)
 
 
+def test_reset_drops_gradients_left_on_the_policy():
+    """A policy trained just before (the reference's SFT) may carry ``.grad``; the first step
+    after reset must not add it: it must equal the step of the same policy loaded fresh."""
+
+    def first_step(stale: bool) -> dict:
+        oracle = build_oracle()
+        if stale:
+            for p in oracle.policy.parameters():
+                p.grad = torch.ones_like(p)
+        oracle.reset([0])
+        batch = oracle.sample(every_task(2))
+        oracle.losses(batch)
+        oracle.step(batch, np.full((1, 2 * K), 0.5), 1e-2)
+        return parameters(oracle)
+
+    assert_same_parameters(first_step(stale=True), first_step(stale=False))
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -192,6 +192,47 @@ def test_rerun_reuses_caches_and_reproduces_results(first_run, data_dir, tmp_pat
     assert outcome(fresh) == outcome(before)
 
 
+def test_specialists_on_a_cached_reference_equal_those_after_a_fresh_sft(
+    first_run, data_dir, tmp_path
+):
+    """A warm reference cache and a fresh SFT give bitwise the same specialists (the SFT once
+    left its last gradients on the model, added to the first specialist's first step)."""
+    folder = copy_run(first_run, tmp_path, data_dir)
+    out = folder / "out"
+    for path in (out / "cache").glob("specialist-*"):
+        path.unlink()
+    shutil.rmtree(out / "specialists")
+    shutil.rmtree(out / "generalists")
+    again = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    first = sorted((first_run / "out" / "cache").glob("specialist-*.npz"))
+    assert [p.name for p in first] == sorted(
+        p.name for p in (out / "cache").glob("specialist-*.npz")
+    )
+    for path in first:
+        with np.load(path) as cold, np.load(out / "cache" / path.name) as warm:
+            for split in ("train", "eval"):
+                np.testing.assert_array_equal(warm[split], cold[split], err_msg=path.name)
+    before = json.loads((first_run / "out" / "results.json").read_text())
+    assert outcome(again) == outcome(before)
+
+
+def test_fresh_sft_leaves_no_gradients_and_the_global_rng_alone(data_dir, tmp_path):
+    from llm.pipeline import _load_tasks, _reference
+    from llm.tokenizer import CharTokenizer
+
+    cfg = load_config(config_file(tmp_path, data_dir, model={"dropout": 0.1}))
+    tasks = _load_tasks(cfg, tmp_path / "out", CharTokenizer())
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fresh, _ = _reference(cfg, tmp_path / "out", tasks)
+    assert torch.equal(torch.rand(3), expected)  # the SFT left the global RNG as it was
+    loaded, _ = _reference(cfg, tmp_path / "out", tasks)  # the cache hit
+    assert all(p.grad is None for p in fresh.parameters())
+    for (name, a), b in zip(fresh.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_merging_the_specialists_is_a_method(first_run, data_dir, tmp_path):
     """merge-* methods merge the cached specialists (base: the reference) and evaluate them."""
     methods = ["merge-linear", "merge-task-arithmetic", "merge-dare-ties"]
@@ -229,6 +270,32 @@ def test_changing_beta_recomputes_the_specialists(first_run, data_dir, tmp_path)
         n for n in cached if n.startswith("reference-")
     }
     assert results["config"]["dpo"]["beta"] == 0.2
+
+
+def test_changing_the_thread_count_recomputes_every_cache(first_run, data_dir, tmp_path):
+    """CPU reductions split by thread count: entries written under another count are not
+    reused, so a warm run gives the numbers of a cold one at its own thread count."""
+    folder = copy_run(first_run, tmp_path, data_dir, run={"threads": 2})
+    cached = stamps(folder)
+    run_pipeline(load_config(folder / "config.toml"), progress=False)
+    now = stamps(folder)
+    # reference.pt (one slot) is retrained; the old cache entries stay, new ones are added.
+    assert now.pop("reference.pt") != cached.pop("reference.pt")
+    assert {name: now[name] for name in cached} == cached
+    assert len(now) == 2 * len(cached)
+
+
+def test_generalists_are_keyed_by_the_specialists_losses(first_run, data_dir, tmp_path):
+    folder = copy_run(first_run, tmp_path, data_dir, run={"methods": ["ama-r"], "seeds": [0]})
+    generalists = folder / "out" / "generalists"
+    before = {p.name for p in generalists.iterdir()}
+    path = next((folder / "out" / "cache").glob("specialist-*.npz"))
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    np.savez(path, **{**arrays, "train": arrays["train"] + 0.01})  # other specialist losses
+    run_pipeline(load_config(folder / "config.toml"), progress=False)
+    added = {p.name for p in generalists.iterdir()} - before
+    assert len(added) == 1 and next(iter(added)).startswith("ama-r-seed0-")
 
 
 def test_changing_an_eval_file_recomputes_the_specialist_eval_losses(first_run, data_dir, tmp_path):
