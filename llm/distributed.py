@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from amasim import prng
+
 __all__ = ["init_from_env", "reduce_task_scores", "rank_streams"]
 
 
@@ -41,5 +43,10 @@ def reduce_task_scores(means: np.ndarray, counts: np.ndarray) -> tuple[np.ndarra
 
 
 def rank_streams(rank: int) -> tuple[int, int]:
-    """(loop stream, oracle stream) of a rank: independent draws on every rank."""
-    return 2 * rank, 2 * rank + 1
+    """(loop stream, oracle stream) of a rank: independent draws on every rank.
+
+    Rank r draws from the streams of :mod:`amasim.prng` shifted by ``STREAMS_PER_RANK·r``:
+    rank 0 draws what a single process draws, and no rank meets another's streams.
+    """
+    shift = prng.STREAMS_PER_RANK * rank
+    return prng.LOOP_STREAM + shift, prng.SAMPLE_STREAM + shift

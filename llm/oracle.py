@@ -37,8 +37,6 @@ from llm.dpo import concatenated_forward, dpo_loss, dpo_metrics
 
 __all__ = ["TaskData", "DPOOracle", "dpo_settings", "reference_logps", "pair_losses"]
 
-_SAMPLE_STREAM = 1  # as amasim.simulator: the loop draws from stream 0
-
 
 @dataclass
 class TaskData:
@@ -164,7 +162,7 @@ class DPOOracle(MixtureRoundsFromSteps):
         autocast_dtype: torch.dtype | None = None,
         micro_batch_size: int | None = None,
         eval_batch_size: int = 64,
-        sample_stream: int = _SAMPLE_STREAM,
+        sample_stream: int = prng.SAMPLE_STREAM,
     ) -> None:
         if not tasks:
             raise ValueError("tasks is empty: the oracle needs at least one task")
@@ -208,7 +206,6 @@ class DPOOracle(MixtureRoundsFromSteps):
         self._keys = prng.replicate_keys(seeds, stream=self.sample_stream)
         self.draws = 0
         self.tokens_seen = 0
-        torch.manual_seed(seeds[0])  # dropout, if the model has any
         self._pending: tuple[Batch, torch.Tensor | None] | None = None
         self._reset_mixture_rounds(seeds)
 

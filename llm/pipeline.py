@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from amasim import mixers
+from amasim import mixers, prng
 from amasim.merging import merge
 from amasim.methods import examples_per_step
 from llm.cache import cache_key, load_or_compute
@@ -173,7 +173,9 @@ def _reference(cfg: Config, out: Path, tasks):
 
 
 # ---------------------------------------------------------------------------- stages
-def _oracle(model, task_data, eval_data, cfg: Config, stage, pad_id, dpo, stream=1) -> DPOOracle:
+def _oracle(
+    model, task_data, eval_data, cfg: Config, stage, pad_id, dpo, stream=prng.SAMPLE_STREAM
+) -> DPOOracle:
     dtypes = {"float32": None, "bfloat16": torch.bfloat16}
     if cfg.run.dtype not in dtypes:
         raise ValueError(f"[run] dtype={cfg.run.dtype!r}: use 'float32' or 'bfloat16'")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from amasim import prng
 from amasim.mixers import Mixer
 from amasim.train import Mixing, learning_rate_at
 from llm.checkpoint import load, save_atomic
@@ -100,7 +101,7 @@ def train(
     score: str | None = None,
     resume: bool = True,
     reduce: Callable | None = None,
-    stream: int = 0,
+    stream: int = prng.LOOP_STREAM,
     log: MetricsLog | None = None,
     flops_per_token: float | None = None,
     on_step: Callable[[int], None] | None = None,
