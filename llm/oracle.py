@@ -330,6 +330,7 @@ class DPOOracle(MixtureRoundsFromSteps):
             "keys": self._keys.copy(),
             "tokens_seen": self.tokens_seen,
             "torch_rng": torch.get_rng_state(),
+            "mixture_draws": self._mixture_draws,  # train_on_mixture's position
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -340,4 +341,6 @@ class DPOOracle(MixtureRoundsFromSteps):
         self._keys = np.asarray(state["keys"], dtype=np.uint64)
         self.tokens_seen = int(state["tokens_seen"])
         torch.set_rng_state(state["torch_rng"])
+        # checkpoints written before mixture rounds existed never trained on one
+        self._mixture_draws = int(state.get("mixture_draws", 0))
         self._pending = None

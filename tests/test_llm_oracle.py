@@ -6,6 +6,7 @@ computed from the same weights, so that at reset the policy *is* the reference.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -310,3 +311,20 @@ def test_offers_validation_and_mixture_rounds(oracle):
     after = oracle.evaluate_groups()
     assert before.shape == after.shape == (1, len(oracle.task_names))
     assert after[0, 0] < before[0, 0]
+
+
+def test_resume_continues_mixture_rounds_where_they_stopped():
+    """A checkpoint taken between two mixture rounds resumes the second round's draws, so
+    the resumed policy equals the uninterrupted one."""
+    mixture = np.full((1, K), 1.0 / K)
+    straight = build_oracle()
+    straight.reset([0])
+    straight.train_on_mixture(mixture, 2, learning_rate=1e-2)
+    checkpoint = copy.deepcopy(straight.state_dict())  # as written to disk
+    straight.train_on_mixture(mixture, 2, learning_rate=1e-2)
+
+    resumed = build_oracle()
+    resumed.reset([0])
+    resumed.load_state_dict(checkpoint)
+    resumed.train_on_mixture(mixture, 2, learning_rate=1e-2)
+    assert_same_parameters(straight.policy.state_dict(), resumed.policy.state_dict())
