@@ -40,15 +40,15 @@ import numpy as np
 from amasim import prng
 from amasim.capabilities import require_capabilities
 from amasim.mixers import (
-    _LOG_FLOOR,
+    LOG_FLOOR,
     Mixer,
-    _batch_shape,
-    _positive,
-    _static,
+    check_positive,
     check_scores,
     eg_step,
     exponentiated_gradient,
+    replicate_shape,
     smooth,
+    static_weights,
 )
 from amasim.transfer import TargetSplit, importance_sampling_weights
 
@@ -102,9 +102,9 @@ def doge(
     with full information (``counts`` are ignored: every task's gradient
     is measured).
     """
-    scale = _positive("scale", scale)
+    scale = check_positive("scale", scale)
     if clip is not None:
-        clip = _positive("clip", clip)
+        clip = check_positive("clip", clip)
     inner = exponentiated_gradient(step_size, smoothing=smoothing, score="loss", apply="resample")
 
     def update(state: Any, scores: Any, counts: Any = None):
@@ -132,7 +132,7 @@ def dga(
     p = softmax(log α + η a) (:func:`amasim.mixers.eg_step`), α ← ema·α + (1 − ema)·p,
     and the batch is drawn from ``smooth(α, smoothing)``.
     """
-    eta = _positive("step_size", step_size)
+    eta = check_positive("step_size", step_size)
     if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)):
         raise TypeError(f"update_every must be an int, got {type(update_every).__name__}")
     if update_every < 1:
@@ -141,7 +141,7 @@ def dga(
     c = _fraction("smoothing", smoothing)
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> DGAState:
-        shape = (*_batch_shape(num_tasks, seed), num_tasks)
+        shape = (*replicate_shape(num_tasks, seed), num_tasks)
         uniform = np.full(shape, 1.0 / num_tasks)
         return DGAState(np.log(uniform), uniform, int(update_every))
 
@@ -151,7 +151,7 @@ def dga(
         if beta > 0:
             probs = beta * np.exp(state.log_weights) + (1.0 - beta) * probs
             with np.errstate(divide="ignore"):
-                log_weights = np.maximum(np.log(probs), _LOG_FLOOR)
+                log_weights = np.maximum(np.log(probs), LOG_FLOOR)
         played = smooth(probs, c) if c > 0 else probs
         return played, DGAState(log_weights, played, state.update_every)
 
@@ -177,7 +177,7 @@ def fixed_weights(weights: Any, *, name: str = "fixed") -> Mixer:
             raise ValueError(f"{len(w)} weights but num_tasks={num_tasks}: one weight per task")
         return w / w.sum()
 
-    return _static(weights_for, "loss", "resample", name)
+    return static_weights(weights_for, "loss", "resample", name)
 
 
 def importance_sampling(target: TargetSplit | Any, features: Any = None) -> Mixer:
@@ -261,7 +261,7 @@ def run_with_gradients(
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}={value!r} must be an int >= 1")
-    _positive("learning_rate", learning_rate)
+    check_positive("learning_rate", learning_rate)
     seeds = (seeds,) if isinstance(seeds, (int, np.integer)) else tuple(seeds)
     adaptive = mixer.score == ALIGNMENT_SCORE
     if alignment is None:

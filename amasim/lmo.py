@@ -39,7 +39,7 @@ import numpy as np
 
 from amasim import mixers, prng
 from amasim.capabilities import require_capabilities
-from amasim.mixers import EGState, Mixer, eg_step
+from amasim.mixers import EGState, Mixer, check_positive, eg_step
 
 __all__ = [
     "lmo_step",
@@ -62,10 +62,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- checks
-def _positive(name: str, value: Any) -> float:
-    return mixers._positive(name, value)
-
-
 def _square(name: str, value: Any) -> np.ndarray:
     """``value`` as a finite float array of shape (..., m, m)."""
     arr = np.asarray(value, dtype=np.float64)
@@ -115,7 +111,7 @@ def lmo_step(
     group i's loss; ``weights_log`` (..., m).  Returns the new normalised log weights and
     the weights.  A diagonal A = diag(s) is the EG step on the scores s (DoReMi, AMA-R).
     """
-    eta = _positive("step_size", step_size)
+    eta = check_positive("step_size", step_size)
     a = _square("A", A)
     log_w = np.asarray(weights_log, dtype=np.float64)
     if log_w.shape[-1:] != a.shape[-1:]:
@@ -128,7 +124,7 @@ def lmo_step(
 
 
 def _eg_init(num_tasks: int, seed: int | Sequence[int]) -> EGState:
-    shape = (*mixers._batch_shape(num_tasks, seed), num_tasks)
+    shape = (*mixers.replicate_shape(num_tasks, seed), num_tasks)
     return EGState(np.full(shape, -np.log(num_tasks)), np.full(shape, 1.0 / num_tasks))
 
 
@@ -153,8 +149,8 @@ def skill_it(graph: Any, step_size: float, *, apply: str = "resample") -> Mixer:
     g = _square("graph", graph)
     if g.ndim > 3:
         raise ValueError(f"graph has shape {g.shape}: expected (m, m) or (R, m, m)")
-    eta = _positive("step_size", step_size)
-    mixers._check_apply(apply)
+    eta = check_positive("step_size", step_size)
+    mixers.check_apply(apply)
     m = g.shape[-1]
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> EGState:
@@ -171,7 +167,7 @@ def skill_it(graph: Any, step_size: float, *, apply: str = "resample") -> Mixer:
         return w, EGState(log_w, w)
 
     return Mixer(
-        init, update, mixers._played_weights, "loss", apply, "skill_it", ("group_validation",)
+        init, update, mixers.played_weights, "loss", apply, "skill_it", ("group_validation",)
     )
 
 
@@ -270,14 +266,14 @@ def aioli(
     (``ema`` = γ ∈ (0, 1]: Ā^t = γ·A^t + (1 − γ)·Ā^{t−1}, Ā^1 = A^1).  ``counts`` must be
     ``None``.  ``sweeps`` k ≥ 1 and ``epsilon`` ε ∈ (1/m, 1) configure LearnParams.
     """
-    eta = _positive("step_size", step_size)
+    eta = check_positive("step_size", step_size)
     if isinstance(sweeps, bool) or not isinstance(sweeps, (int, np.integer)):
         raise TypeError(f"sweeps must be an int, got {type(sweeps).__name__}")
     if sweeps < 1:
         raise ValueError(f"sweeps={sweeps} must be >= 1: LearnParams needs one sweep at least")
     eps = _check_epsilon(epsilon)
     if ema is not None:
-        gamma = _positive("ema", ema)
+        gamma = check_positive("ema", ema)
         if gamma > 1:
             raise ValueError(f"ema={ema!r} must lie in (0, 1]: the weight of the new estimate")
     if not isinstance(normalise, (bool, np.bool_)):
@@ -305,7 +301,7 @@ def aioli(
         return w, new
 
     requires = ("mixture_rounds", "group_validation")
-    return Mixer(init, update, mixers._played_weights, "loss", "resample", "aioli", requires)
+    return Mixer(init, update, mixers.played_weights, "loss", "resample", "aioli", requires)
 
 
 def smoothed_one_hot(m: int, epsilon: float) -> np.ndarray:
@@ -527,11 +523,11 @@ def dml(fixed_weights: Any, *, apply: str = "resample") -> Mixer:
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"fixed_weights={w.tolist()} must be finite, >= 0, with a positive sum")
     w = w / w.sum()
-    mixers._check_apply(apply)
+    mixers.check_apply(apply)
 
     def weights_for(num_tasks: int) -> np.ndarray:
         if num_tasks != w.size:
             raise ValueError(f"dml got {w.size} fixed_weights but num_tasks={num_tasks}")
         return w
 
-    return mixers._static(weights_for, "loss", apply, "dml")
+    return mixers.static_weights(weights_for, "loss", apply, "dml")

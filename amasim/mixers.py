@@ -68,10 +68,16 @@ __all__ = [
     "smooth",
     "importance_weighted",
     "check_scores",
+    "check_positive",
+    "check_apply",
+    "replicate_shape",
+    "static_weights",
+    "played_weights",
+    "LOG_FLOOR",
 ]
 
 APPLY_MODES = ("reweight", "resample")
-_LOG_FLOOR = -1e300  # far below any reachable value; keeps sums of logs finite
+LOG_FLOOR = -1e300  # far below any reachable value; keeps sums of logs finite
 
 
 class Mixer(NamedTuple):
@@ -133,7 +139,8 @@ class AveragedState(NamedTuple):
 
 
 # --------------------------------------------------------------------------- checks
-def _positive(name: str, value: float) -> float:
+def check_positive(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite real number > 0, else a clear error."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     if not np.isfinite(value) or value <= 0:
@@ -141,7 +148,8 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-def _batch_shape(num_tasks: int, seed: int | Sequence[int]) -> tuple[int, ...]:
+def replicate_shape(num_tasks: int, seed: int | Sequence[int]) -> tuple[int, ...]:
+    """The replicate axes of a state: ``()`` for an int seed, ``(R,)`` for R seeds."""
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)):
         raise TypeError(f"num_tasks must be an int, got {type(num_tasks).__name__}")
     if num_tasks < 1:
@@ -250,7 +258,7 @@ def _eg_terms(log_weights, gains, step_size):
     # ufunc.reduce rather than the .max()/.sum() methods: same numbers, less call overhead
     # on the hot path (a mixer update is a few µs of work spread over ~15 numpy calls)
     z = log_weights + step_size * (gains - np.maximum.reduce(gains, axis=-1, keepdims=True))
-    z = np.maximum(z - np.maximum.reduce(z, axis=-1, keepdims=True), _LOG_FLOOR)
+    z = np.maximum(z - np.maximum.reduce(z, axis=-1, keepdims=True), LOG_FLOOR)
     e = np.exp(z)
     total = np.add.reduce(e, axis=-1, keepdims=True)
     return z - np.log(total), e, total
@@ -283,9 +291,13 @@ def _importance_weighted(scores, counts, probs):
 
 
 # ------------------------------------------------------------------------ mixers
-def _static(weights_for: Callable[[int], np.ndarray], score: str, apply: str, name: str) -> Mixer:
+def static_weights(
+    weights_for: Callable[[int], np.ndarray], score: str, apply: str, name: str
+) -> Mixer:
+    """A mixer whose weights never move: ``weights_for(k)`` at init (uniform, DML, ...)."""
+
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> StaticState:
-        shape = _batch_shape(num_tasks, seed)
+        shape = replicate_shape(num_tasks, seed)
         return StaticState(np.broadcast_to(weights_for(num_tasks), (*shape, num_tasks)).copy())
 
     def update(state: StaticState, scores: Any, counts: Any = None):
@@ -306,7 +318,7 @@ def uniform(sizes: Sequence[int], *, score: str = "loss", apply: str = "resample
         raise TypeError(f"sizes must be integers (examples per task), got {sizes!r}")
     if np.any(size_arr < 1):
         raise ValueError(f"sizes={size_arr.tolist()}: every task needs at least one example")
-    _check_apply(apply)
+    check_apply(apply)
 
     def weights_for(num_tasks: int) -> np.ndarray:
         if num_tasks != size_arr.size:
@@ -316,13 +328,13 @@ def uniform(sizes: Sequence[int], *, score: str = "loss", apply: str = "resample
             )
         return size_arr / size_arr.sum()
 
-    return _static(weights_for, score, apply, "uniform")
+    return static_weights(weights_for, score, apply, "uniform")
 
 
 def stratified(*, score: str = "loss", apply: str = "resample") -> Mixer:
     """Every task equally, whatever its size: α_i = 1/k (task-normalised, notes §2)."""
-    _check_apply(apply)
-    return _static(lambda k: np.full(k, 1.0 / k), score, apply, "stratified")
+    check_apply(apply)
+    return static_weights(lambda k: np.full(k, 1.0 / k), score, apply, "stratified")
 
 
 def exponentiated_gradient(
@@ -341,17 +353,17 @@ def exponentiated_gradient(
     (bandit feedback, EXP3); with ``counts`` otherwise, the scores of observed tasks (an
     unobserved task keeps its weight relative to the rest); with ``counts=None``, scores.
     """
-    eta = _positive("step_size", step_size)
+    eta = check_positive("step_size", step_size)
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float, np.floating)):
         raise TypeError(f"smoothing must be a real number, got {type(smoothing).__name__}")
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"smoothing={smoothing!r} must lie in [0, 1]")
     c = float(smoothing)
     check_score(score)
-    _check_apply(apply)
+    check_apply(apply)
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> EGState:
-        shape = (*_batch_shape(num_tasks, seed), num_tasks)
+        shape = (*replicate_shape(num_tasks, seed), num_tasks)
         return EGState(np.full(shape, -np.log(num_tasks)), np.full(shape, 1.0 / num_tasks))
 
     def update(state: EGState, scores: Any, counts: Any = None):
@@ -374,10 +386,11 @@ def exponentiated_gradient(
         played = exp_z * ((1.0 - c) / total) + c / gains.shape[-1] if c > 0 else exp_z / total
         return played, EGState(log_weights, played)
 
-    return Mixer(init, update, _played_weights, score, apply, name)
+    return Mixer(init, update, played_weights, score, apply, name)
 
 
-def _played_weights(state: EGState) -> np.ndarray:
+def played_weights(state: EGState) -> np.ndarray:
+    """The weights an EG-type state plays next (its ``weights`` field)."""
     return state.weights
 
 
@@ -493,7 +506,7 @@ def odm(smoothing_rate: float = 0.9) -> Mixer:
         return min(1.0 / k, float(np.sqrt(np.log(k) / (k * step)))) if k > 1 else 1.0
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> ODMState:
-        shape = (*_batch_shape(num_tasks, seed), num_tasks)
+        shape = (*replicate_shape(num_tasks, seed), num_tasks)
         uniform = np.full(shape, 1.0 / num_tasks)
         return ODMState(np.log(uniform), uniform, 1, np.zeros(shape))
 
@@ -511,9 +524,10 @@ def odm(smoothing_rate: float = 0.9) -> Mixer:
         played = (1.0 - k * eps_next) * probs + eps_next
         return played, ODMState(log_weights, played, state.step + 1, smoothed)
 
-    return Mixer(init, update, _played_weights, "loss", "resample", "odm")
+    return Mixer(init, update, played_weights, "loss", "resample", "odm")
 
 
-def _check_apply(apply: str) -> None:
+def check_apply(apply: str) -> None:
+    """Raise unless ``apply`` is ``"reweight"`` or ``"resample"``."""
     if apply not in APPLY_MODES:
         raise ValueError(f"apply={apply!r} is unknown: use 'reweight' or 'resample'")
