@@ -268,6 +268,7 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
     # One DPO specialist per task; its per-pair losses are cached (specialist stage).
     spec = cfg.specialist
+    merges_wanted = any(method in MERGES for method in cfg.run.methods)
     for name, t in tasks.items():
         key = {
             "reference": ref_fp,
@@ -305,6 +306,11 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
             return losses
 
         cached = load_or_compute(cache, "specialist", key, specialist_losses)
+        if merges_wanted and not t["specialist_checkpoint"].exists():
+            # The merges read the specialist's weights, not its cached losses: train it
+            # again (deterministic, so its losses are the cached ones).
+            say(f"specialist {name}: checkpoint missing, retraining it for the merges")
+            specialist_losses()
         t["train_spec"], t["eval_spec"] = cached["train"], cached["eval"]
         say(f"specialist {name}: mean eval loss {cached['eval'].mean():.4f}")
     model.load_state_dict(reference_state)

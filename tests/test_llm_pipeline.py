@@ -447,3 +447,15 @@ def test_dpo_oracle_over_an_hf_model_with_dropout(tmp_path):
     oracle.reset([0])
     losses = oracle.losses(oracle.sample(np.array([[0, 0, 1, 1]])))
     np.testing.assert_allclose(losses, np.log(2.0), atol=1e-5)
+
+
+def test_merges_retrain_a_specialist_whose_checkpoint_was_deleted(first_run, data_dir, tmp_path):
+    """The merges need the specialists' weights: with only their cached losses left, the
+    pipeline retrains them (same numbers) instead of failing to load a checkpoint."""
+    methods = ["merge-linear"]
+    kept_run = copy_run(first_run, tmp_path / "a", data_dir, run={"methods": methods})
+    kept = run_pipeline(load_config(kept_run / "config.toml"), progress=False)
+    folder = copy_run(first_run, tmp_path / "b", data_dir, run={"methods": methods})
+    shutil.rmtree(folder / "out" / "specialists")
+    again = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    assert outcome(again) == outcome(kept)
