@@ -249,19 +249,13 @@ def eg_step(
 
 
 def _eg_step(log_weights, gains, step_size):
-    log_weights, exp_z, total = _eg_terms(log_weights, gains, step_size)
-    return log_weights, exp_z / total
-
-
-def _eg_terms(log_weights, gains, step_size):
-    """eg_step's new log weights, unnormalised weights e^z and their sum (keepdims)."""
     # ufunc.reduce rather than the .max()/.sum() methods: same numbers, less call overhead
     # on the hot path (a mixer update is a few µs of work spread over ~15 numpy calls)
     z = log_weights + step_size * (gains - np.maximum.reduce(gains, axis=-1, keepdims=True))
     z = np.maximum(z - np.maximum.reduce(z, axis=-1, keepdims=True), LOG_FLOOR)
     e = np.exp(z)
     total = np.add.reduce(e, axis=-1, keepdims=True)
-    return z - np.log(total), e, total
+    return z - np.log(total), e / total
 
 
 def smooth(weights: np.ndarray, smoothing: float) -> np.ndarray:
@@ -280,7 +274,7 @@ def importance_weighted(scores: np.ndarray, counts: np.ndarray, probs: np.ndarra
 
 
 def _importance_weighted(scores, counts, probs):
-    estimate = counts * scores / (np.add.reduce(counts, axis=-1, keepdims=True) * probs)
+    estimate = _importance_estimate(scores, counts, probs)
     # One scalar test: the sum is finite iff every entry is, unless finite entries overflow
     # the sum, which only sends finite estimates through nan_to_num, which keeps them.
     if not math.isfinite(np.add.reduce(estimate, axis=None)):
@@ -288,6 +282,11 @@ def _importance_weighted(scores, counts, probs):
         # saturates at ±1.8e308
         estimate = np.nan_to_num(np.where(counts > 0, estimate, 0.0))
     return estimate
+
+
+def _importance_estimate(scores, counts, probs):
+    """n_i/(B·p_i)·s_i as computed, before any repair of 0/0 or overflow."""
+    return counts * scores / (np.add.reduce(counts, axis=-1, keepdims=True) * probs)
 
 
 # ------------------------------------------------------------------------ mixers
@@ -373,7 +372,7 @@ def exponentiated_gradient(
             if counts is not None:
                 n = _check_counts(counts, gains.shape)
                 if importance_weighting:
-                    gains = n * gains / (np.add.reduce(n, axis=-1, keepdims=True) * state.weights)
+                    gains = _importance_estimate(gains, n, state.weights)
                 else:
                     gains = np.where(n > 0, check_scores(gains, gains.shape[-1]), 0.0)
             # One scalar test covers the scores' validation and the estimate's repair: the
@@ -381,9 +380,8 @@ def exponentiated_gradient(
             # gains through the checked path, which keeps them).
             if not math.isfinite(np.add.reduce(gains, axis=None)):
                 gains = _checked_gains(scores, counts, state, importance_weighting)
-            log_weights, exp_z, total = _eg_terms(log_weights, gains, eta)
-        # softmax then smooth, (1 − c)·e/Σe + c/k, in one pass over the weights
-        played = exp_z * ((1.0 - c) / total) + c / gains.shape[-1] if c > 0 else exp_z / total
+            log_weights, probs = _eg_step(log_weights, gains, eta)
+        played = smooth(probs, c) if c > 0 else probs
         return played, EGState(log_weights, played)
 
     return Mixer(init, update, played_weights, score, apply, name)
