@@ -100,6 +100,10 @@ class Setting:
     def __post_init__(self) -> None:
         if self.online not in ("per-batch", "rounds"):
             raise ValueError(f"online={self.online!r} must be 'per-batch' or 'rounds'")
+        for field in ("budget", "batch_size", "rounds"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Setting({field}={value!r}): pass an int >= 1")
         if self.budget < self.batch_size * self.rounds:
             raise ValueError(
                 f"budget={self.budget} is below batch_size·rounds = "
@@ -161,6 +165,7 @@ def train_method(name: str, oracle: Any, seeds: Sequence[int], setting: Setting)
             mixer, oracle, steps=steps, learning_rate=lr, batch_size=b, seeds=seeds
         )
         return Trained(protocol, steps * b, out.extra_gradient_evaluations)
+    _check_budget(name, protocol, steps, k, setting)
     if protocol == "aioli":
         _aioli(oracle, seeds, steps, lr, setting)
     elif protocol == "sweep":
@@ -168,11 +173,44 @@ def train_method(name: str, oracle: Any, seeds: Sequence[int], setting: Setting)
     else:  # rounds: Skill-It, or an online mixer with full-information round scores
         left, mixer = steps, None
         if name == "skill-it":
-            probe = max(1, steps // (10 * k))  # m single-group runs, counted in the budget
+            probe = _skill_it_probe(steps, k)  # m single-group runs, counted in the budget
             graph = lmo.measure_skills_graph(oracle, seeds, steps=probe, learning_rate=lr)
             mixer, left = lmo.skill_it(graph, 0.2), steps - k * probe
         _rounds(name, mixer, oracle, seeds, left, lr, setting)
     return Trained("rounds" if protocol == "per-batch" else protocol, steps * b, 0)
+
+
+_AIOLI_SWEEPS = 2
+
+
+def _dml_design(m: int) -> np.ndarray:
+    """DML's sweep: smoothed one-hots at ε = 0.75 and 0.5 (0.625 for m = 2, where ε must
+    exceed 1/m), and the uniform mixture — 2m + 1 mixtures."""
+    second = 0.5 if m > 2 else 0.625
+    return np.vstack(
+        [lmo.smoothed_one_hot(m, 0.75), lmo.smoothed_one_hot(m, second), np.full((1, m), 1 / m)]
+    )
+
+
+def _skill_it_probe(steps: int, m: int) -> int:
+    return max(1, steps // (10 * m))
+
+
+def _check_budget(name: str, protocol: str, steps: int, m: int, setting: Setting) -> None:
+    """Refuse a budget too small for the protocol's measurement plus its training."""
+    rounds = setting.rounds
+    needed = {  # smallest number of steps (of B examples) the protocol can run in
+        "aioli": rounds * _AIOLI_SWEEPS * m,  # every round: one step per LearnParams mixture
+        "sweep": len(_dml_design(m)) + 1,  # one step per sweep run, one to train
+    }.get(protocol, rounds)
+    if name == "skill-it":
+        needed = m * _skill_it_probe(steps, m) + rounds  # m probes, one step per round
+    if steps < needed:
+        raise ValueError(
+            f"method {name!r}: budget={setting.budget} gives {steps} steps of "
+            f"batch_size={setting.batch_size}, but its protocol needs at least {needed} "
+            f"(budget >= {needed * setting.batch_size}): raise Setting(budget=...)"
+        )
 
 
 def _per_batch(name: str, oracle: Any, seeds: list[int], setting: Setting) -> Trained:
@@ -222,18 +260,18 @@ def _rounds(name, mixer, oracle, seeds, steps: int, lr: float, setting: Setting)
 
 def _aioli(oracle: Any, seeds: list[int], steps: int, lr: float, setting: Setting) -> None:
     """Aioli for ``steps`` steps in ``setting.rounds`` rounds; LearnParams steps count."""
-    m, b, sweeps = len(oracle.task_names), setting.batch_size, 2
+    m, b, sweeps = len(oracle.task_names), setting.batch_size, _AIOLI_SWEEPS
     mixer = lmo.aioli(0.2, sweeps=sweeps, epsilon=0.75, ema=0.5, normalise=True)
     state = mixer.init(m, seed=seeds)
     oracle.reset(seeds)
-    per_round = steps // setting.rounds
-    learn = min(per_round // 2, max(1, per_round // (4 * sweeps * m)))  # steps per mixture
+    per_round = steps // setting.rounds  # >= sweeps·m (_check_budget)
+    learn = max(1, per_round // (4 * sweeps * m))  # steps per LearnParams mixture
     done = 0
     for _ in range(setting.rounds):
         weights, state, _ = lmo.aioli_round(
             mixer, state, oracle, steps=learn, learning_rate=lr, batch_size=b
         )
-        rest = max(0, per_round - learn * sweeps * m)
+        rest = per_round - learn * sweeps * m
         oracle.train_on_mixture(weights, rest, learning_rate=lr, batch_size=b)
         done += learn * sweeps * m + rest
     oracle.train_on_mixture(state.weights, steps - done, learning_rate=lr, batch_size=b)
@@ -241,10 +279,7 @@ def _aioli(oracle: Any, seeds: list[int], steps: int, lr: float, setting: Settin
 
 def _dml(oracle: Any, seeds: list[int], steps: int, lr: float, batch_size: int) -> None:
     """DML: a sweep of 2m + 1 fixed mixtures (a quarter of the steps), fit, then train."""
-    m = len(oracle.task_names)
-    design = np.vstack(
-        [lmo.smoothed_one_hot(m, 0.75), lmo.smoothed_one_hot(m, 0.5), np.full((1, m), 1 / m)]
-    )
+    design = _dml_design(len(oracle.task_names))
     probe = max(1, steps // (4 * len(design)))
     finals = []
     for p in design:
