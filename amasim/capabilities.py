@@ -229,8 +229,11 @@ class MixtureRoundsFromSteps:
     _mixture_keys: np.ndarray | None = None
     _mixture_draws: int = 0
 
-    def _reset_mixture_rounds(self, seeds: Sequence[int]) -> None:
-        self._mixture_keys = prng.replicate_keys(list(seeds), stream=prng.MIXTURE_STREAM)
+    def _reset_mixture_rounds(
+        self, seeds: Sequence[int], stream: int = prng.MIXTURE_STREAM
+    ) -> None:
+        """Keys of the mixture draws (a data-parallel rank passes its own ``stream``)."""
+        self._mixture_keys = prng.replicate_keys(list(seeds), stream=stream)
         self._mixture_draws = 0
 
     def train_on_mixture(
@@ -238,7 +241,10 @@ class MixtureRoundsFromSteps:
     ) -> None:
         """``steps`` SGD steps on batches of ``batch_size`` drawn from ``mixture`` (R, k)."""
         if self._mixture_keys is None:
-            raise RuntimeError("call reset(seeds) before train_on_mixture()")
+            raise RuntimeError(
+                "train_on_mixture() before its keys exist: call reset(seeds) first, and have "
+                "the oracle's reset call self._reset_mixture_rounds(seeds)"
+            )
         steps = check_steps(steps)
         if check_steps(batch_size, "batch_size") < 1:
             raise ValueError("batch_size=0 must be >= 1")
@@ -310,7 +316,12 @@ def _gradients(oracle: Any, method: str, shape: tuple[int, ...]) -> np.ndarray:
         _fail(where, f"returned {type(value).__name__}", "return a float numpy array")
     if value.shape[: len(shape)] != shape or value.ndim != len(shape) + 1:
         want = "(R, k, d)" if len(shape) == 2 else "(R, d)"
-        _fail(where, f"returned shape {value.shape}, expected {want} = {shape} + (d,)", "fix it")
+        fix = (
+            "one gradient (a d-vector) per task per replicate"
+            if len(shape) == 2
+            else ("one gradient (a d-vector) per replicate")
+        )
+        _fail(where, f"returned shape {value.shape}, expected {want} = {shape} + (d,)", fix)
     if not np.isfinite(value).all():
         _fail(where, "returned NaN or infinite values", "return finite gradients")
     if _counter(oracle) <= seen:
@@ -339,10 +350,13 @@ def _episode(oracle: Any, names: tuple[str, ...], seeds: tuple[int, ...]) -> lis
         seen.append(_gradients(oracle, "target_gradient", (r,)))
         if "task_gradients" in names and seen[-1].shape[-1] != seen[0].shape[-1]:
             _fail("target_gradient()", "has a different d from task_gradients()", "use θ's d")
-        seen.append(_check_array("target_loss()", oracle.target_loss(), (r,), "f"))
+        loss = _check_array("target_loss()", oracle.target_loss(), (r,), "f", "per replicate")
+        seen.append(loss)
         unchanged("target_gradient()", "changed the model")
     if "group_validation" in names:
-        values = _check_array("evaluate_groups()", oracle.evaluate_groups(), (r, k), "f")
+        values = _check_array(
+            "evaluate_groups()", oracle.evaluate_groups(), (r, k), "f", "per group per replicate"
+        )
         unchanged("evaluate_groups()", "changed the model")
         if not np.array_equal(values, oracle.evaluate_groups()):
             _fail(
@@ -352,12 +366,42 @@ def _episode(oracle: Any, names: tuple[str, ...], seeds: tuple[int, ...]) -> lis
             )
         seen.append(values)
     if "mixture_rounds" in names:
-        mixture = np.full((r, k), 1.0 / k)
-        oracle.train_on_mixture(mixture, 0, learning_rate=0.1, batch_size=4)
-        unchanged("train_on_mixture(steps=0)", "changed the model")
-        oracle.train_on_mixture(mixture, 2, learning_rate=0.1, batch_size=4)
-        after = oracle.losses(batch)
-        if np.array_equal(after, before):
-            _fail("train_on_mixture(steps=2)", "left every loss unchanged", "train the model")
-        seen.append(after)
+        seen += _check_rounds(oracle, names, seeds, batch, before)
     return seen
+
+
+def _check_rounds(oracle, names, seeds, batch, before) -> list[np.ndarray]:
+    """train_on_mixture: no-op at 0 steps, trains every step it is asked for, follows the
+    mixture; with group_validation, the validation losses follow the model."""
+    r, k = len(seeds), len(oracle.task_names)
+    validated = "group_validation" in names
+    mixture = np.full((r, k), 1.0 / k)
+    held_out = oracle.evaluate_groups() if validated else None
+    oracle.train_on_mixture(mixture, 0, learning_rate=0.1, batch_size=4)
+    if not np.array_equal(oracle.losses(batch), before):
+        _fail("train_on_mixture(steps=0)", "changed the model", "return at once for 0 steps")
+    oracle.train_on_mixture(mixture, 2, learning_rate=0.1, batch_size=4)
+    after = oracle.losses(batch)
+    if np.array_equal(after, before):
+        _fail("train_on_mixture(steps=2)", "left every loss unchanged", "train the model")
+    if validated and np.array_equal(oracle.evaluate_groups(), held_out):
+        _fail(
+            "evaluate_groups()",
+            "gave the same values before and after train_on_mixture(steps=2)",
+            "evaluate the current model, not a stored copy",
+        )
+
+    def trained(mix: np.ndarray, steps: int) -> np.ndarray:
+        oracle.reset(list(seeds))
+        oracle.train_on_mixture(mix, steps, learning_rate=0.1, batch_size=4)
+        return oracle.losses(batch)
+
+    if np.array_equal(trained(mixture, 1), trained(mixture, 2)):
+        _fail("train_on_mixture(steps=2)", "trained as far as steps=1", "take every step")
+    if k > 1 and np.array_equal(trained(np.eye(k)[[0] * r], 2), trained(np.eye(k)[[-1] * r], 2)):
+        _fail(
+            "train_on_mixture(mixture)",
+            "trained the same model on two different one-task mixtures",
+            "draw each step's groups from the mixture",
+        )
+    return [after]

@@ -80,11 +80,15 @@ def _fail(where: str, problem: str, fix: str) -> None:
     raise OracleError(f"{where}: {problem}. Fix: {fix}")
 
 
-def _check_array(where: str, value: Any, shape: tuple[int, ...], kind: str) -> np.ndarray:
+def _check_array(
+    where: str, value: Any, shape: tuple[int, ...], kind: str, entry: str = "per example"
+) -> np.ndarray:
+    """``value`` if it is a numpy array of ``shape`` and dtype kind ``kind`` (finite floats);
+    ``entry`` says what one entry is, for the fix of a wrong shape."""
     if not isinstance(value, np.ndarray):
         _fail(where, f"returned {type(value).__name__}", "return a numpy array")
     if value.shape != shape:
-        _fail(where, f"returned shape {value.shape}, expected {shape}", "one entry per example")
+        _fail(where, f"returned shape {value.shape}, expected {shape}", f"one entry {entry}")
     if value.dtype.kind not in kind:
         _fail(where, f"returned dtype {value.dtype}", f"return dtype kind in {kind!r}")
     if value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -169,7 +173,7 @@ def check_oracle(
         _fail("step()", "a step with positive weights left every loss unchanged", "update θ")
     for averaged in (False, True):
         where = f"evaluate(averaged={averaged})"
-        _check_array(where, oracle.evaluate("clipped", averaged), (r, k), "f")
+        _check_array(where, oracle.evaluate("clipped", averaged), (r, k), "f", "per task")
     if capabilities:
         from amasim.capabilities import check_capabilities
 

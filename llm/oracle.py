@@ -207,7 +207,9 @@ class DPOOracle(MixtureRoundsFromSteps):
         self.draws = 0
         self.tokens_seen = 0
         self._pending: tuple[Batch, torch.Tensor | None] | None = None
-        self._reset_mixture_rounds(seeds)
+        # the rank's shift of the sample stream (llm.distributed.rank_streams) applies too
+        rank_shift = self.sample_stream - prng.SAMPLE_STREAM
+        self._reset_mixture_rounds(seeds, prng.MIXTURE_STREAM + rank_shift)
 
     def sample(self, task_ids: np.ndarray) -> Batch:
         if self._keys is None:

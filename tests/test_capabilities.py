@@ -82,6 +82,27 @@ class _SharedKeys(SimulatedOracle):
         super()._reset_mixture_rounds([next(iter(seeds))] * len(list(seeds)))
 
 
+class _StaleValidation(SimulatedOracle):
+    def reset(self, seeds):
+        super().reset(seeds)
+        self._first = super().evaluate_groups()
+
+    def evaluate_groups(self, score="loss"):
+        return self._first.copy()  # the losses at θ₀, whatever training did
+
+
+class _IgnoresMixture(SimulatedOracle):
+    def train_on_mixture(self, mixture, steps, *, learning_rate, batch_size=8):
+        group0 = np.eye(len(self.task_names))[0]
+        super().train_on_mixture(group0, steps, learning_rate=learning_rate, batch_size=batch_size)
+
+
+class _OneStepOnly(SimulatedOracle):
+    def train_on_mixture(self, mixture, steps, *, learning_rate, batch_size=8):
+        steps = min(steps, 1)
+        super().train_on_mixture(mixture, steps, learning_rate=learning_rate, batch_size=batch_size)
+
+
 class _UnresetCounter(GradientSimulatedOracle):
     def reset(self, seeds):
         count = self.extra_gradient_evaluations
@@ -110,6 +131,9 @@ class _OtherDimTarget(GradientSimulatedOracle):
         (_LazyTrain, "mixture_rounds", "left every loss unchanged"),
         (_UnseededTrain, "mixture_rounds", "same seeds gave different"),
         (_SharedKeys, "mixture_rounds", "alone than batched"),
+        (_StaleValidation, ["group_validation", "mixture_rounds"], "same values before and after"),
+        (_IgnoresMixture, "mixture_rounds", "two different one-task mixtures"),
+        (_OneStepOnly, "mixture_rounds", "trained as far as steps=1"),
         (_UnresetCounter, "task_gradients", "left extra_gradient_evaluations nonzero"),
         (_WrongTargetLoss, "target_set", r"target_loss\(\): returned shape"),
         (_OtherDimTarget, "target_set", "different d"),
@@ -118,7 +142,8 @@ class _OtherDimTarget(GradientSimulatedOracle):
 def test_checker_names_each_broken_capability(cls, capability, message):
     oracle = cls(PROBLEM, TARGET) if issubclass(cls, GradientSimulatedOracle) else cls(PROBLEM)
     with pytest.raises(OracleError, match=message) as err:
-        wanted = ["task_gradients", capability] if capability == "target_set" else [capability]
+        wanted = ["task_gradients", capability] if capability == "target_set" else capability
+        wanted = wanted if isinstance(wanted, list) else [wanted]
         check_oracle(oracle, capabilities=wanted)
     assert "Fix:" in str(err.value)
 

@@ -94,13 +94,13 @@ def test_bad_factory_arguments():
 
 
 def test_dga_state_cadence_and_ema():
-    mixer = dga(1.0, update_every=7, ema=0.5)
+    mixer = dga(1.0, update_every=7, ema=0.3)  # ema ≠ 1/2: swapping ema and 1 − ema shows
     state = mixer.init(2, seed=0)
     assert isinstance(state, DGAState) and update_interval(state) == 7
     assert update_interval(doge(1.0).init(2)) == 1
     alpha, _ = mixer.update(state, np.array([1.0, 0.0]))
     no_ema, _ = dga(1.0).update(dga(1.0).init(2), np.array([1.0, 0.0]))
-    assert np.allclose(alpha, 0.5 * 0.5 + 0.5 * no_ema)  # α ← ema·α + (1 − ema)·p
+    assert np.allclose(alpha, 0.3 * 0.5 + 0.7 * no_ema)  # α ← ema·α + (1 − ema)·p
 
 
 def test_doge_clip_and_scale():

@@ -16,7 +16,7 @@ if not dist.is_available():  # pragma: no cover - the CPU wheels ship gloo
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
 import torch.multiprocessing as mp
-from llm_helpers import distributed_worker, reduce_inputs, tiny_gpt
+from llm_helpers import build_oracle, distributed_worker, reduce_inputs, tiny_gpt
 
 from llm.distributed import init_from_env, rank_streams
 
@@ -75,3 +75,13 @@ def test_init_from_env_without_torchrun_is_single_process(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert init_from_env() == (0, 1)
     assert not dist.is_initialized()
+
+
+def test_each_rank_draws_its_own_mixture_rounds():
+    """train_on_mixture draws from a stream shifted with the rank, like the samples."""
+    keys = []
+    for rank in range(2):
+        oracle = build_oracle(sample_stream=rank_streams(rank)[1])
+        oracle.reset([0])
+        keys.append(oracle._mixture_keys.copy())
+    assert not np.array_equal(keys[0], keys[1])
