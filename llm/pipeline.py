@@ -164,7 +164,7 @@ def _reference(cfg: Config, out: Path, tasks):
     )
     model.load_state_dict(
         _cached_model(
-            out / "models" / "reference.pt",
+            out / "models" / f"reference-{key[:16]}.pt",  # one file per setting: no retraining
             key,
             lambda: _sft(model, tasks, cfg, tokenizer.pad_id),
         )
