@@ -4,7 +4,11 @@ Every method trains one oracle (R replicates, seeds batched) on a budget of *tra
 examples* per replicate; the examples spent measuring (Skill-It's single-group runs,
 Aioli's LearnParams steps, DML's sweep) count towards it, and the per-example gradients
 DoGE and DGA spend outside training are counted next to it
-(``extra_gradient_evaluations``).  The protocols:
+(``extra_gradient_evaluations``).  Two things the budget does not count: validation
+reads (``evaluate_groups``, free as in Aioli's protocol: Aioli reads every group's loss
+1 + sweeps·m times a round, the rounds protocol once a round), and the data a measurement
+run sees — every run starts from ``reset(seeds)``, so probe and sweep runs draw the same
+examples as the training that follows, not fresh ones.  The protocols:
 
 ==============  =============================================================================
 ``per-batch``   :func:`amasim.train.run`, the AMA protocol: the mixer reads the scores of
