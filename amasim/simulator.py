@@ -99,4 +99,4 @@ class SimulatedOracle(MixtureRoundsFromSteps):
         """Every group's mean ``score`` over its data at the current θ, (R, k)."""
         if self._keys is None:
             raise RuntimeError("call reset(seeds) before evaluate_groups()")
-        return self.problem.task_scores(self.theta, score)
+        return self.evaluate(score)  # the last iterate, on each group's whole dataset
