@@ -22,6 +22,7 @@ on Σ_z w_z · value(z) by asking only for the gradient of Σ_z c_z L(θ, z).
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -49,7 +50,7 @@ def example_scores(
     if score == "excess":
         return excess, np.ones_like(losses)
     if score == "clipped":
-        positive = excess > 0
+        positive = excess > 0.0
         return np.where(positive, excess, 0.0), positive.astype(losses.dtype)
     raise ValueError(check_score(score))
 
@@ -67,8 +68,16 @@ def task_means(
     r = values.shape[0]
     if check and task_ids.size and (task_ids.min() < 0 or task_ids.max() >= num_tasks):
         raise ValueError(f"task_ids must lie in [0, {num_tasks}), the task of each example")
-    first_bin = np.arange(0, r * num_tasks, num_tasks)[:, None]
-    flat = (task_ids + first_bin).ravel()  # one bin per (replicate, task)
+    flat = (task_ids + _first_bins(r, num_tasks)).ravel()  # one bin per (replicate, task)
     sums = np.bincount(flat, values.ravel(), minlength=r * num_tasks).reshape(r, num_tasks)
     counts = np.bincount(flat, minlength=r * num_tasks).reshape(r, num_tasks)
     return sums / np.maximum(counts, 1), counts
+
+
+@functools.lru_cache(maxsize=64)
+def _first_bins(num_replicates: int, num_tasks: int) -> np.ndarray:
+    """The first bin of each replicate, shape (R, 1), read-only (cached: a loop asks
+    for the same one every step)."""
+    bins = np.arange(0, num_replicates * num_tasks, num_tasks)[:, None]
+    bins.flags.writeable = False
+    return bins

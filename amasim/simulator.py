@@ -64,15 +64,16 @@ class SimulatedOracle(MixtureRoundsFromSteps):
             self._stream = prng.UniformStream(self._keys, task_ids.shape[1])
         u = self._stream(self._draws)  # = prng.uniform(keys, draws, N)
         self._draws += 1
-        # np.take: the same gather as fancy indexing, at half its cost on (R, N) indices
-        sizes = np.take(self._sizes, task_ids)
-        index = np.take(self._offsets, task_ids) + prng.integers(u, sizes)
-        return Batch(task_ids, np.take(self.problem.reference_losses, index), index)
+        # Gathers: indexing a 1-D table is numpy's fastest gather (np.take, a Python
+        # wrapper, costs ~1 µs more a call); rows of a 2-D table use the take method.
+        sizes = self._sizes[task_ids]
+        index = self._offsets[task_ids] + prng.integers(u, sizes)
+        return Batch(task_ids, self.problem.reference_losses[index], index)
 
     def losses(self, batch: Batch) -> np.ndarray:
-        x = np.take(self.problem.features, batch.data, axis=0)  # (R, N, d)
+        x = self.problem.features.take(batch.data, axis=0)  # (R, N, d)
         preds = np.matvec(x, self.theta)  # (R, N): x_n · θ_r
-        targets = np.take(self.problem.targets, batch.data)
+        targets = self.problem.targets[batch.data]
         loss, slope = _loss_and_slope(self.problem.loss, preds, targets)
         self._cache = (batch, x, slope)
         return loss

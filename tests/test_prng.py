@@ -202,7 +202,7 @@ def test_uniform_values_lie_on_the_53_bit_grid():
 # --------------------------------------------------------------------------- integers
 @SETTINGS
 @given(
-    high=hnp.arrays(np.int64, st.integers(1, 16), elements=st.integers(1, 2**40)),
+    high=hnp.arrays(np.int64, st.integers(1, 16), elements=st.integers(1, 2**53)),
     data=st.data(),
 )
 def test_integers_lie_in_zero_to_high(high, data):
@@ -214,6 +214,15 @@ def test_integers_lie_in_zero_to_high(high, data):
     assert np.all((out >= 0) & (out < high))
     assert integers(np.zeros(1), high[:1])[0] == 0
     assert integers(np.array([LARGEST_UNIFORM]), high[:1])[0] == high[0] - 1
+
+
+def test_integers_need_no_clipping_at_the_largest_uniform():
+    """(1 − 2⁻⁵³)·h rounds below h for powers of two, their neighbours and h up to 2⁵³,
+    the cases the docstring's argument singles out (ties at powers of two)."""
+    powers = [2**m for m in range(54)]
+    high = np.array(sorted({h + d for h in powers for d in (-1, 0, 1) if 1 <= h + d <= 2**53}))
+    out = integers(np.full(high.shape, LARGEST_UNIFORM), high)
+    np.testing.assert_array_equal(out, high - 1)
 
 
 def test_integers_broadcast_high_over_replicates():

@@ -291,6 +291,29 @@ def test_projection_leaves_interior_points_unchanged(problem):
     np.testing.assert_array_equal(problem.project(inside), inside)
 
 
+def test_projection_returns_a_lone_interior_point_itself(problem):
+    """One row inside the ball, even a hair inside its boundary, comes back unchanged."""
+    rng = np.random.default_rng(11)
+    direction = rng.standard_normal((1, problem.dim))
+    direction /= np.linalg.norm(direction)
+    for scale in (0.5, 1 - 1e-9, 1 - 1e-15):
+        theta = problem.radius * scale * direction
+        assert problem.project(theta) is theta
+
+
+def test_projection_of_rows_inside_whose_squares_sum_past_the_ball(problem):
+    """Rows that each lie inside, with Σ‖θ_r‖² > r², are unchanged; an outside row among
+    them alone moves (the one-dot-product shortcut must not decide for them)."""
+    rng = np.random.default_rng(12)
+    rows = rng.standard_normal((3, problem.dim))
+    rows *= problem.radius * 0.9 / np.linalg.norm(rows, axis=1, keepdims=True)
+    np.testing.assert_array_equal(problem.project(rows), rows)
+    rows[1] *= 2.0
+    projected = problem.project(rows)
+    np.testing.assert_array_equal(projected[[0, 2]], rows[[0, 2]])
+    np.testing.assert_allclose(np.linalg.norm(projected[1]), problem.radius, rtol=1e-14)
+
+
 def test_projection_is_the_nearest_point_of_the_ball(problem):
     """Outside points map to radius·θ/‖θ‖, closer than any random point of the ball."""
     rng = np.random.default_rng(10)
