@@ -109,11 +109,19 @@ def uniform(keys: np.ndarray, step: int, size: int) -> np.ndarray:
 class UniformStream:
     """``stream(t)`` is ``uniform(keys, t, size)``, computed a block of steps ahead.
 
-    Drawing 64 steps in one array computation pays the generator's fixed cost once per
+    Drawing many steps in one array computation pays the generator's fixed cost once per
     block; the numbers are those of :func:`uniform`, so any step can be read in any order.
+    The default block is 64 steps, fewer when a block would exceed ``MAX_BLOCK_NUMBERS``
+    numbers (R·size·block): the generator's temporaries then outgrow what the allocator
+    reuses, and every block pays fresh pages (measured at R = 16, size 128: 28 µs of
+    generation per step with 64-step blocks, 6.7 µs with 16-step blocks).
     """
 
-    def __init__(self, keys: np.ndarray, size: int, block: int = 64) -> None:
+    MAX_BLOCK_NUMBERS = 32_768  # 256 KiB of float64
+
+    def __init__(self, keys: np.ndarray, size: int, block: int | None = None) -> None:
+        if block is None:
+            block = min(64, max(1, self.MAX_BLOCK_NUMBERS // max(1, len(keys) * size)))
         self.keys, self.size, self.block = keys, size, block
         self._start, self._values = 0, uniform_steps(keys, 0, 0, size)
 

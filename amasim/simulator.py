@@ -43,7 +43,8 @@ class SimulatedOracle(MixtureRoundsFromSteps):
         self.task_names = problem.task_names
         self.task_sizes = problem.sizes
         self._offsets = problem.offsets[:-1]
-        self._sizes = np.asarray(problem.sizes)
+        # as floats: u·size then multiplies floats (exact below 2⁵³, the same numbers)
+        self._sizes = np.asarray(problem.sizes, dtype=np.float64)
         self._keys: np.ndarray | None = None
 
     def reset(self, seeds: Sequence[int]) -> None:

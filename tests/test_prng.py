@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 from scipy.stats import chisquare
 
 from amasim import prng
-from amasim.prng import categorical, integers, replicate_keys, uniform
+from amasim.prng import UniformStream, categorical, integers, replicate_keys, uniform
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -197,6 +197,33 @@ def test_uniform_values_lie_on_the_53_bit_grid():
     scaled = u * 2.0**53
     np.testing.assert_array_equal(scaled, np.floor(scaled))
     assert scaled.max() <= 2.0**53 - 1
+
+
+# ----------------------------------------------------------------------- UniformStream
+@SETTINGS
+@given(
+    seeds=st.lists(st.integers(0, 2**32), min_size=1, max_size=4),
+    size=st.integers(1, 40),
+    block=st.one_of(st.none(), st.integers(1, 9)),
+    steps=st.lists(st.integers(0, 300), min_size=1, max_size=30),
+)
+def test_uniform_stream_reads_uniform_at_any_step_in_any_order(seeds, size, block, steps):
+    """stream(t) equals uniform(keys, t, size), bit for bit, whatever the block size and
+    the order of the reads (forward, backward, across block boundaries)."""
+    keys = replicate_keys(seeds)
+    stream = UniformStream(keys, size, block)
+    for t in steps:
+        np.testing.assert_array_equal(stream(t), uniform(keys, t, size))
+
+
+def test_uniform_stream_default_block_bounds_the_numbers_held():
+    """64 steps for small draws; large draws get shorter blocks (≤ MAX_BLOCK_NUMBERS)."""
+    assert UniformStream(replicate_keys([0]), 32).block == 64
+    big = UniformStream(replicate_keys(list(range(16))), 128)
+    assert 16 * 128 * big.block <= UniformStream.MAX_BLOCK_NUMBERS
+    assert big.block >= 1
+    huge = UniformStream(replicate_keys(list(range(64))), 4096)
+    assert huge.block == 1
 
 
 # --------------------------------------------------------------------------- integers
