@@ -42,7 +42,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Batch", "Oracle", "OracleError", "check_oracle"]
+__all__ = ["Batch", "Oracle", "OracleError", "check_oracle", "check_oracle_interface"]
 
 
 class Batch(NamedTuple):
@@ -96,7 +96,10 @@ def _check_array(
     return value
 
 
-def _check_static(oracle: Any) -> int:
+def check_oracle_interface(oracle: Any) -> int:
+    """The part of :func:`check_oracle` that calls nothing: the protocol's attributes and
+    methods exist and the task list is consistent.  Returns k; raises :class:`OracleError`.
+    """
     for name in ("task_names", "task_sizes", "max_replicates"):
         if not hasattr(oracle, name):
             _fail(type(oracle).__name__, f"has no attribute {name!r}", "see amasim.oracle")
@@ -134,7 +137,7 @@ def check_oracle(
     optional ``capabilities`` the oracle claims
     (:func:`amasim.capabilities.check_capabilities`).
     """
-    k = _check_static(oracle)
+    k = check_oracle_interface(oracle)
     if oracle.max_replicates is not None and oracle.max_replicates < len(seeds):
         seeds = tuple(seeds)[: oracle.max_replicates]
     r = len(seeds)

@@ -30,7 +30,7 @@ import numpy as np
 from amasim import prng
 from amasim.capabilities import require_capabilities
 from amasim.mixers import APPLY_MODES, Mixer
-from amasim.oracle import Oracle, OracleError, _check_static, check_oracle
+from amasim.oracle import Oracle, OracleError, check_oracle, check_oracle_interface
 from amasim.scores import check_score, example_scores, task_means
 
 __all__ = ["RunResult", "run", "Mixing", "StepResult", "SCHEDULES", "learning_rate_at"]
@@ -115,7 +115,7 @@ def _check_run_args(mixer, oracle, steps, learning_rate, schedule, batch_size, s
     if not isinstance(mixer, Mixer):
         raise TypeError(f"mixer must be an amasim.mixers.Mixer, got {type(mixer).__name__}")
     try:
-        _check_static(oracle)
+        check_oracle_interface(oracle)
     except OracleError as err:
         raise TypeError(f"oracle does not follow the amasim oracle protocol: {err}") from None
     if mixer.requires:  # DoGE, DGA, Aioli, Skill-It: capabilities run() does not drive

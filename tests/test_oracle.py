@@ -9,7 +9,7 @@ import pytest
 
 import amasim
 from amasim import mixers
-from amasim.oracle import Batch, OracleError, check_oracle
+from amasim.oracle import Batch, OracleError, check_oracle, check_oracle_interface
 from amasim.problems import PROBLEMS, make_problem
 from amasim.simulator import SimulatedOracle
 
@@ -129,6 +129,15 @@ def test_object_missing_a_method_is_not_an_instance_of_the_protocol(problem):
 def test_complete_namespace_oracle_passes_check_oracle(problem):
     """A duck-typed object with every member (no subclassing) passes check_oracle."""
     check_oracle(_namespace_without(problem, missing=""))
+
+
+def test_check_oracle_interface_counts_tasks_without_calling_the_oracle(problem):
+    """The call-free part of check_oracle returns k, and names a missing method."""
+    oracle = SimulatedOracle(problem)
+    assert check_oracle_interface(oracle) == problem.num_tasks
+    assert oracle._keys is None  # nothing was called: reset() never ran
+    with pytest.raises(OracleError, match=r"sample\(\)"):
+        check_oracle_interface(_namespace_without(problem, "sample"))
 
 
 def test_check_oracle_respects_max_replicates(problem):
