@@ -1,6 +1,17 @@
-"""Shared fixtures (torch is imported only by the tests that use them)."""
+"""Shared fixtures (torch is imported only by the tests that use them).
+
+``HYPOTHESIS_PROFILE=ci`` (set by ``.ci/run``) derandomizes hypothesis: a CI run draws the
+same examples every time, so its verdict depends on the code alone; other runs draw fresh
+examples and keep exploring.
+"""
+
+import os
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="module")
