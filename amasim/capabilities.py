@@ -140,7 +140,7 @@ CAPABILITIES: dict[str, Capability] = {
         ("train_on_mixture",),
         "implement train_on_mixture(mixture, steps, *, learning_rate, batch_size), or "
         "inherit amasim.capabilities.MixtureRoundsFromSteps and call "
-        "_reset_mixture_rounds(seeds) in reset",
+        "reset_mixture_rounds(seeds) in reset",
     ),
 }
 
@@ -223,39 +223,39 @@ class MixtureRoundsFromSteps:
     """The ``"mixture_rounds"`` capability built on an oracle's own ``sample``/``losses``/
     ``step``: each step draws ``batch_size`` groups from the mixture (counter-based,
     stream :data:`amasim.prng.MIXTURE_STREAM` of the seeds), samples them and steps on the mean
-    loss.  The subclass calls :meth:`_reset_mixture_rounds` in ``reset``.
+    loss.  The subclass calls :meth:`reset_mixture_rounds` in ``reset``.
     """
 
-    _mixture_keys: np.ndarray | None = None
-    _mixture_draws: int = 0
+    mixture_keys: np.ndarray | None = None
+    mixture_draws: int = 0
 
-    def _reset_mixture_rounds(
+    def reset_mixture_rounds(
         self, seeds: Sequence[int], stream: int = prng.MIXTURE_STREAM
     ) -> None:
         """Keys of the mixture draws (a data-parallel rank passes its own ``stream``)."""
-        self._mixture_keys = prng.replicate_keys(list(seeds), stream=stream)
-        self._mixture_draws = 0
+        self.mixture_keys = prng.replicate_keys(list(seeds), stream=stream)
+        self.mixture_draws = 0
 
     def train_on_mixture(
         self, mixture: Any, steps: int, *, learning_rate: float, batch_size: int = 8
     ) -> None:
         """``steps`` SGD steps on batches of ``batch_size`` drawn from ``mixture`` (R, k)."""
-        if self._mixture_keys is None:
+        if self.mixture_keys is None:
             raise RuntimeError(
                 "train_on_mixture() before its keys exist: call reset(seeds) first, and have "
-                "the oracle's reset call self._reset_mixture_rounds(seeds)"
+                "the oracle's reset call self.reset_mixture_rounds(seeds)"
             )
         steps = check_steps(steps)
         if check_steps(batch_size, "batch_size") < 1:
             raise ValueError("batch_size=0 must be >= 1")
         if not np.isfinite(learning_rate) or learning_rate <= 0:
             raise ValueError(f"learning_rate={learning_rate!r} must be finite and > 0")
-        r = len(self._mixture_keys)
+        r = len(self.mixture_keys)
         mix = check_mixture(mixture, r, len(self.task_names))
         if steps == 0:
             return
-        u = prng.uniform_steps(self._mixture_keys, self._mixture_draws, steps, batch_size)
-        self._mixture_draws += steps
+        u = prng.uniform_steps(self.mixture_keys, self.mixture_draws, steps, batch_size)
+        self.mixture_draws += steps
         weights = np.full((r, batch_size), 1.0 / batch_size)
         for t in range(steps):
             batch = self.sample(prng.categorical(u[t], mix))

@@ -56,7 +56,7 @@ class SimulatedOracle(MixtureRoundsFromSteps):
         self.theta_sum = np.zeros_like(self.theta)
         self.iterations = 0
         self._cache: tuple[Batch, np.ndarray] | None = None
-        self._reset_mixture_rounds(seeds)
+        self.reset_mixture_rounds(seeds)
 
     def sample(self, task_ids: np.ndarray) -> Batch:
         if self._keys is None:

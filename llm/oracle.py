@@ -209,7 +209,7 @@ class DPOOracle(MixtureRoundsFromSteps):
         self._pending: tuple[Batch, torch.Tensor | None] | None = None
         # the rank's shift of the sample stream (llm.distributed.rank_streams) applies too
         rank_shift = self.sample_stream - prng.SAMPLE_STREAM
-        self._reset_mixture_rounds(seeds, prng.MIXTURE_STREAM + rank_shift)
+        self.reset_mixture_rounds(seeds, prng.MIXTURE_STREAM + rank_shift)
 
     def sample(self, task_ids: np.ndarray) -> Batch:
         if self._keys is None:
@@ -332,7 +332,7 @@ class DPOOracle(MixtureRoundsFromSteps):
             "keys": self._keys.copy(),
             "tokens_seen": self.tokens_seen,
             "torch_rng": torch.get_rng_state(),
-            "mixture_draws": self._mixture_draws,  # train_on_mixture's position
+            "mixture_draws": self.mixture_draws,  # train_on_mixture's position
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -344,5 +344,5 @@ class DPOOracle(MixtureRoundsFromSteps):
         self.tokens_seen = int(state["tokens_seen"])
         torch.set_rng_state(state["torch_rng"])
         # checkpoints written before mixture rounds existed never trained on one
-        self._mixture_draws = int(state.get("mixture_draws", 0))
+        self.mixture_draws = int(state.get("mixture_draws", 0))
         self._pending = None

@@ -78,8 +78,8 @@ class _UnseededTrain(SimulatedOracle):
 
 
 class _SharedKeys(SimulatedOracle):
-    def _reset_mixture_rounds(self, seeds):  # every replicate draws with the first's key
-        super()._reset_mixture_rounds([next(iter(seeds))] * len(list(seeds)))
+    def reset_mixture_rounds(self, seeds):  # every replicate draws with the first's key
+        super().reset_mixture_rounds([next(iter(seeds))] * len(list(seeds)))
 
 
 class _StaleValidation(SimulatedOracle):
@@ -211,7 +211,7 @@ def test_train_on_mixture_replicates_are_independent(mixture, steps, seeds):
     np.testing.assert_allclose(oracle.theta[0], batched[-1], rtol=1e-12, atol=1e-14)
 
 
-def test_one_hot_mixture_draws_only_that_group():
+def test_one_hotmixture_draws_only_that_group():
     """A one-hot mixture trains on that group alone: other groups' draws never happen."""
     oracle = SimulatedOracle(PROBLEM)
     oracle.reset([3])
@@ -225,4 +225,4 @@ def test_one_hot_mixture_draws_only_that_group():
     oracle.sample = spy
     oracle.train_on_mixture([0.0, 1.0, 0.0], 5, learning_rate=0.1, batch_size=6)
     assert np.all(np.concatenate(seen) == 1)
-    assert prng.replicate_keys([3], stream=3)[0] == oracle._mixture_keys[0]
+    assert prng.replicate_keys([3], stream=3)[0] == oracle.mixture_keys[0]

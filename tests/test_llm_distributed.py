@@ -83,5 +83,5 @@ def test_each_rank_draws_its_own_mixture_rounds():
     for rank in range(2):
         oracle = build_oracle(sample_stream=rank_streams(rank)[1])
         oracle.reset([0])
-        keys.append(oracle._mixture_keys.copy())
+        keys.append(oracle.mixture_keys.copy())
     assert not np.array_equal(keys[0], keys[1])
