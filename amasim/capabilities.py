@@ -229,9 +229,7 @@ class MixtureRoundsFromSteps:
     mixture_keys: np.ndarray | None = None
     mixture_draws: int = 0
 
-    def reset_mixture_rounds(
-        self, seeds: Sequence[int], stream: int = prng.MIXTURE_STREAM
-    ) -> None:
+    def reset_mixture_rounds(self, seeds: Sequence[int], stream: int = prng.MIXTURE_STREAM) -> None:
         """Keys of the mixture draws (a data-parallel rank passes its own ``stream``)."""
         self.mixture_keys = prng.replicate_keys(list(seeds), stream=stream)
         self.mixture_draws = 0
