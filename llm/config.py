@@ -39,6 +39,7 @@ class DataSection:
     max_length: int = 48
     max_prompt_length: int = 24
     truncate_prompt: str = "error"
+    tokenization: str = "exact"  # "exact" (prompt | completion boundary) or "trl" (TRL 1.16)
 
 
 @dataclass(frozen=True)

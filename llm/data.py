@@ -1,21 +1,32 @@
 """Preference data: JSONL task files, the task manifest, tokenisation and collation.
 
-A task file holds one JSON object per line with keys ``prompt``, ``chosen`` and
-``rejected`` (extra keys are ignored).  Values are strings, or the conversational form:
-``prompt`` a list of ``{"role", "content"}`` messages, ``chosen``/``rejected`` lists of
-assistant messages (see :mod:`llm.tokenizer`).  A manifest names the tasks::
+A task file holds one JSON object per line (extra keys are ignored), in one of TRL's
+preference formats:
+
+* explicit prompt: ``{"prompt": ..., "chosen": ..., "rejected": ...}``;
+* implicit prompt: ``{"chosen": ..., "rejected": ...}`` where both hold the whole text or
+  conversation; the prompt is their shared start (:func:`split_implicit_prompt`, TRL's
+  ``extract_prompt`` rule).
+
+Values are strings, or the conversational form: lists of ``{"role", "content"}`` messages
+(``prompt`` the conversation so far, ``chosen``/``rejected`` the assistant replies; see
+:mod:`llm.tokenizer`).  Optional ``tools`` and ``chat_template_kwargs`` keys reach the chat
+template in ``"trl"`` mode, as in TRL.  A manifest names the tasks::
 
     [tasks.arithmetic]              # tasks.toml (or {"tasks": {...}} in a .json file)
     train = "arithmetic.train.jsonl"
     eval = "arithmetic.eval.jsonl"  # optional; paths relative to the manifest's folder
 
-Sequences.  A pair becomes two sequences ``[BOS] + encode(prompt) + encode(completion)
-+ [EOS]`` (BOS only if ``tokenizer.bos_id`` is not None).  Prompt and completion are
-encoded separately, so the boundary is exact; a leading BOS and a trailing EOS that a
-tokenizer adds to either piece are stripped, and no special token is added inside.  The
-loss mask covers the completion tokens and the final EOS; BOS + prompt are masked out.
+Two tokenisations (``tokenize_pairs(..., tokenization=...)``, config ``[data]
+tokenization``):
 
-Truncation policy (``tokenize_pairs``):
+``"exact"`` (default): a pair becomes two sequences ``[BOS] + encode(prompt) +
+encode(completion) + [EOS]`` (BOS only if ``tokenizer.bos_id`` is not None).  Prompt and
+completion are encoded separately, so the boundary is exact; a leading BOS and a trailing
+EOS that a tokenizer adds to either piece are stripped, and no special token is added
+inside.  A conversational prompt is rendered by the chat template (with the generation
+prompt), a conversational completion is its messages' content (the template's end-of-turn
+text is replaced by EOS).  Truncation:
 
 * ``max_prompt_length`` (prompt tokens, BOS not counted) defaults to ``max_length // 2``
   and must leave room for at least one completion token.
@@ -26,6 +37,24 @@ Truncation policy (``tokenize_pairs``):
   dropped) and counted in ``chosen_truncated`` / ``rejected_truncated``.
 * A completion that encodes to no token is an error naming its source.
 
+``"trl"``: TRL 1.16's DPO tokenisation (``DPOTrainer._prepare_dataset`` and
+``DataCollatorForPreference``), token for token.  Plain text: the EOS *text* is appended to
+each completion unless it already ends with it, then ``prompt`` alone and ``prompt +
+completion`` as one string are tokenised by the tokenizer's own call (a BOS only where the
+tokenizer inserts one; a prompt's trailing space merges into the completion's first token).
+Conversations: ``apply_chat_template`` of the prompt (with the generation prompt) and of
+prompt + completion, so the template's text after EOS (``<|im_end|>\\n``) is trained on.
+The completion starts where the prompt's ids and both full sequences' ids first differ.
+Truncation (TRL's ``truncation_mode="keep_start"``): the prompt is kept whole, a sequence is
+cut to its first ``max_length`` tokens, and a pair whose prompt alone has ``max_length``
+tokens or more is dropped (its source listed in ``dropped``); ``max_prompt_length`` does not
+apply.  Where TRL's completion starts at token 0 (an empty prompt and no BOS, or a prompt
+whose only token merges into the completion) the mask starts at token 1: token 0 is never a
+label, so the loss is TRL's.  A completion that adds no token is an error.  It needs a
+:class:`~llm.tokenizer.ModelInputTokenizer` (``llm.hf.HFTokenizer``, or
+:class:`~llm.tokenizer.CharTokenizer`, whose own call inserts BOS).  The loss mask covers
+the completion tokens (and EOS) in both modes.
+
 >>> from llm.tokenizer import CharTokenizer
 >>> tok = CharTokenizer()
 >>> pairs = [PreferencePair("1+1=", "2", "3", "ex:1"), PreferencePair("9+9=", "18", "17", "ex:2")]
@@ -35,6 +64,16 @@ Truncation policy (``tokenize_pairs``):
 >>> batch = collate_pairs(tp, [1, 0], pad_id=tok.pad_id)
 >>> batch["input_ids"].shape, batch["loss_mask"][0].nonzero().flatten().tolist()
 (torch.Size([4, 8]), [5, 6, 7])
+
+A 12-character prompt is over ``max_length // 2`` (an error in ``"exact"`` mode); ``"trl"``
+keeps it whole and cuts the chosen sequence at 16 tokens:
+
+>>> long = [PreferencePair("123456789+1=", "123456790", "0", "ex:3")]
+>>> tp = tokenize_pairs(long, tok, max_length=16, tokenization="trl")
+>>> tp.prompt_lengths.tolist(), [len(tp.chosen[0]), len(tp.rejected[0])], tp.chosen_truncated
+([13], [16, 15], 1)
+>>> split_implicit_prompt("The sky is blue.", "The sky is green.")
+('The sky is', ' blue.', ' green.')
 """
 
 from __future__ import annotations
@@ -43,64 +82,151 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from llm.tokenizer import Tokenizer, render_completion, render_messages
+from llm.tokenizer import ModelInputTokenizer, Tokenizer, render_completion, render_messages
 
 __all__ = [
     "PreferencePair",
+    "split_implicit_prompt",
     "read_preference_jsonl",
     "TaskFiles",
     "load_manifest",
+    "TOKENIZATIONS",
     "TokenizedPairs",
     "tokenize_pairs",
     "collate_pairs",
 ]
 
 _KEYS = ("prompt", "chosen", "rejected")
-_FORMAT = 'each line must be one JSON object {"prompt": ..., "chosen": ..., "rejected": ...}'
+_FORMAT = (
+    'each line must be one JSON object {"prompt": ..., "chosen": ..., "rejected": ...} '
+    '(or {"chosen": ..., "rejected": ...} with the prompt implicit in both)'
+)
 
 
 # ----------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class PreferencePair:
-    """One preference example as text; ``source`` is ``"path:line"`` for error messages."""
+    """One preference example as text; ``source`` is ``"path:line"`` for error messages.
+
+    ``messages`` keeps a conversational row's fields as written, ``(prompt, chosen,
+    rejected)`` (lists of messages; a field given as a string stays a string), for
+    ``tokenization="trl"``, which renders them with the chat template; ``None`` for a
+    plain-text row.  ``template_kwargs`` are the row's extra chat-template arguments, as
+    TRL passes them (``{"tools": row["tools"], **row["chat_template_kwargs"]}``; ``"trl"``
+    mode only).  ``prompt``/``chosen``/``rejected`` are the text ``"exact"`` mode uses.
+    """
 
     prompt: str
     chosen: str
     rejected: str
     source: str
+    messages: tuple[Any, Any, Any] | None = field(default=None, hash=False)
+    template_kwargs: dict[str, Any] | None = field(default=None, hash=False)
 
 
-def _field_text(value: Any, key: str, where: str, tokenizer: Tokenizer | None) -> str:
+def split_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
+    """``(prompt, chosen, rejected)`` of an implicit-prompt pair, by TRL 1.16's
+    ``extract_prompt`` rule: the prompt is the longest shared start of ``chosen`` and
+    ``rejected`` (characters of strings, messages of conversations), less a space that
+    ends it (the space starts the completions); when one continues the other, their last
+    shared item goes to the completions.  The prompt may come out empty (no shared start):
+    callers check.
+
+    >>> split_implicit_prompt("2+2=4", "2+2=5")
+    ('2+2=', '4', '5')
+    >>> split_implicit_prompt("It is blue", "It is blue.")
+    ('It is blu', 'e', 'e.')
+    """
+    n = min(len(chosen), len(rejected))
+    k = next((i for i in range(n) if chosen[i] != rejected[i]), None)
+    if k is None:  # one is a prefix of the other: TRL's loop ends at its last index
+        k = max(n - 1, 0)
+    elif k > 0 and chosen[k - 1] == " ":
+        k -= 1
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
+def _check_field(value: Any, key: str, where: str) -> None:
+    if not isinstance(value, str | list):
+        raise ValueError(
+            f"{where}: {key!r} must be a string or a list of messages "
+            f'[{{"role": ..., "content": ...}}], got {type(value).__name__}'
+        )
+
+
+def _field_text(value: str | list, key: str, where: str, tokenizer: Tokenizer | None) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, list):
+    try:
+        if key == "prompt":
+            return render_messages(value, tokenizer)
+        return render_completion(value)
+    except ValueError as e:
+        raise ValueError(f"{where}: {key!r}: {e}") from None
+
+
+def _template_kwargs(row: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """TRL's per-row chat-template arguments: ``tools`` (a list, or its JSON text) and the
+    ``chat_template_kwargs`` object (e.g. ``{"enable_thinking": false}``)."""
+    if "tools" not in row and "chat_template_kwargs" not in row:
+        return None
+    tools = row.get("tools")
+    if isinstance(tools, str):
         try:
-            if key == "prompt":
-                return render_messages(value, tokenizer)
-            return render_completion(value)
-        except ValueError as e:
-            raise ValueError(f"{where}: {key!r}: {e}") from None
-    raise ValueError(
-        f"{where}: {key!r} must be a string or a list of messages "
-        f'[{{"role": ..., "content": ...}}], got {type(value).__name__}'
-    )
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: 'tools' is a string but not valid JSON ({e.msg})") from None
+    if tools is not None and not isinstance(tools, list):
+        raise ValueError(
+            f"{where}: 'tools' must be a list of tool schemas (or its JSON text), "
+            f"got {type(tools).__name__}"
+        )
+    extra = row.get("chat_template_kwargs", {})
+    if not isinstance(extra, dict):
+        raise ValueError(
+            f"{where}: 'chat_template_kwargs' must be an object of chat-template arguments, "
+            f'e.g. {{"enable_thinking": false}}, got {type(extra).__name__}'
+        )
+    return {"tools": tools, **extra}
+
+
+def _implicit_prompt(chosen: Any, rejected: Any, where: str) -> tuple[Any, Any, Any]:
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise ValueError(
+            f"{where}: implicit prompt (no 'prompt' key): 'chosen' and 'rejected' must both be "
+            "strings or both lists of messages"
+        )
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if not value:
+            raise ValueError(
+                f"{where}: {key!r} is empty: give a non-empty completion or drop the row"
+            )
+    prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
+    if not prompt:
+        raise ValueError(
+            f"{where}: implicit prompt (no 'prompt' key), but 'chosen' and 'rejected' share "
+            "no start to serve as the prompt: begin both with the same prompt, or give it "
+            'as "prompt" and keep only the replies in "chosen" and "rejected"'
+        )
+    return prompt, chosen, rejected
 
 
 def read_preference_jsonl(
     path: str | Path, tokenizer: Tokenizer | None = None
 ) -> list[PreferencePair]:
-    """Read a JSONL preference task file; conversational rows are rendered to text.
+    """Read a JSONL preference task file (explicit or implicit prompt, text or messages).
 
-    ``tokenizer`` supplies the chat template for conversational prompts (``None``: the
-    plain template).  Blank lines are skipped.  Every error is a ``ValueError`` naming
-    ``path:line`` and the fix.
+    ``tokenizer`` supplies the chat template that renders conversational prompts to the
+    text of ``"exact"`` mode (``None``: the plain template); the messages themselves are
+    kept for ``"trl"`` mode.  Blank lines are skipped.  Every error is a ``ValueError``
+    naming ``path:line`` and the fix.
     """
     path = Path(path)
     pairs = []
@@ -117,18 +243,29 @@ def read_preference_jsonl(
                 ) from None
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: got a JSON {type(row).__name__}; {_FORMAT}")
-            missing = [k for k in _KEYS if k not in row]
+            keys = _KEYS if "prompt" in row else _KEYS[1:]
+            missing = [k for k in keys if k not in row]
             if missing:
                 raise ValueError(
                     f"{where}: missing key(s) {', '.join(map(repr, missing))}; {_FORMAT}"
                 )
-            prompt, chosen, rejected = (_field_text(row[k], k, where, tokenizer) for k in _KEYS)
+            for key in keys:
+                _check_field(row[key], key, where)
+            if "prompt" in row:
+                fields = (row["prompt"], row["chosen"], row["rejected"])
+            else:
+                fields = _implicit_prompt(row["chosen"], row["rejected"], where)
+            prompt, chosen, rejected = (
+                _field_text(v, k, where, tokenizer) for k, v in zip(_KEYS, fields)
+            )
             for key, text in (("chosen", chosen), ("rejected", rejected)):
                 if not text.strip():
                     raise ValueError(
                         f"{where}: {key!r} is empty: give a non-empty completion or drop the row"
                     )
-            pairs.append(PreferencePair(prompt, chosen, rejected, where))
+            messages = fields if any(isinstance(v, list) for v in fields) else None
+            kwargs = _template_kwargs(row, where)
+            pairs.append(PreferencePair(prompt, chosen, rejected, where, messages, kwargs))
     if not pairs:
         raise ValueError(
             f"task file {path} has no examples: write one JSON object per line "
@@ -202,13 +339,19 @@ def load_manifest(path: str | Path) -> dict[str, TaskFiles]:
 
 
 # ------------------------------------------------------------------------ tokenisation
+TOKENIZATIONS = ("exact", "trl")
+
+
 @dataclass
 class TokenizedPairs:
     """Token ids of n preference pairs, ready for :func:`collate_pairs`.
 
     ``chosen[i]`` / ``rejected[i]`` are full sequences (int32) that share their first
-    ``prompt_lengths[i]`` tokens (BOS + prompt, masked out of the loss).  ``fingerprint``
+    ``prompt_lengths[i]`` tokens (BOS + prompt, masked out of the loss; in ``"trl"`` mode
+    a prompt length of 1 may also cover a first token merged into the completion).  ``fingerprint``
     digests every id and the settings (use it in cache keys, e.g. reference log-probs).
+    ``dropped`` lists the sources of pairs left out (``"trl"`` mode: prompt fills
+    ``max_length``); ``sources`` those kept, row for row.
     """
 
     chosen: list[np.ndarray]
@@ -220,6 +363,8 @@ class TokenizedPairs:
     fingerprint: str
     max_length: int = 0
     max_prompt_length: int = 0
+    tokenization: str = "exact"
+    dropped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -235,6 +380,49 @@ def _strip_specials(ids: list[int], tokenizer: Tokenizer) -> list[int]:
     return ids[lo:hi]
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class _Builder:
+    """Collects sequences and digests them (the fingerprint of :class:`TokenizedPairs`)."""
+
+    def __init__(self, settings: list[Any]) -> None:
+        self.digest = hashlib.sha256(json.dumps(settings).encode())
+        self.chosen: list[np.ndarray] = []
+        self.rejected: list[np.ndarray] = []
+        self.prompt_lengths: list[int] = []
+        self.sources: list[str] = []
+        self.truncated = {"chosen": 0, "rejected": 0}
+
+    def add(self, source: str, prompt_length: int, chosen: list[int], rejected: list[int]) -> None:
+        for ids, out in ((chosen, self.chosen), (rejected, self.rejected)):
+            seq = np.asarray(ids, dtype=np.int32)
+            self.digest.update(len(seq).to_bytes(4, "little"))
+            self.digest.update(seq.astype("<i4").tobytes())
+            out.append(seq)
+        self.prompt_lengths.append(prompt_length)
+        self.digest.update(prompt_length.to_bytes(4, "little"))
+        self.sources.append(source)
+
+    def build(self, **settings: Any) -> TokenizedPairs:
+        return TokenizedPairs(
+            chosen=self.chosen,
+            rejected=self.rejected,
+            prompt_lengths=np.asarray(self.prompt_lengths, dtype=np.int64),
+            chosen_truncated=self.truncated["chosen"],
+            rejected_truncated=self.truncated["rejected"],
+            sources=self.sources,
+            fingerprint=self.digest.hexdigest(),
+            **settings,
+        )
+
+
 def tokenize_pairs(
     pairs: Sequence[PreferencePair],
     tokenizer: Tokenizer,
@@ -242,10 +430,30 @@ def tokenize_pairs(
     max_length: int,
     max_prompt_length: int | None = None,
     truncate_prompt: str = "error",
+    tokenization: str = "exact",
 ) -> TokenizedPairs:
-    """Tokenise ``pairs`` under the truncation policy of the module docstring."""
+    """Tokenise ``pairs`` in the ``tokenization`` mode (``"exact"`` or ``"trl"``) of the
+    module docstring, under its truncation policy (``max_prompt_length`` and
+    ``truncate_prompt`` are ``"exact"`` settings; TRL has neither)."""
+    if tokenization not in TOKENIZATIONS:
+        raise ValueError(
+            f"tokenization must be one of {', '.join(map(repr, TOKENIZATIONS))} "
+            f"([data] tokenization), got {tokenization!r}"
+        )
     if truncate_prompt not in ("error", "left"):
         raise ValueError(f'truncate_prompt must be "error" or "left", got {truncate_prompt!r}')
+    if tokenization == "trl":
+        return _tokenize_trl(pairs, tokenizer, max_length, truncate_prompt)
+    return _tokenize_exact(pairs, tokenizer, max_length, max_prompt_length, truncate_prompt)
+
+
+def _tokenize_exact(
+    pairs: Sequence[PreferencePair],
+    tokenizer: Tokenizer,
+    max_length: int,
+    max_prompt_length: int | None,
+    truncate_prompt: str,
+) -> TokenizedPairs:
     n_bos = int(tokenizer.bos_id is not None)
     if max_prompt_length is None:
         max_prompt_length = max_length // 2
@@ -256,11 +464,7 @@ def tokenize_pairs(
         )
     bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     eos = tokenizer.eos_id
-    chosen, rejected, prompt_lengths = [], [], []
-    truncated = {"chosen": 0, "rejected": 0}
-    digest = hashlib.sha256(
-        json.dumps([tokenizer.fingerprint, max_length, max_prompt_length, truncate_prompt]).encode()
-    )
+    out = _Builder([tokenizer.fingerprint, max_length, max_prompt_length, truncate_prompt])
     for pair in pairs:
         prompt = _strip_specials(tokenizer.encode(pair.prompt), tokenizer)
         if len(prompt) > max_prompt_length:
@@ -268,7 +472,8 @@ def tokenize_pairs(
                 raise ValueError(
                     f"{pair.source}: prompt is {len(prompt)} tokens, over max_prompt_length="
                     f"{max_prompt_length}: raise max_prompt_length (and max_length), or pass "
-                    'truncate_prompt="left" to keep its last tokens'
+                    'truncate_prompt="left" to keep its last tokens (or tokenization="trl" '
+                    "to keep it whole, as TRL does)"
                 )
             prompt = prompt[len(prompt) - max_prompt_length :]
         prefix = bos + prompt
@@ -278,7 +483,8 @@ def tokenize_pairs(
                 "token would have no context; give a prompt"
             )
         room = max_length - len(prefix)
-        for key, out in (("chosen", chosen), ("rejected", rejected)):
+        seqs = []
+        for key in ("chosen", "rejected"):
             completion = _strip_specials(tokenizer.encode(getattr(pair, key)), tokenizer)
             if not completion:
                 raise ValueError(
@@ -287,23 +493,95 @@ def tokenize_pairs(
             completion.append(eos)
             if len(completion) > room:
                 completion = completion[:room]
-                truncated[key] += 1
-            seq = np.asarray(prefix + completion, dtype=np.int32)
-            digest.update(len(seq).to_bytes(4, "little"))
-            digest.update(seq.astype("<i4").tobytes())
-            out.append(seq)
-        prompt_lengths.append(len(prefix))
-        digest.update(len(prefix).to_bytes(4, "little"))
-    return TokenizedPairs(
-        chosen=chosen,
-        rejected=rejected,
-        prompt_lengths=np.asarray(prompt_lengths, dtype=np.int64),
-        chosen_truncated=truncated["chosen"],
-        rejected_truncated=truncated["rejected"],
-        sources=[p.source for p in pairs],
-        fingerprint=digest.hexdigest(),
-        max_length=max_length,
-        max_prompt_length=max_prompt_length,
+                out.truncated[key] += 1
+            seqs.append(prefix + completion)
+        out.add(pair.source, len(prefix), *seqs)
+    return out.build(max_length=max_length, max_prompt_length=max_prompt_length)
+
+
+def _trl_ids(pair: PreferencePair, tokenizer: ModelInputTokenizer) -> list[list[int]]:
+    """Ids of prompt, prompt + chosen and prompt + rejected as TRL 1.16's DPO
+    ``tokenize_fn`` makes them (after its ``add_eos`` step for plain text)."""
+    if pair.messages is None:
+        eos = tokenizer.eos_token
+        if not eos:
+            raise ValueError(
+                f"{pair.source}: the tokenizer has no eos_token text, which TRL appends to "
+                'plain-text completions: set tokenizer.eos_token, or use tokenization="exact"'
+            )
+        ends = [c if c.endswith(eos) else c + eos for c in (pair.chosen, pair.rejected)]
+        return [tokenizer.encode_input(pair.prompt + c) for c in ["", *ends]]
+    prompt, chosen, rejected = pair.messages
+    if not all(isinstance(v, list) for v in pair.messages):
+        raise ValueError(
+            f"{pair.source}: the row mixes messages and plain text across prompt, chosen and "
+            "rejected; TRL needs one format per row: write all three as lists of messages "
+            'or all three as strings (or use tokenization="exact")'
+        )
+    kwargs = pair.template_kwargs or {}
+    ids = [tokenizer.encode_chat(prompt, add_generation_prompt=True, **kwargs)]
+    for completion in (chosen, rejected):
+        ids.append(
+            tokenizer.encode_chat(prompt + completion, add_generation_prompt=False, **kwargs)
+        )
+    if any(i is None for i in ids):
+        raise ValueError(
+            f"{pair.source}: a conversational row, but the tokenizer has no chat template: "
+            "save one with the tokenizer (tokenizer.chat_template), write the row as plain "
+            'text, or use tokenization="exact" (its plain "User: ...\\nAssistant: " template)'
+        )
+    return [list(i) for i in ids]
+
+
+def _tokenize_trl(
+    pairs: Sequence[PreferencePair], tokenizer: Tokenizer, max_length: int, truncate_prompt: str
+) -> TokenizedPairs:
+    if not isinstance(tokenizer, ModelInputTokenizer):
+        raise ValueError(
+            f'tokenization="trl" needs the tokenizer\'s own call (encode_input, encode_chat, '
+            f"eos_token: llm.tokenizer.ModelInputTokenizer), which {type(tokenizer).__name__} "
+            'lacks: load a Hugging Face tokenizer with llm.hf.load_local, or use "exact"'
+        )
+    if truncate_prompt != "error":
+        raise ValueError(
+            f"truncate_prompt={truncate_prompt!r} has no counterpart in TRL, which keeps the whole "
+            'prompt: drop truncate_prompt (or use tokenization="exact")'
+        )
+    if max_length < 2:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for a prompt token and a completion token: "
+            "use max_length >= 2"
+        )
+    out = _Builder(["trl", tokenizer.fingerprint, max_length])
+    dropped = []
+    for pair in pairs:
+        prompt, *full = _trl_ids(pair, tokenizer)
+        # The completion starts where the prompt's ids and both prompt+completion ids diverge
+        # (TRL: a trailing space or template text the full sequence renders otherwise).
+        start = min(_common_prefix(prompt, seq) for seq in full)
+        if start >= max_length:  # TRL drops pairs whose prompt alone fills max_length
+            dropped.append(pair.source)
+            continue
+        # TRL's completion may start at token 0 (an empty prompt and no BOS, or a first token
+        # merged across the boundary); token 0 is never a label (the loss shifts by one), so a
+        # mask from token 1 gives TRL's loss and keeps the model's input non-empty.
+        start = max(start, 1)
+        for key, seq in zip(("chosen", "rejected"), full):
+            if len(seq) <= start:
+                raise ValueError(
+                    f"{pair.source}: {key!r} adds no token after the prompt: give a non-empty "
+                    "completion"
+                )
+            if len(seq) > max_length:  # TRL's truncation_mode="keep_start"
+                out.truncated[key] += 1
+        out.add(pair.source, start, *(seq[:max_length] for seq in full))
+    if pairs and not out.sources:
+        raise ValueError(
+            f"every pair's prompt has max_length={max_length} tokens or more, so TRL drops them "
+            f"all (first: {dropped[0]}): raise max_length"
+        )
+    return out.build(
+        max_length=max_length, max_prompt_length=max_length - 1, tokenization="trl", dropped=dropped
     )
 
 

@@ -5,6 +5,9 @@ The backend only needs ``encode`` (text → ids, *without* special tokens), ``de
 the special ids and a ``fingerprint`` (a stable digest used in cache keys).  The
 :class:`CharTokenizer` covers the generated task suite (``llm.synth``) with no download;
 ``llm.hf`` adapts a Hugging Face tokenizer to the same :class:`Tokenizer` protocol.
+``tokenize_pairs(..., tokenization="trl")`` (see :mod:`llm.data`) also needs the
+tokenizer's *own* call — special tokens inserted as the tokenizer does, special-token
+strings recognised, chat templates tokenised — the :class:`ModelInputTokenizer` protocol.
 
 Conversational rows (TRL's "conversational" format) are turned into text here:
 :func:`render_messages` renders a prompt (the tokenizer's chat template when it has one,
@@ -23,10 +26,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Tokenizer", "CharTokenizer", "render_messages", "render_completion", "ROLES"]
+__all__ = [
+    "Tokenizer",
+    "ModelInputTokenizer",
+    "CharTokenizer",
+    "render_messages",
+    "render_completion",
+    "ROLES",
+]
 
 ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -54,6 +65,30 @@ class Tokenizer(Protocol):
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str | None: ...
 
 
+@runtime_checkable
+class ModelInputTokenizer(Tokenizer, Protocol):
+    """A :class:`Tokenizer` that also tokenises text the way its own library call does: what
+    ``tokenization="trl"`` needs to reproduce TRL's DPO tokenisation.
+
+    ``encode_input(text)`` is Hugging Face's ``tokenizer(text)["input_ids"]``: the special
+    tokens the tokenizer inserts (a Llama-style BOS; none for GPT-2), and special-token
+    strings in ``text`` (e.g. ``eos_token``) as their ids.  ``encode_chat(messages,
+    add_generation_prompt=..., **template_kwargs)`` is ``apply_chat_template(messages,
+    tokenize=True, ...)`` (the template writes any BOS itself; nothing else is added;
+    ``template_kwargs`` such as ``tools`` reach the template), or ``None`` without a chat
+    template.  ``eos_token`` is the EOS token's text (``None`` if it has none): TRL
+    appends it to plain-text completions.
+    """
+
+    eos_token: str | None
+
+    def encode_input(self, text: str) -> list[int]: ...
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool, **template_kwargs: Any
+    ) -> list[int] | None: ...
+
+
 class CharTokenizer:
     """One token per character: printable ASCII (32..126) and ``"\\n"``, after four specials.
 
@@ -61,15 +96,25 @@ class CharTokenizer:
     ``vocab_size == 100``.  Any other character encodes to ``unk_id``; ``decode`` skips
     the specials (cut a generation at ``eos_id`` before decoding).
 
+    As a :class:`ModelInputTokenizer`, its own call ``encode_input`` inserts BOS (the
+    model input the built-in GPT is trained on starts with it) and reads the strings
+    ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>`` as the special ids; ``encode`` does not
+    (it stays one id per character).  It has no chat template.
+
     >>> tok = CharTokenizer()
     >>> tok.vocab_size, tok.encode("A\\n"), tok.encode("é") == [tok.unk_id]
     (100, [37, 99], True)
+    >>> tok.encode_input("A<eos>")
+    [1, 37, 2]
     """
 
     pad_id = 0
     bos_id: int | None = 1
     eos_id = 2
     unk_id = 3
+    eos_token: str | None = "<eos>"
+    SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0..3
+    _specials = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")
 
     def __init__(self) -> None:
         chars = [chr(c) for c in range(32, 127)] + ["\n"]
@@ -106,6 +151,21 @@ class CharTokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> None:
         """The character tokenizer has no chat template: :func:`render_messages` falls back."""
+        return None
+
+    def encode_input(self, text: str) -> list[int]:
+        """The model input for ``text``: BOS, then one id per character, the strings of
+        :attr:`SPECIAL_TOKENS` read as their ids."""
+        ids = [] if self.bos_id is None else [self.bos_id]
+        for k, piece in enumerate(self._specials.split(text)):
+            # re.split with one group alternates text (even k) and matched specials (odd k)
+            ids.extend([self.SPECIAL_TOKENS.index(piece)] if k % 2 else self.encode(piece))
+        return ids
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool, **template_kwargs: Any
+    ) -> None:
+        """No chat template: always ``None``."""
         return None
 
     def __repr__(self) -> str:

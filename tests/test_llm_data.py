@@ -72,6 +72,15 @@ def test_char_tokenizer_round_trip_and_protocol():
         TOK.decode([100])
 
 
+def test_char_tokenizer_model_input():
+    """encode_input (tokenization="trl"): BOS first, special-token strings as their ids."""
+    assert TOK.encode_input("ab") == [TOK.bos_id, *TOK.encode("ab")]
+    ids = [TOK.bos_id, *TOK.encode("a"), TOK.eos_id, TOK.pad_id, *TOK.encode("b"), TOK.unk_id]
+    assert TOK.encode_input("a<eos><pad>b<unk>") == ids
+    assert TOK.encode("<eos>") == TOK.encode("<") + TOK.encode("eos>")  # encode: plain text
+    assert TOK.encode_chat([{"role": "user", "content": "x"}], add_generation_prompt=True) is None
+
+
 def test_render_messages_plain_and_chat_template():
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
     assert render_messages(msgs, TOK) == "System: S\nUser: Q\nAssistant: "
@@ -108,6 +117,13 @@ def test_read_conversational_form(tmp_path):
     assert (pair.prompt, pair.chosen, pair.rejected) == ("User: 1+1=\nAssistant: ", "2", "3")
     (pair,) = read_preference_jsonl(path, ChatTokenizer())
     assert pair.prompt == "<user>1+1=<assistant>"
+    # the messages are kept as written, for tokenization="trl"
+    assert pair.messages == (
+        [{"role": "user", "content": "1+1="}],
+        [{"role": "assistant", "content": "2"}],
+        [{"role": "assistant", "content": "3"}],
+    )
+    assert read_preference_jsonl(write_lines(tmp_path / "p.jsonl", [row()]))[0].messages is None
 
 
 @pytest.mark.parametrize(
