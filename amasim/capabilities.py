@@ -22,15 +22,21 @@ are batched over the R replicates of ``reset(seeds)`` like the base protocol's:
                        examples whose groups are drawn from ``mixture`` (R, k) (or (k,)),
                        with the mean loss; ``steps=0`` leaves the model unchanged.
                        (Aioli's LearnParams, Skill-It's graph, DML's sweep)
+``"checkpointing"``    ``state_dict() -> dict`` and ``load_state_dict(state)``: the
+                       oracle's whole training state (model, optimizer, data position),
+                       so the driver can save a run and resume it with the same numbers.
+``"training_metrics"`` ``last_metrics`` (dict of floats about the last batch, e.g. the DPO
+                       reward accuracy) and ``tokens_seen`` (int): what the driver logs.
 =====================  ==============================================================
 
 Every draw a capability makes is a pure function of the seeds of the last ``reset``
 (so ``reset`` with the same seeds replays it) and a replicate gets the same numbers
 alone or batched.  An oracle says what it offers by having the methods; it may narrow
 that with a ``capabilities`` attribute (e.g. a gradient oracle without a target set).
-A :class:`~amasim.mixers.Mixer` lists what it needs in ``requires``; the training
-entry points call :func:`require_capabilities`, and ``check_oracle(oracle,
-capabilities=...)`` (:func:`check_capabilities`) verifies an implementation.
+A :class:`~amasim.mixers.Mixer` lists what it needs in ``requires``; every entry point
+that trains calls :func:`require_capabilities`, so a missing capability gives one message
+everywhere, and :func:`amasim.checker.check_oracle` with ``capabilities=...`` verifies an
+implementation.
 :class:`MixtureRoundsFromSteps` gives any oracle ``train_on_mixture`` from its own
 ``sample``/``losses``/``step``.
 
@@ -39,7 +45,6 @@ capabilities=...)`` (:func:`check_capabilities`) verifies an implementation.
 >>> oracle = SimulatedOracle(make_problem("quadratic", sizes=(30, 10), dim=3))
 >>> sorted(capabilities_of(oracle))
 ['group_validation', 'mixture_rounds']
->>> check_capabilities(oracle, ["group_validation", "mixture_rounds"])
 >>> oracle.reset([0, 1])
 >>> before = oracle.evaluate_groups()
 >>> oracle.train_on_mixture([0.9, 0.1], 20, learning_rate=0.1)
@@ -55,7 +60,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from amasim import prng
-from amasim.oracle import OracleError, _check_array, _fail
+from amasim.oracle import OracleError
 
 __all__ = [
     "CAPABILITIES",
@@ -66,9 +71,11 @@ __all__ = [
     "MixtureRounds",
     "MissingCapabilityError",
     "MixtureRoundsFromSteps",
+    "Checkpointing",
+    "TrainingMetrics",
+    "capability_names",
     "capabilities_of",
     "require_capabilities",
-    "check_capabilities",
 ]
 
 
@@ -108,12 +115,31 @@ class MixtureRounds(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class Checkpointing(Protocol):
+    """``"checkpointing"``: the oracle's training state as a dict, and back."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@runtime_checkable
+class TrainingMetrics(Protocol):
+    """``"training_metrics"``: metrics of the last batch and the tokens seen so far."""
+
+    last_metrics: dict[str, float]
+    tokens_seen: int
+
+
 class Capability(NamedTuple):
-    """One row of :data:`CAPABILITIES`: its protocol, the methods it needs, the fix."""
+    """One row of :data:`CAPABILITIES`: its protocol, the methods it needs, the fix, and
+    the attributes it needs."""
 
     protocol: type
     methods: tuple[str, ...]
     fix: str
+    attributes: tuple[str, ...] = ()
 
 
 CAPABILITIES: dict[str, Capability] = {
@@ -140,7 +166,20 @@ CAPABILITIES: dict[str, Capability] = {
         ("train_on_mixture",),
         "implement train_on_mixture(mixture, steps, *, learning_rate, batch_size), or "
         "inherit amasim.capabilities.MixtureRoundsFromSteps and call "
-        "reset_mixture_rounds(seeds) in reset",
+        "self.reset_mixture_rounds(seeds) in reset",
+    ),
+    "checkpointing": Capability(
+        Checkpointing,
+        ("state_dict", "load_state_dict"),
+        "implement state_dict() -> dict (model, optimizer, data position) and "
+        "load_state_dict(state), or train without a checkpoint",
+    ),
+    "training_metrics": Capability(
+        TrainingMetrics,
+        (),
+        "give the oracle a dict attribute last_metrics and an int attribute tokens_seen, "
+        "or train without a metrics log",
+        ("last_metrics", "tokens_seen"),
     ),
 }
 
@@ -149,7 +188,8 @@ class MissingCapabilityError(OracleError, TypeError):
     """A mixer needs a capability the oracle lacks; the message names it and the fix."""
 
 
-def _check_names(capabilities: Iterable[str]) -> tuple[str, ...]:
+def capability_names(capabilities: Iterable[str]) -> tuple[str, ...]:
+    """``capabilities`` as a tuple of known names (a lone string is one name)."""
     if isinstance(capabilities, str):
         capabilities = (capabilities,)
     names = tuple(capabilities)
@@ -161,14 +201,17 @@ def _check_names(capabilities: Iterable[str]) -> tuple[str, ...]:
     return names
 
 
-def _has_methods(oracle: Any, name: str) -> bool:
-    return all(callable(getattr(oracle, m, None)) for m in CAPABILITIES[name].methods)
+def _missing_parts(oracle: Any, name: str) -> list[str]:
+    """The methods (``"f()"``) and attributes a capability needs and ``oracle`` lacks."""
+    cap = CAPABILITIES[name]
+    methods = [f"{m}()" for m in cap.methods if not callable(getattr(oracle, m, None))]
+    return methods + [a for a in cap.attributes if not hasattr(oracle, a)]
 
 
 def capabilities_of(oracle: Any) -> frozenset[str]:
     """The capabilities ``oracle`` offers: those whose methods it has, narrowed by its
     ``capabilities`` attribute when it declares one."""
-    found = frozenset(name for name in CAPABILITIES if _has_methods(oracle, name))
+    found = frozenset(name for name in CAPABILITIES if not _missing_parts(oracle, name))
     declared = getattr(oracle, "capabilities", None)
     return found if declared is None else found & frozenset(declared)
 
@@ -185,13 +228,15 @@ def require_capabilities(oracle: Any, capabilities: Iterable[str], who: str = "t
     amasim.capabilities.MissingCapabilityError: mixer 'doge' requires the oracle capability 'task_gradients', but SimulatedOracle has no method task_gradients(). Fix: implement task_gradients() -> (R, k, d) and an int extra_gradient_evaluations (amasim.transfer.GradientSimulatedOracle does, for a ConvexProblem)
     """  # noqa: E501
     offered = capabilities_of(oracle)
-    for name in _check_names(capabilities):
+    for name in capability_names(capabilities):
         if name in offered:
             continue
         cap, kind = CAPABILITIES[name], type(oracle).__name__
-        missing = [m for m in cap.methods if not callable(getattr(oracle, m, None))]
+        missing = _missing_parts(oracle, name)
         if missing:
-            why = f"{kind} has no method " + ", ".join(f"{m}()" for m in missing)
+            methods = [m for m in missing if m.endswith("()")]
+            what = "method" if methods else "attribute"
+            why = f"{kind} has no {what} " + ", ".join(missing)
         else:
             why = f"{kind} does not offer it (its `capabilities` attribute leaves it out)"
         raise MissingCapabilityError(
@@ -259,147 +304,3 @@ class MixtureRoundsFromSteps:
             batch = self.sample(prng.categorical(u[t], mix))
             self.losses(batch)
             self.step(batch, weights, learning_rate)
-
-
-# ------------------------------------------------------------------------- checker
-def check_capabilities(
-    oracle: Any, capabilities: Iterable[str], *, seeds: Sequence[int] = (0, 1)
-) -> None:
-    """Verify each claimed capability; raise :class:`~amasim.oracle.OracleError` naming
-    the method, what was wrong and how to fix it.
-
-    Checks that the oracle offers it (:func:`require_capabilities`), shapes, dtypes and
-    finiteness, that ``task_gradients``/``target_gradient`` count their gradients and
-    ``evaluate_groups`` and gradients leave the model unchanged, that
-    ``train_on_mixture`` with ``steps=0`` changes nothing and with steps > 0 changes
-    the losses, that ``reset`` with the same seeds replays every number, and (when the
-    oracle runs two replicates) that a replicate gets the same numbers alone.
-    """
-    names = _check_names(capabilities)
-    require_capabilities(oracle, names, "check_oracle(capabilities=...)")
-    if not names:
-        return
-    seeds = tuple(seeds)
-    if oracle.max_replicates is not None:
-        seeds = seeds[: oracle.max_replicates]
-    first = _episode(oracle, names, seeds)
-    if any(not np.array_equal(a, b) for a, b in zip(first, _episode(oracle, names, seeds))):
-        _fail("reset(seeds)", "the same seeds gave different capability results", "seed every draw")
-    if len(seeds) > 1:
-        alone = _episode(oracle, names, seeds[-1:])
-        if any(not np.allclose(a[-1:], b, rtol=1e-9, atol=1e-12) for a, b in zip(first, alone)):
-            _fail(
-                f"{'/'.join(names)}",
-                "a replicate gave different numbers alone than batched with others",
-                "draw from per-replicate keys (amasim.prng) and compute each replicate on its own",
-            )
-
-
-def _counter(oracle: Any) -> int:
-    count = getattr(oracle, "extra_gradient_evaluations", None)
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-        _fail(
-            "extra_gradient_evaluations",
-            f"is {count!r}",
-            "keep an int count of per-example gradients computed outside step()",
-        )
-    return int(count)
-
-
-def _gradients(oracle: Any, method: str, shape: tuple[int, ...]) -> np.ndarray:
-    seen = _counter(oracle)
-    where = f"{method}()"
-    value = getattr(oracle, method)()
-    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-        _fail(where, f"returned {type(value).__name__}", "return a float numpy array")
-    if value.shape[: len(shape)] != shape or value.ndim != len(shape) + 1:
-        want = "(R, k, d)" if len(shape) == 2 else "(R, d)"
-        fix = (
-            "one gradient (a d-vector) per task per replicate"
-            if len(shape) == 2
-            else ("one gradient (a d-vector) per replicate")
-        )
-        _fail(where, f"returned shape {value.shape}, expected {want} = {shape} + (d,)", fix)
-    if not np.isfinite(value).all():
-        _fail(where, "returned NaN or infinite values", "return finite gradients")
-    if _counter(oracle) <= seen:
-        _fail(where, "did not count its gradients", "add to extra_gradient_evaluations")
-    return value
-
-
-def _episode(oracle: Any, names: tuple[str, ...], seeds: tuple[int, ...]) -> list[np.ndarray]:
-    """One pass over the claimed capabilities after ``reset(seeds)``; every number seen."""
-    r, k = len(seeds), len(oracle.task_names)
-    oracle.reset(list(seeds))
-    batch = oracle.sample(np.tile(np.arange(k), (r, 1)))
-    before = oracle.losses(batch)
-
-    def unchanged(where: str, problem: str) -> None:
-        if not np.array_equal(oracle.losses(batch), before):
-            _fail(where, problem, "compute it without stepping the model")
-
-    seen: list[np.ndarray] = []
-    if {"task_gradients", "target_set"} & set(names) and _counter(oracle) != 0:
-        _fail("reset()", "left extra_gradient_evaluations nonzero", "set it to 0 in reset")
-    if "task_gradients" in names:
-        seen.append(_gradients(oracle, "task_gradients", (r, k)))
-        unchanged("task_gradients()", "changed the model")
-    if "target_set" in names:
-        seen.append(_gradients(oracle, "target_gradient", (r,)))
-        if "task_gradients" in names and seen[-1].shape[-1] != seen[0].shape[-1]:
-            _fail("target_gradient()", "has a different d from task_gradients()", "use θ's d")
-        loss = _check_array("target_loss()", oracle.target_loss(), (r,), "f", "per replicate")
-        seen.append(loss)
-        unchanged("target_gradient()", "changed the model")
-    if "group_validation" in names:
-        values = _check_array(
-            "evaluate_groups()", oracle.evaluate_groups(), (r, k), "f", "per group per replicate"
-        )
-        unchanged("evaluate_groups()", "changed the model")
-        if not np.array_equal(values, oracle.evaluate_groups()):
-            _fail(
-                "evaluate_groups()",
-                "gave different values on a second call",
-                "evaluate on fixed validation data, without random draws",
-            )
-        seen.append(values)
-    if "mixture_rounds" in names:
-        seen += _check_rounds(oracle, names, seeds, batch, before)
-    return seen
-
-
-def _check_rounds(oracle, names, seeds, batch, before) -> list[np.ndarray]:
-    """train_on_mixture: no-op at 0 steps, trains every step it is asked for, follows the
-    mixture; with group_validation, the validation losses follow the model."""
-    r, k = len(seeds), len(oracle.task_names)
-    validated = "group_validation" in names
-    mixture = np.full((r, k), 1.0 / k)
-    held_out = oracle.evaluate_groups() if validated else None
-    oracle.train_on_mixture(mixture, 0, learning_rate=0.1, batch_size=4)
-    if not np.array_equal(oracle.losses(batch), before):
-        _fail("train_on_mixture(steps=0)", "changed the model", "return at once for 0 steps")
-    oracle.train_on_mixture(mixture, 2, learning_rate=0.1, batch_size=4)
-    after = oracle.losses(batch)
-    if np.array_equal(after, before):
-        _fail("train_on_mixture(steps=2)", "left every loss unchanged", "train the model")
-    if validated and np.array_equal(oracle.evaluate_groups(), held_out):
-        _fail(
-            "evaluate_groups()",
-            "gave the same values before and after train_on_mixture(steps=2)",
-            "evaluate the current model, not a stored copy",
-        )
-
-    def trained(mix: np.ndarray, steps: int) -> np.ndarray:
-        oracle.reset(list(seeds))
-        oracle.train_on_mixture(mix, steps, learning_rate=0.1, batch_size=4)
-        return oracle.losses(batch)
-
-    if np.array_equal(trained(mixture, 1), trained(mixture, 2)):
-        _fail("train_on_mixture(steps=2)", "trained as far as steps=1", "take every step")
-    if k > 1 and np.array_equal(trained(np.eye(k)[[0] * r], 2), trained(np.eye(k)[[-1] * r], 2)):
-        _fail(
-            "train_on_mixture(mixture)",
-            "trained the same model on two different one-task mixtures",
-            "draw each step's groups from the mixture",
-        )
-    return [after]

@@ -1,8 +1,12 @@
-"""The ``amasim`` command line.
+"""The ``amasim`` command line — the one place that reaches ``llm`` and ``proofs_check``.
 
-amasim converge --problem quadratic --methods ama-r,ama-s --steps 100,1000 --seeds 8 --out DIR
+amasim methods                                          the registry: every method by name
+amasim converge --problem quadratic --methods ama-r,ama-s --steps 100,1000 --out DIR
 amasim claims --out DIR
-amasim reproduce [--quick] [--out DIR]
+amasim compare --suite mixing [--methods a,b] [--out DIR]
+amasim reproduce [--quick] [--out DIR]                  the main job (default: a fresh runs/ folder)
+amasim prove [proofs_check options]                     = python -m proofs_check
+amasim llm [llm options]                                = python -m llm
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +30,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _methods(text: str) -> list[str]:
-    from amasim.methods import METHODS
+    from amasim.registry import METHODS
 
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -60,9 +65,18 @@ def _problem_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _tuning(args: argparse.Namespace):
-    from amasim.methods import Tuning
+    from amasim.studies import Tuning
 
     return Tuning(args.lr, args.mixer_step, args.smoothing, args.batch_size)
+
+
+def fresh_folder(kind: str, root: Path = Path("runs")) -> Path:
+    """A new folder ``runs/<kind>-<date>-<time>`` (never an existing one)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = root / f"{kind}-{stamp}", 1
+    while path.exists():
+        path, n = root / f"{kind}-{stamp}-{n}", n + 1
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="amasim", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("methods", help="every registered method: signal, needs, description")
 
     conv = sub.add_parser("converge", help="gap of the averaged iterate vs T, log-log")
     conv.add_argument("--problem", choices=PROBLEMS, default="quadratic")
@@ -88,46 +104,58 @@ def build_parser() -> argparse.ArgumentParser:
     _problem_args(claims)
     _tuning_args(claims)
 
-    rep = sub.add_parser("reproduce", help="regenerate figures/ and results/ (main job)")
+    rep = sub.add_parser("reproduce", help="regenerate every figure and table (main job)")
     rep.add_argument("--quick", action="store_true", help="T <= 1e4, 4 seeds (< 2 min)")
-    rep.add_argument("--out", type=Path, default=Path("."))
+    rep.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: a fresh folder under runs/; '.' rewrites"
+        " the committed results/ and figures/",
+    )
 
     comp = sub.add_parser("compare", help="every method of the field on the same problems")
     comp.add_argument("--suite", choices=("mixing", "transfer", "dga"), required=True)
+    comp.add_argument("--methods", type=_methods, default=None, help="default: all but ablations")
     comp.add_argument("--seeds", type=int, default=5)
     comp.add_argument("--quick", action="store_true")
     comp.add_argument(
         "--online",
         choices=("per-batch", "rounds"),
         default="per-batch",
-        help="protocol of Group DRO, DoReMi, ODM, AMA-R, AMA-S (default: per-batch scores)",
+        help="protocol of the adaptive batch mixers (default: per-batch scores)",
     )
-    comp.add_argument("--out", type=Path, default=Path("."))
+    comp.add_argument("--out", type=Path, default=None, help="default: a fresh runs/ folder")
 
-    llm = sub.add_parser("llm", help="the PyTorch DPO backend (= python -m llm)")
-    llm.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m llm")
-
-    prove = sub.add_parser(
-        "prove", help="the convergence theory as checks (python -m proofs_check)"
-    )
-    prove.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m proofs_check")
+    sub.add_parser("llm", help="the PyTorch DPO backend (= python -m llm ...)", add_help=False)
+    sub.add_parser("prove", help="the theory as checks (= python -m proofs_check)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "prove":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "prove":  # its own options, passed on whole
         from proofs_check import main as prove
 
-        return prove(args.args)
-    if args.command == "llm":
+        return prove(argv[1:])
+    if argv and argv[0] == "llm":
         from llm.cli import main as llm_main
 
-        return llm_main(args.args)
+        return llm_main(argv[1:])
+    args = build_parser().parse_args(argv)
     if getattr(args, "seeds", 1) < 1:
         raise SystemExit("amasim: --seeds must be >= 1")
-    if args.command == "converge":
-        from amasim.converge import converge, write_converge
+    if args.command == "methods":
+        from amasim.registry import MERGES, METHODS, describe
+
+        for name, method in METHODS.items():
+            mixer = describe(name)
+            needs = ", ".join(mixer.requires) or "-"
+            print(f"{name:20s} {mixer.signal.kind:12s} {needs:40s} {method.description}")
+        for name, kind in MERGES.items():
+            print(f"{name:20s} {'merge':12s} {'-':40s} amasim.merging.{kind} of the specialists")
+    elif args.command == "converge":
+        from amasim.studies.converge import converge, write_converge
 
         study = converge(
             args.problem,
@@ -144,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{method:14s} slope {rec['slope']:+.3f}  95% CI [{lo:+.3f}, {hi:+.3f}]")
         print("wrote", ", ".join(str(p) for p in paths))
     elif args.command == "claims":
-        from amasim.claims import claims_markdown, measure_claims
+        from amasim.studies.claims import claims_markdown, measure_claims
 
         table = measure_claims(
             args.problem,
@@ -159,16 +187,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "claims.md").write_text(text)
         print(text)
     elif args.command == "compare":
-        from amasim.compare import compare, compare_markdown, write_compare
+        from amasim.studies.compare import compare, compare_markdown, write_compare
 
-        result = compare(args.suite, seeds=args.seeds, quick=args.quick, online=args.online)
-        paths = write_compare(result, args.out)
+        out = args.out or fresh_folder(f"compare-{args.suite}")
+        result = compare(
+            args.suite, seeds=args.seeds, quick=args.quick, online=args.online, methods=args.methods
+        )
+        paths = write_compare(result, out)
         print(compare_markdown(result))
         print("wrote", ", ".join(str(p) for p in paths))
     elif args.command == "reproduce":
-        from amasim.reproduce import reproduce
+        from amasim.studies.reproduce import reproduce
+        from proofs_check import main as prove
 
-        path = reproduce(args.out, quick=args.quick)
+        out = args.out or fresh_folder("reproduce")
+        path = reproduce(out, quick=args.quick, prove=prove)
         print(path.read_text())
         print("wrote", path)
     return 0

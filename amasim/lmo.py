@@ -11,8 +11,8 @@ method              A^t                                        ``scores`` of ``u
 ==================  =========================================  ==========================
 DoReMi              diag(excess loss)                          :func:`amasim.mixers.doremi`
 :func:`skill_it`    A_ij = G_ji · L_i^t (G measured once)      per-group losses L^t (…, m)
-:func:`aioli`       measured each round (:func:`aioli_round`)  the estimate A^t (…, m, m)
-:func:`dml`         static log-linear law, fitted by sweeps    (static weights)
+:func:`aioli`       measured each round (LearnParams)           the estimate A^t (…, m, m)
+:func:`dml_sweep`   static log-linear law, fitted by a sweep   (static weights)
 ==================  =========================================  ==========================
 
 The mixers follow :mod:`amasim.mixers`' contract (pure ``init``/``update``/``weights``
@@ -38,25 +38,26 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from amasim import mixers, prng
-from amasim.capabilities import require_capabilities
 from amasim.mixers import EGState, Mixer, check_positive, eg_step
 
 __all__ = [
     "lmo_step",
+    "check_groups",
     "skill_it",
     "skills_graph_from_runs",
-    "measure_skills_graph",
+    "SkillItState",
     "AioliState",
     "aioli",
     "smoothed_one_hot",
     "estimate_A",
     "sweep_orders",
-    "aioli_round",
     "DMLParams",
     "dml_canonical",
     "dml_law",
     "dml_fit",
     "dml_optimal_mixture",
+    "dml_design",
+    "dml_sweep",
     "dml",
 ]
 
@@ -85,7 +86,8 @@ def _check_epsilon(epsilon: Any, m: int | None = None) -> float:
     return float(epsilon)
 
 
-def _check_groups(m: Any, name: str = "m") -> int:
+def check_groups(m: Any, name: str = "m") -> int:
+    """``m`` as an int >= 2 (LearnParams sweeps over two or more groups)."""
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(m).__name__}")
     if m < 2:
@@ -136,39 +138,67 @@ def _no_counts(counts: Any, name: str) -> None:
 
 
 # ------------------------------------------------------------------------ Skill-It
-def skill_it(graph: Any, step_size: float, *, apply: str = "resample") -> Mixer:
+class SkillItState(NamedTuple):
+    """Skill-It's state: the EG player and the skills graph G (..., m, m) it uses."""
+
+    log_weights: np.ndarray
+    weights: np.ndarray
+    graph: np.ndarray
+
+
+def skill_it(step_size: float, *, graph: Any = None, apply: str = "resample") -> Mixer:
     """Skill-It (Chen et al. 2023) as an LMO method: A^t_ij = G_ji · L_i^t.
 
     ``graph`` is the fixed skills graph G (m, m), ``G[j, i]`` = how much training on group
     j alone lowers group i's loss (:func:`skills_graph_from_runs`), or one graph per
-    replicate (R, m, m) as :func:`measure_skills_graph` returns.  ``update`` takes the
-    current per-group (validation) losses L^t, shape (..., m); the gains are
-    Σ_i G_ji L_i = (G L)_j.  With G = I this is EG on the losses (Group DRO's step).
-    Requires the ``"group_validation"`` capability (the losses it reads each round).
+    replicate (R, m, m).  Without ``graph`` the mixer measures it as Skill-It does: its
+    signal carries a sweep of m single-group runs from the start model (one tenth of the
+    steps), which the driver runs and feeds to the first ``update`` as a
+    :class:`~amasim.mixers.Sweep`.  Afterwards ``update`` takes the current per-group
+    (validation) losses L^t, shape (..., m); the gains are Σ_i G_ji L_i = (G L)_j.  With
+    G = I this is EG on the losses (Group DRO's step).
     """
-    g = _square("graph", graph)
-    if g.ndim > 3:
+    g = None if graph is None else _square("graph", graph)
+    if g is not None and g.ndim > 3:
         raise ValueError(f"graph has shape {g.shape}: expected (m, m) or (R, m, m)")
     eta = check_positive("step_size", step_size)
     mixers.check_apply(apply)
-    m = g.shape[-1]
 
-    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> EGState:
-        if num_tasks != m:
+    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> SkillItState:
+        eg = _eg_init(num_tasks, seed)
+        if g is None:
+            return SkillItState(*eg, np.zeros((*eg.weights.shape, num_tasks)))
+        if num_tasks != g.shape[-1]:
+            m = g.shape[-1]
             raise ValueError(f"num_tasks={num_tasks} but graph is {m}×{m}: one row per group")
-        return _eg_init(num_tasks, seed)
+        return SkillItState(*eg, np.broadcast_to(g, (*eg.weights.shape, num_tasks)))
 
-    def update(state: EGState, scores: Any, counts: Any = None):
+    def update(state: SkillItState, scores: Any, counts: Any = None):
         _no_counts(counts, "skill_it")
+        m = state.weights.shape[-1]
+        if isinstance(scores, mixers.Sweep):  # the single-group runs: measure G
+            measured = _graphs_from_sweep(scores, state.weights.shape)
+            return state.weights, state._replace(graph=measured)
         losses = mixers.check_scores(scores, m)
         _check_state_shape("scores", losses, state.log_weights.shape)
-        A = np.swapaxes(g, -1, -2) * losses[..., :, None]  # A_ij = G_ji L_i
+        A = np.swapaxes(state.graph, -1, -2) * losses[..., :, None]  # A_ij = G_ji L_i
         log_w, w = lmo_step(state.log_weights, A, eta)
-        return w, EGState(log_w, w)
+        return w, SkillItState(log_w, w, state.graph)
 
-    return Mixer(
-        init, update, mixers.played_weights, "loss", apply, "skill_it", ("group_validation",)
-    )
+    requires = ("mixture_rounds", "group_validation")
+    signal = mixers.Signal("validation", design=None if g is not None else np.eye, share=10)
+    return Mixer(init, update, mixers.played_weights, "loss", apply, "skill-it", requires, signal)
+
+
+def _graphs_from_sweep(sweep: mixers.Sweep, shape: tuple[int, ...]) -> np.ndarray:
+    """Skill-It's graph of every replicate from a sweep over the one-hot mixtures."""
+    m = shape[-1]
+    if not np.array_equal(np.asarray(sweep.design), np.eye(m)):
+        raise ValueError("Skill-It's sweep must run the m one-hot mixtures (design = eye(m))")
+    start = np.asarray(sweep.start, dtype=np.float64).reshape(-1, m)
+    after = np.asarray(sweep.after, dtype=np.float64).reshape(-1, m, m)
+    graphs = [skills_graph_from_runs(b, a) for b, a in zip(start, after)]
+    return np.stack(graphs).reshape(*shape, m)
 
 
 def skills_graph_from_runs(loss_before: Any, loss_after: Any) -> np.ndarray:
@@ -194,37 +224,6 @@ def skills_graph_from_runs(loss_before: Any, loss_after: Any) -> np.ndarray:
     if not (np.isfinite(before).all() and np.isfinite(after).all()):
         raise ValueError("loss_before and loss_after must be finite")
     return before[None, :] - after
-
-
-def measure_skills_graph(
-    oracle: Any,
-    seeds: Sequence[int],
-    *,
-    steps: int,
-    learning_rate: float,
-    batch_size: int = 8,
-) -> np.ndarray:
-    """Measure G with m single-group runs (Skill-It's graph learning step), per replicate.
-
-    Needs the ``"mixture_rounds"`` and ``"group_validation"`` capabilities
-    (:mod:`amasim.capabilities`).  For every group j the oracle is ``reset(seeds)`` (a
-    fresh copy of the starting model), trained ``steps`` steps on group j alone, and
-    every group's validation loss read; returns :func:`skills_graph_from_runs` of each
-    replicate, shape (R, m, m).  The oracle is left after the last run: reset it.
-    """
-    require_capabilities(oracle, ("mixture_rounds", "group_validation"), "Skill-It's graph")
-    seeds, m = list(seeds), len(oracle.task_names)
-    oracle.reset(seeds)
-    before = oracle.evaluate_groups()
-    after = []
-    for j in range(m):
-        oracle.reset(seeds)
-        oracle.train_on_mixture(
-            np.eye(m)[j], steps, learning_rate=learning_rate, batch_size=batch_size
-        )
-        after.append(oracle.evaluate_groups())
-    after = np.stack(after, axis=1)  # (R, m, m): [r, j, i]
-    return np.stack([skills_graph_from_runs(b, a) for b, a in zip(before, after)])
 
 
 # --------------------------------------------------------------------------- Aioli
@@ -280,7 +279,7 @@ def aioli(
         raise TypeError(f"normalise must be a bool, got {type(normalise).__name__}")
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> AioliState:
-        m = _check_groups(num_tasks, "num_tasks")
+        m = check_groups(num_tasks, "num_tasks")
         _check_epsilon(eps, m)
         eg = _eg_init(m, seed)
         keys = prng.replicate_keys(seed, stream=prng.AIOLI_STREAM)
@@ -301,12 +300,13 @@ def aioli(
         return w, new
 
     requires = ("mixture_rounds", "group_validation")
-    return Mixer(init, update, mixers.played_weights, "loss", "resample", "aioli", requires)
+    signal = mixers.Signal("learnparams", share=4)
+    return Mixer(init, update, mixers.played_weights, "loss", "resample", "aioli", requires, signal)
 
 
 def smoothed_one_hot(m: int, epsilon: float) -> np.ndarray:
     """W (m, m): row j is the LearnParams mixture, ε on group j and (1 − ε)/(m − 1) elsewhere."""
-    m = _check_groups(m)
+    m = check_groups(m)
     eps = _check_epsilon(epsilon, m)
     off = (1.0 - eps) / (m - 1)
     return np.full((m, m), off) + (eps - off) * np.eye(m)
@@ -344,67 +344,6 @@ def sweep_orders(state: AioliState) -> np.ndarray:
     u = prng.uniform(state.keys, state.num_updates, state.sweeps * m)  # (R, sweeps·m)
     orders = np.argsort(u.reshape(-1, state.sweeps, m), axis=-1, kind="stable")
     return orders.reshape((*state.weights.shape[:-1], state.sweeps, m))
-
-
-def aioli_round(
-    mixer: Mixer,
-    state: AioliState,
-    oracle: Any,
-    *,
-    steps: int = 1,
-    learning_rate: float,
-    batch_size: int = 8,
-    losses: Any = None,
-) -> tuple[np.ndarray, AioliState, np.ndarray]:
-    """One Aioli round on ``oracle``: LearnParams, then ``mixer.update``.
-
-    ``oracle`` needs the ``"mixture_rounds"`` and ``"group_validation"`` capabilities
-    (:mod:`amasim.capabilities`), with the state's replicates.  For every sweep and
-    every group j (in :func:`sweep_orders`' order) the round trains ``steps`` steps on
-    the smoothed one-hot W_j (``oracle.train_on_mixture``) and records the drop of every
-    group's validation loss (``oracle.evaluate_groups()``); :func:`estimate_A` unmixes
-    the drops.  ``losses`` are the current validation losses (read if ``None``).
-    Returns ``(weights, new_state, A)`` — A before the mixer's normalisation and EMA.
-    The LearnParams steps train the model; training on ``weights`` for the rest of the
-    round is the caller's.
-    """
-    require_capabilities(oracle, mixer.requires, f"mixer {mixer.name!r}")
-    m = _check_groups(len(oracle.task_names))
-    if state.weights.shape[-1] != m:
-        raise ValueError(f"the oracle has {m} groups but the state {state.weights.shape[-1]}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps={steps!r} must be an int >= 1 (training steps per mixture)")
-    batch = state.weights.shape[:-1]
-    W = smoothed_one_hot(m, state.epsilon)
-    orders = sweep_orders(state)
-
-    def validation() -> np.ndarray:
-        out = np.asarray(oracle.evaluate_groups(), dtype=np.float64)
-        if out.shape != (*batch, m) and out.shape != (1, *batch, m):
-            raise ValueError(
-                f"evaluate_groups() returned shape {out.shape}: expected {(*batch, m)}, every "
-                "group's validation loss for the state's replicates"
-            )
-        return out.reshape(*batch, m)
-
-    before = validation() if losses is None else np.asarray(losses, dtype=np.float64)
-    _check_state_shape("losses", before, (*batch, m))
-    drops = np.zeros((*batch, state.sweeps, m, m))
-    for s in range(state.sweeps):
-        for q in range(m):
-            group = orders[..., s, q]  # (...,)
-            oracle.train_on_mixture(
-                W[group], int(steps), learning_rate=learning_rate, batch_size=batch_size
-            )
-            after = validation()
-            index = np.broadcast_to(group[..., None, None], (*batch, 1, m))
-            target = drops[..., s, :, :]
-            np.put_along_axis(target, index, (before - after)[..., None, :], axis=-2)
-            drops[..., s, :, :] = target
-            before = after
-    A = estimate_A(drops, state.epsilon)
-    weights, new_state = mixer.update(state, A)
-    return weights, new_state, A
 
 
 # ----------------------------------------------------------------------------- DML
@@ -510,6 +449,42 @@ def dml_optimal_mixture(params: DMLParams) -> np.ndarray:
     )
     p = np.clip(res.x, 0.0, None)
     return p / p.sum()
+
+
+def dml_design(m: int) -> np.ndarray:
+    """DML's sweep: smoothed one-hots at ε = 0.75 and 0.5 (0.625 for m = 2, where ε must
+    exceed 1/m), and the uniform mixture — 2m + 1 mixtures, shape (2m + 1, m)."""
+    second = 0.5 if m > 2 else 0.625
+    return np.vstack(
+        [smoothed_one_hot(m, 0.75), smoothed_one_hot(m, second), np.full((1, m), 1 / m)]
+    )
+
+
+def dml_sweep(*, apply: str = "resample") -> Mixer:
+    """DML as a method: fit the log-linear law on a sweep, then play its optimum, statically.
+
+    Its signal is a sweep of :func:`dml_design`'s 2m + 1 mixtures (a quarter of the steps,
+    each run from the start model); the first ``update`` receives it as a
+    :class:`~amasim.mixers.Sweep`, fits :func:`dml_fit` per replicate and returns
+    :func:`dml_optimal_mixture`; later updates change nothing.
+    """
+    mixers.check_apply(apply)
+
+    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> mixers.StaticState:
+        shape = (*mixers.replicate_shape(num_tasks, seed), num_tasks)
+        return mixers.StaticState(np.full(shape, 1.0 / num_tasks))
+
+    def update(state: mixers.StaticState, scores: Any, counts: Any = None):
+        if not isinstance(scores, mixers.Sweep):
+            return state.weights, state
+        after = np.asarray(scores.after, dtype=np.float64).reshape(-1, *scores.design.shape)
+        fitted = [dml_optimal_mixture(dml_fit(scores.design, y)) for y in after]
+        weights = np.stack(fitted).reshape(state.weights.shape)
+        return weights, mixers.StaticState(weights)
+
+    requires = ("mixture_rounds", "group_validation")
+    signal = mixers.Signal("sweep", design=dml_design, share=4)
+    return Mixer(init, update, lambda s: s.weights, "loss", apply, "dml", requires, signal)
 
 
 def dml(fixed_weights: Any, *, apply: str = "resample") -> Mixer:

@@ -62,6 +62,10 @@ __all__ = [
     "hold_last_scores",
     "doremi",
     "odm",
+    "odm_exploration",
+    "Signal",
+    "Sweep",
+    "SIGNAL_REQUIRES",
     "HeldState",
     "ODMState",
     "eg_step",
@@ -79,13 +83,70 @@ __all__ = [
 APPLY_MODES = ("reweight", "resample")
 LOG_FLOOR = -1e300  # far below any reachable value; keeps sums of logs finite
 
+#: What a mixer may observe (:class:`Signal`), and the oracle capabilities each needs.
+SIGNAL_REQUIRES: dict[str, tuple[str, ...]] = {
+    "batch": (),
+    "validation": ("mixture_rounds", "group_validation"),
+    "alignment": ("task_gradients",),
+    "learnparams": ("mixture_rounds", "group_validation"),
+    "sweep": ("mixture_rounds", "group_validation"),
+}
+
+
+class Signal(NamedTuple):
+    """What a mixer observes and when; the driver (:func:`amasim.driver.run`) reads it.
+
+    ``kind``:
+
+    ===============  =====================================================================
+    ``"batch"``      the per-task scores of every training batch (AMA, Group DRO, DoReMi,
+                     ODM, the static baselines) — the oracle's base protocol suffices
+    ``"validation"`` every group's validation score once a round (``evaluate_groups``),
+                     then a round of training on the new weights (Skill-It; the rounds
+                     protocol of any batch mixer)
+    ``"alignment"``  per-task gradient alignment every ``every`` steps: with the
+                     ``"target_set"`` capability in ``requires`` ⟨∇L_i, ∇L_target⟩ (DGA),
+                     else Σ_j ⟨∇L_i, ∇L_j⟩ (DoGE)
+    ``"learnparams"`` Aioli's LearnParams measurement at the start of every round
+    ``"sweep"``      nothing during training: only the sweep of ``design`` before it (DML)
+    ===============  =====================================================================
+
+    ``design`` (m → (n, m) mixtures), when set, makes the driver run a *sweep* before
+    training: from the start model, ``1/share`` of the steps split over n short runs,
+    one per mixture, each followed by every group's validation loss; the mixer's first
+    update receives them as a :class:`Sweep` (Skill-It's single-group runs, DML's sweep).
+    ``share`` also sets Aioli's LearnParams: 1/share of each round.
+    ``retrain``: the method's output is the average of its weights, on which a fresh model
+    is trained afterwards (DoReMi's proxy → main model).
+    """
+
+    kind: str = "batch"
+    every: int = 1
+    design: Callable[[int], np.ndarray] | None = None
+    share: int = 4
+    retrain: bool = False
+
+
+class Sweep(NamedTuple):
+    """What the sweep of a :class:`Signal` with a ``design`` measured, fed to ``update``.
+
+    ``design`` (n, m) the mixtures; ``start`` (R, m) every group's validation loss at the
+    start model; ``after`` (R, n, m) the same after training on mixture j from the start.
+    """
+
+    design: np.ndarray
+    start: np.ndarray
+    after: np.ndarray
+
 
 class Mixer(NamedTuple):
     """A mixing method: pure ``init``/``update``/``weights`` plus loop defaults.
 
     ``requires`` names the optional oracle capabilities (:mod:`amasim.capabilities`)
-    the method needs beyond the base protocol, e.g. ``("task_gradients",)``; the
-    training entry points refuse an oracle that lacks one.
+    the method needs beyond the base protocol, e.g. ``("task_gradients",)``; every
+    entry point that trains refuses an oracle that lacks one, with one message
+    (:func:`amasim.capabilities.require_capabilities`).  ``signal`` says what the mixer
+    observes (:class:`Signal`; default: the scores of every training batch).
     """
 
     init: Callable[..., Any]
@@ -95,6 +156,7 @@ class Mixer(NamedTuple):
     apply: str
     name: str
     requires: tuple[str, ...] = ()
+    signal: Signal = Signal()
 
 
 class StaticState(NamedTuple):
@@ -122,12 +184,11 @@ class HeldState(NamedTuple):
 
 
 class ODMState(NamedTuple):
-    """EXP3 of online data mixing: log weights, played weights, step, smoothed rewards."""
+    """Online data mixing: smoothed importance-weighted rewards R̂, weights π_t, step t."""
 
-    log_weights: np.ndarray
+    rewards: np.ndarray
     weights: np.ndarray
     step: int
-    rewards: np.ndarray
 
 
 class AveragedState(NamedTuple):
@@ -343,7 +404,7 @@ def exponentiated_gradient(
     importance_weighting: bool = False,
     score: str = "clipped",
     apply: str = "reweight",
-    name: str = "exponentiated_gradient",
+    name: str = "exponentiated-gradient",
 ) -> Mixer:
     """The EG/EXP3 family every adaptive AMA mixer is an instance of.
 
@@ -394,7 +455,7 @@ def played_weights(state: EGState) -> np.ndarray:
 
 def group_dro(step_size: float, *, score: str = "loss") -> Mixer:
     """Group DRO (Sagawa et al. 2019, Alg. 1): EG on the raw per-group losses, reweighting."""
-    return exponentiated_gradient(step_size, score=score, apply="reweight", name="group_dro")
+    return exponentiated_gradient(step_size, score=score, apply="reweight", name="group-dro")
 
 
 def ama_r(step_size: float, *, score: str = "clipped") -> Mixer:
@@ -402,7 +463,7 @@ def ama_r(step_size: float, *, score: str = "clipped") -> Mixer:
 
     ``score="excess"`` is the no-clipping ablation, ``score="loss"`` the raw-loss one.
     """
-    return exponentiated_gradient(step_size, score=score, apply="reweight", name="ama_r")
+    return exponentiated_gradient(step_size, score=score, apply="reweight", name="ama-r")
 
 
 def ama_s(step_size: float, smoothing: float, *, score: str = "clipped") -> Mixer:
@@ -425,7 +486,7 @@ def ama_s(step_size: float, smoothing: float, *, score: str = "clipped") -> Mixe
         importance_weighting=True,
         score=score,
         apply="resample",
-        name="ama_s",
+        name="ama-s",
     )
 
 
@@ -446,8 +507,8 @@ def averaged(mixer: Mixer) -> Mixer:
         new = AveragedState(inner, state.weight_sum + w, state.num_updates + 1)
         return weights(new), new
 
-    name = f"averaged_{mixer.name}"
-    return Mixer(init, update, weights, mixer.score, mixer.apply, name, mixer.requires)
+    name = f"averaged-{mixer.name}"
+    return mixer._replace(init=init, update=update, weights=weights, name=name)
 
 
 def hold_last_scores(mixer: Mixer) -> Mixer:
@@ -471,58 +532,92 @@ def hold_last_scores(mixer: Mixer) -> Mixer:
     def weights(state: HeldState) -> np.ndarray:
         return mixer.weights(state.inner)
 
-    return Mixer(init, update, weights, mixer.score, mixer.apply, mixer.name, mixer.requires)
+    return mixer._replace(init=init, update=update, weights=weights)
 
 
 def doremi(step_size: float = 1.0, smoothing: float = 1e-3) -> Mixer:
-    """DoReMi (Xie et al. 2023; notes §5): EG on clipped excess loss over one reference.
+    """DoReMi (Xie et al. 2023, Alg. 1; notes §5): EG on clipped excess loss over one reference.
 
-    α' = α·exp(η·λ), α = (1 − c)·α'/Σα' + c/k, every domain in every batch (reweighting),
-    a domain absent from a batch keeps its last score.  DoReMi's output is the *average*
-    of α over the run — :attr:`amasim.train.RunResult.average_weights` — which then
-    trains the final model statically.  Per-token clipping becomes per-example clipping
-    with this oracle protocol (scores are per example).  With one reference equal to
-    every specialist and c = 0 the update is AMA-R's.
+    Every step, with λ_t the per-domain clipped excess and α_{t−1} the weights played last:
+
+        α' = α_{t−1} · exp(η·λ_t),    α_t = (1 − c)·α'/Σα' + c/k
+
+    — the step multiplies the *smoothed* weights, so a domain held at the floor c/k
+    recovers within a few steps once it becomes the worst.  Every domain in every batch
+    (reweighting); a domain absent from a batch keeps its last score.  DoReMi's output is
+    the *average* ᾱ of the weights over the run, on which a fresh model is then trained
+    (``signal.retrain``: :func:`amasim.driver.run` does it, and reports that model).
+    Per-token clipping becomes per-example clipping with this oracle protocol (scores are
+    per example).  With c = 0 the update is AMA-R's.
     """
-    inner = exponentiated_gradient(
-        step_size, smoothing=smoothing, score="clipped", apply="reweight", name="doremi"
-    )
-    return hold_last_scores(inner)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float, np.floating)):
+        raise TypeError(f"smoothing must be a real number, got {type(smoothing).__name__}")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing={smoothing!r} must lie in [0, 1]")
+    eta, c = check_positive("step_size", step_size), float(smoothing)
+
+    def init(num_tasks: int, seed: int | Sequence[int] = 0) -> EGState:
+        shape = (*replicate_shape(num_tasks, seed), num_tasks)
+        return EGState(np.full(shape, -np.log(num_tasks)), np.full(shape, 1.0 / num_tasks))
+
+    def update(state: EGState, scores: Any, counts: Any = None):
+        lam = check_scores(scores, state.weights.shape[-1], like=state.weights)
+        # eg_step: log α' = log α_{t−1} + η λ, normalised; the state keeps the log of the
+        # weights played, so the next step multiplies the smoothed weights.
+        log_alpha, alpha = eg_step(state.log_weights, lam, eta)
+        if c > 0:  # every entry >= c/k > 0: its log is finite
+            alpha = smooth(alpha, c)
+            log_alpha = np.log(alpha)
+        return alpha, EGState(log_alpha, alpha)
+
+    played = Mixer(init, update, played_weights, "clipped", "reweight", "doremi")
+    return hold_last_scores(played)._replace(signal=Signal("batch", retrain=True))
 
 
 def odm(smoothing_rate: float = 0.9) -> Mixer:
-    """Online data mixing (Albalak et al. 2023; notes §6): EXP3 with the loss as reward.
+    """Online data mixing (Albalak et al. 2023, Alg. 1; notes §6): EXP3 with the loss as reward.
 
-    Step t = 1, 2, …: exploration ε_t = min(1/k, √(ln k / (k·t))); the importance-weighted
-    reward n_i/(B·α_i)·ℓ_i is smoothed by an EMA (rate ``smoothing_rate``) and
-    log q ← log q + ε_{t−1}·r̄; the batch is drawn from α = (1 − k·ε_t)·q + ε_t.
+    Step t = 1, 2, … plays π_t; each domain i present in the batch (the paper samples one
+    domain per step; here every domain drawn into the batch counts as sampled) updates its
+    smoothed importance-weighted reward, the others keep theirs:
+
+        R̂_i ← β·R̂_i + (1 − β)·L_i/π_{t,i}
+        π_{t+1,j} = (1 − k·ε_{t+1})·exp(ε_t R̂_j)/Σ_l exp(ε_t R̂_l) + ε_{t+1}
+
+    with ε_t = min(1/k, √(ln k/(k·t))) and β = ``smoothing_rate``.  R̂ is a smoothed
+    *mean*, not a running sum: under constant losses the weights stay bounded away from a
+    vertex as ε_t → 0.  Full information (``counts=None``) updates every domain.
     """
+    if isinstance(smoothing_rate, bool) or not isinstance(smoothing_rate, (int, float)):
+        raise TypeError(f"smoothing_rate must be a real number, got {smoothing_rate!r}")
     if not 0.0 <= smoothing_rate < 1.0:
         raise ValueError(f"smoothing_rate={smoothing_rate!r} must lie in [0, 1)")
-
-    def exploration(k: int, step: int) -> float:
-        return min(1.0 / k, float(np.sqrt(np.log(k) / (k * step)))) if k > 1 else 1.0
+    beta = float(smoothing_rate)
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> ODMState:
         shape = (*replicate_shape(num_tasks, seed), num_tasks)
-        uniform = np.full(shape, 1.0 / num_tasks)
-        return ODMState(np.log(uniform), uniform, 1, np.zeros(shape))
+        return ODMState(np.zeros(shape), np.full(shape, 1.0 / num_tasks), 1)
 
     def update(state: ODMState, scores: Any, counts: Any = None):
-        k = state.weights.shape[-1]
-        rewards = check_scores(scores, k)
-        if counts is not None:
-            rewards = importance_weighted(
-                rewards, _check_counts(counts, rewards.shape), state.weights
-            )
-        smoothed = smoothing_rate * state.rewards + (1.0 - smoothing_rate) * rewards
-        eps = exploration(k, state.step)
-        log_weights, probs = eg_step(state.log_weights, smoothed, eps)
-        eps_next = exploration(k, state.step + 1)
+        pi, t = state.weights, state.step
+        k = pi.shape[-1]
+        losses = check_scores(scores, k, like=pi)
+        smoothed = beta * state.rewards + (1.0 - beta) * (losses / pi)
+        if counts is not None:  # only the domains drawn into the batch were observed
+            smoothed = np.where(_check_counts(counts, losses.shape) > 0, smoothed, state.rewards)
+        _, probs = eg_step(np.zeros_like(pi), smoothed, odm_exploration(k, t))
+        eps_next = odm_exploration(k, t + 1)
         played = (1.0 - k * eps_next) * probs + eps_next
-        return played, ODMState(log_weights, played, state.step + 1, smoothed)
+        return played, ODMState(smoothed, played, t + 1)
 
     return Mixer(init, update, played_weights, "loss", "resample", "odm")
+
+
+def odm_exploration(num_tasks: int, step: int) -> float:
+    """ODM's exploration rate ε_t = min(1/k, √(ln k / (k·t))) at step t ≥ 1 (1 for k = 1)."""
+    if num_tasks == 1:
+        return 1.0
+    return min(1.0 / num_tasks, math.sqrt(math.log(num_tasks) / (num_tasks * step)))
 
 
 def check_apply(apply: str) -> None:

@@ -41,7 +41,7 @@ __all__ = [
 
 # One user seed feeds independent streams (SeedSequence spawn keys), one per consumer, so
 # no two parts of a run draw the same numbers.  Every stream number is assigned here.
-LOOP_STREAM = 0  # amasim.train.Mixing: which tasks a batch holds
+LOOP_STREAM = 0  # amasim.driver.Mixing: which tasks a batch holds
 SAMPLE_STREAM = 1  # an oracle's example draws (amasim.simulator, llm.oracle)
 AIOLI_STREAM = 2  # amasim.lmo: the order of Aioli's LearnParams sweeps
 MIXTURE_STREAM = 3  # amasim.capabilities: draws of train_on_mixture rounds

@@ -29,12 +29,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ConvexProblem", "make_problem", "PROBLEMS", "quadratic", "logistic", "loglinear_dpo"]
+__all__ = [
+    "ConvexProblem",
+    "make_problem",
+    "PROBLEMS",
+    "quadratic",
+    "logistic",
+    "loglinear_dpo",
+    "loss_and_slope",
+    "check_sizes",
+    "assemble",
+]
 
 PROBLEMS = ("quadratic", "logistic", "loglinear-dpo")
 
 
-def _loss_and_slope(kind: str, preds: np.ndarray, targets: np.ndarray):
+def loss_and_slope(kind: str, preds: np.ndarray, targets: np.ndarray):
     """Per-example loss and dL/dp for predictions p."""
     if kind == "squared":
         r = preds - targets
@@ -77,7 +87,7 @@ class ConvexProblem:
 
     def example_losses(self, theta: np.ndarray) -> np.ndarray:
         """L(θ, z) for every example; θ of shape (..., d) gives (..., n)."""
-        return _loss_and_slope(self.loss, theta @ self.features.T, self.targets)[0]
+        return loss_and_slope(self.loss, theta @ self.features.T, self.targets)[0]
 
     def task_scores(self, theta: np.ndarray, score: str = "clipped") -> np.ndarray:
         """Per-task mean score over the whole dataset, shape (..., k): E_i(θ) by default."""
@@ -91,7 +101,7 @@ class ConvexProblem:
         """Mean loss of one task and its gradient (specialist training, checks)."""
         lo, hi = self.offsets[task], self.offsets[task + 1]
         x, y = self.features[lo:hi], self.targets[lo:hi]
-        loss, slope = _loss_and_slope(self.loss, x @ theta, y)
+        loss, slope = loss_and_slope(self.loss, x @ theta, y)
         return float(loss.mean()), slope @ x / (hi - lo)
 
     def project(self, theta: np.ndarray) -> np.ndarray:
@@ -138,7 +148,8 @@ def _train_specialists(problem: ConvexProblem) -> ConvexProblem:
     )
 
 
-def _check_sizes(sizes: Sequence[int], num_tasks: int | None) -> tuple[int, ...]:
+def check_sizes(sizes: Sequence[int], num_tasks: int | None) -> tuple[int, ...]:
+    """``sizes`` as a tuple of ints >= 1 (one per task when ``num_tasks`` is given)."""
     sizes = tuple(sizes)
     if num_tasks is not None and len(sizes) != num_tasks:
         raise ValueError(
@@ -164,7 +175,9 @@ def _task_optima(rng: np.random.Generator, k: int, dim: int, conflict: float) ->
     return shared + conflict * own
 
 
-def _assemble(name, loss, xs, ys, radius, names) -> ConvexProblem:
+def assemble(name, loss, xs, ys, radius, names) -> ConvexProblem:
+    """A :class:`ConvexProblem` from per-task inputs ``xs`` and targets ``ys``, with its
+    specialists trained."""
     task_ids = np.concatenate([np.full(len(x), i) for i, x in enumerate(xs)])
     problem = ConvexProblem(
         name=name,
@@ -188,12 +201,12 @@ def quadratic(
     seed: int = 0,
 ) -> ConvexProblem:
     """Multi-task least squares: y = x·θ*_i + noise, x ~ N(0, I)."""
-    sizes = _check_sizes(sizes, None)
+    sizes = check_sizes(sizes, None)
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     optima = _task_optima(rng, len(sizes), dim, conflict)
     xs = [rng.standard_normal((n, dim)) for n in sizes]
     ys = [x @ t + noise * rng.standard_normal(len(x)) for x, t in zip(xs, optima)]
-    return _assemble("quadratic", "squared", xs, ys, radius, _names(len(sizes)))
+    return assemble("quadratic", "squared", xs, ys, radius, _names(len(sizes)))
 
 
 def logistic(
@@ -206,7 +219,7 @@ def logistic(
     seed: int = 0,
 ) -> ConvexProblem:
     """Multi-task logistic regression: P(label = +1 | a) = σ(2 a·θ*_i / noise)."""
-    sizes = _check_sizes(sizes, None)
+    sizes = check_sizes(sizes, None)
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     optima = _task_optima(rng, len(sizes), dim, conflict)
     xs, ys = [], []
@@ -216,7 +229,7 @@ def logistic(
         label = np.where(rng.random(n) < p, 1.0, -1.0)
         xs.append(label[:, None] * a)
         ys.append(np.zeros(n))
-    return _assemble("logistic", "logistic", xs, ys, radius, _names(len(sizes)))
+    return assemble("logistic", "logistic", xs, ys, radius, _names(len(sizes)))
 
 
 def loglinear_dpo(
@@ -236,7 +249,7 @@ def loglinear_dpo(
     the winner under task i's reward θ*_i·φ (Bradley–Terry, temperature ``noise``) is
     the chosen one.  The reference policy θ_ref is a small random vector.
     """
-    sizes = _check_sizes(sizes, None)
+    sizes = check_sizes(sizes, None)
     if num_responses < 2:
         raise ValueError(f"num_responses={num_responses} must be >= 2 (a pair per prompt)")
     rng = np.random.default_rng(np.random.SeedSequence(seed))
@@ -252,7 +265,7 @@ def loglinear_dpo(
         delta = np.where(a_wins[:, None], a - b, b - a)  # φ_chosen − φ_rejected
         xs.append(beta * delta)
         ys.append(beta * delta @ theta_ref)
-    return _assemble("loglinear-dpo", "logistic", xs, ys, radius, _names(len(sizes)))
+    return assemble("loglinear-dpo", "logistic", xs, ys, radius, _names(len(sizes)))
 
 
 def _names(k: int) -> list[str]:

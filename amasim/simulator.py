@@ -28,7 +28,7 @@ import numpy as np
 from amasim import prng
 from amasim.capabilities import MixtureRoundsFromSteps
 from amasim.oracle import Batch
-from amasim.problems import ConvexProblem, _loss_and_slope
+from amasim.problems import ConvexProblem, loss_and_slope
 
 __all__ = ["SimulatedOracle"]
 
@@ -75,7 +75,7 @@ class SimulatedOracle(MixtureRoundsFromSteps):
         x = self.problem.features.take(batch.data, axis=0)  # (R, N, d)
         preds = np.matvec(x, self.theta)  # (R, N): x_n · θ_r
         targets = self.problem.targets[batch.data]
-        loss, slope = _loss_and_slope(self.problem.loss, preds, targets)
+        loss, slope = loss_and_slope(self.problem.loss, preds, targets)
         self._cache = (batch, x, slope)
         return loss
 

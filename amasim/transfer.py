@@ -67,8 +67,9 @@ import numpy as np
 
 from amasim import prng
 from amasim.capabilities import CAPABILITIES, TargetSet, TaskGradients
-from amasim.oracle import Oracle, check_oracle
-from amasim.problems import ConvexProblem, _assemble, _check_sizes, _loss_and_slope
+from amasim.checker import check_oracle
+from amasim.oracle import Oracle
+from amasim.problems import ConvexProblem, assemble, check_sizes, loss_and_slope
 from amasim.simulator import SimulatedOracle
 
 __all__ = [
@@ -129,7 +130,7 @@ def transfer_problem(
         raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
     if num_groups < 1:
         raise ValueError(f"num_groups={num_groups} must be >= 1")
-    sizes = _check_sizes((200,) * num_groups if sizes is None else sizes, num_groups)
+    sizes = check_sizes((200,) * num_groups if sizes is None else sizes, num_groups)
     overlap = _unit_fraction("overlap", overlap)
     if not noise >= 0:
         raise ValueError(f"noise={noise!r} must be >= 0")
@@ -138,12 +139,12 @@ def transfer_problem(
     xs = [rng.standard_normal((n, dim)) for n in sizes]
     ys = [x @ t + noise * rng.standard_normal(len(x)) for x, t in zip(xs, optima)]
     names = [f"group{i}" for i in range(num_groups)]
-    return _assemble("transfer", "squared", xs, ys, radius, names)
+    return assemble("transfer", "squared", xs, ys, radius, names)
 
 
 def _mean_gradients(problem: ConvexProblem, theta: np.ndarray) -> np.ndarray:
     """Full-data mean gradient of every task at θ (R, d) -> (R, k, d)."""
-    _, slope = _loss_and_slope(problem.loss, theta @ problem.features.T, problem.targets)
+    _, slope = loss_and_slope(problem.loss, theta @ problem.features.T, problem.targets)
     offsets = problem.offsets
     grads = [slope[:, lo:hi] @ problem.features[lo:hi] for lo, hi in pairwise(offsets)]
     return np.stack(grads, axis=1) / np.asarray(problem.sizes)[:, None]
@@ -197,7 +198,7 @@ def target_problem(
 ) -> TargetSplit:
     """Generic clusters plus a small target set drawn from a mixture of them (DGA, §8)."""
     k = len(tuple(generic_sizes)) if num_clusters is None else num_clusters
-    sizes = _check_sizes(generic_sizes, k)
+    sizes = check_sizes(generic_sizes, k)
     overlap = _unit_fraction("overlap", overlap)
     if isinstance(target_size, bool) or not isinstance(target_size, (int, np.integer)):
         raise TypeError(f"target_size must be an int, got {type(target_size).__name__}")
@@ -225,7 +226,7 @@ def target_problem(
     clusters = np.sort(rng.choice(k, size=target_size, p=pi))
     x_t, y_t = draw(clusters)
     x_test, y_test = draw(rng.choice(k, size=test_size, p=pi))
-    problem = _assemble(
+    problem = assemble(
         "target-clusters",
         "squared",
         [g[0] for g in generic],
@@ -326,7 +327,7 @@ class GradientSimulatedOracle(SimulatedOracle):
     def _batch_gradients(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Mean gradient over the last-but-one axis of x (R, ..., n, d) at θ (R, d)."""
         preds = np.einsum("r...nd,rd->r...n", x, self.theta)
-        _, slope = _loss_and_slope(self.problem.loss, preds, y)
+        _, slope = loss_and_slope(self.problem.loss, preds, y)
         return np.einsum("r...n,r...nd->r...d", slope, x) / x.shape[-2]
 
     def task_gradients(self) -> np.ndarray:
@@ -368,7 +369,7 @@ class GradientSimulatedOracle(SimulatedOracle):
             raise ValueError(f"this oracle has no {split} target set")
         theta = self.average_theta if averaged else self.theta
         x, y = pair
-        return _loss_and_slope(self.problem.loss, theta @ x.T, y)[0].mean(axis=-1)
+        return loss_and_slope(self.problem.loss, theta @ x.T, y)[0].mean(axis=-1)
 
 
 def check_gradient_oracle(

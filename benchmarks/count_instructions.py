@@ -46,7 +46,7 @@ def child(kind: str, name: str, replicates: int, count: int) -> None:
         return
     from amasim.problems import make_problem
     from amasim.simulator import SimulatedOracle
-    from amasim.train import run
+    from amasim.driver import run
 
     oracle = SimulatedOracle(make_problem("quadratic", sizes=SIZES, dim=DIM))
     mixer = mixer_factories(len(SIZES))[name]

@@ -66,7 +66,7 @@ def problem():
 @pytest.mark.parametrize("name", ["ama_r", "ama_s"])
 def test_simulated_steps(benchmark, problem, name: str, replicates: int) -> None:
     from amasim.simulator import SimulatedOracle
-    from amasim.train import run
+    from amasim.driver import run
 
     mixer = mixer_factories(len(SIZES))[name]
     oracle = SimulatedOracle(problem)

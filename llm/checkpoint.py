@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "load"]
+__all__ = ["save_atomic", "load", "CheckpointFile"]
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
@@ -43,3 +43,25 @@ def load(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: start without resume, or fix the path")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class CheckpointFile:
+    """A training run's checkpoint on disk, as :func:`amasim.driver.run` uses it.
+
+    ``load()`` returns the saved dict, or ``None`` when there is none (or ``resume`` is
+    false); ``save(state)`` writes it atomically.  ``str()`` is the path, for messages.
+    """
+
+    def __init__(self, path: str | Path, *, resume: bool = True) -> None:
+        self.path, self.resume = Path(path), resume
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.resume or not self.path.exists():
+            return None
+        return load(self.path)
+
+    def save(self, state: dict[str, Any]) -> None:
+        save_atomic(state, self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)

@@ -1,16 +1,28 @@
-"""The full AutoMixAlign pipeline: ``python -m llm run --config CONFIG``.
+"""The full AutoMixAlign pipeline, as stages: ``python -m llm run --config CONFIG``.
 
-    tasks (JSONL manifest, or the built-in suite)
-      → reference model (built-in GPT after a short SFT on the chosen answers, or a local
-        Hugging Face model) → reference log-probs, cached once
-      → one DPO specialist per task → its per-pair losses, cached once
-      → one generalist per method × seed, at an equal example budget
-      → per-task evaluation → ``results.json``, ``results.md``, plots
+==================  ==========================================================================
+stage               what it does (cache key)
+==================  ==========================================================================
+:func:`load_tasks`  the JSONL manifest or the built-in suite, tokenised (the token ids)
+:func:`reference`   the built-in GPT after a short SFT on the chosen answers, or a local
+                    Hugging Face model, loaded once (model config, SFT settings, data)
+:func:`reference_cache`  reference log-probs of every pair, computed once (model weights,
+                    pairs, numerics)
+:func:`specialists` one DPO specialist per task and its per-pair losses (reference, pairs,
+                    DPO and stage settings, numerics)
+:func:`generalist`  one model per method × seed through the one driver, at an equal example
+                    budget (the specialists' losses it reads, everything above)
+:func:`merge`       a merge of the specialists (no training)
+:func:`evaluate`    per-task held-out DPO loss, clipped excess, reward accuracy, exact match
+report              ``results.json`` (written after every method), ``results.md``, plots
+==================  ==========================================================================
 
-Every cache is keyed by the fingerprints of what produced it (model weights, token ids,
-settings, the specialists' losses a generalist reads, device, dtype and CPU thread count),
-so changing the model, the data, β or the thread count recomputes it (:mod:`llm.cache`);
-a run on warm caches gives the numbers of a run from scratch.
+One seam builds the oracle (:class:`OracleFactory`; default :func:`dpo_oracle`), so a user
+can bring another model or oracle and reuse the specialist stage.  Every cache is keyed by
+the fingerprints of what produced it (model weights, token ids, settings, the
+specialists' losses a generalist reads, device, dtype and CPU thread count), so changing
+the model, the data, β or the thread count recomputes it (:mod:`llm.cache`); a run on warm
+caches gives the numbers of a run from scratch.
 """
 
 from __future__ import annotations
@@ -18,61 +30,124 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from amasim import mixers, prng
-from amasim.merging import merge
-from amasim.methods import examples_per_step
+from amasim.merging import merge as merge_models
+from amasim.oracle import Oracle
+from amasim.registry import MERGES, Fixed, build, check_method, steps_for_budget
 from llm.cache import cache_key, load_or_compute
 from llm.checkpoint import load, save_atomic
-from llm.config import Config
-from llm.data import load_manifest, read_preference_jsonl, tokenize_pairs
+from llm.config import Config, StageSection
+from llm.data import (
+    PreferencePair,
+    TokenizedPairs,
+    load_manifest,
+    read_preference_jsonl,
+    tokenize_pairs,
+)
 from llm.distributed import init_from_env, rank_streams, reduce_task_scores
 from llm.dpo import sequence_logps
 from llm.evaluate import greedy_exact_match
 from llm.model import GPT, GPTConfig, fingerprint
 from llm.oracle import DPOOracle, TaskData, dpo_settings, pair_losses, reference_logps
 from llm.tokenizer import CharTokenizer
-from llm.train import LoopConfig, MetricsLog, train
+from llm.train import LoopConfig, MetricsLog, history, train
 
-__all__ = ["run_pipeline", "build_mixer", "MERGES"]
-
-#: pipeline method → amasim.merging method, applied to the specialists (base: reference)
-MERGES = {
-    "merge-linear": "linear",
-    "merge-task-arithmetic": "task_arithmetic",
-    "merge-ties": "ties",
-    "merge-dare-ties": "dare_ties",
-}
-
-
-def build_mixer(method: str, num_tasks: int, sizes: tuple[int, ...], cfg: Config) -> mixers.Mixer:
-    """The mixer of a pipeline method (LLM settings: constant steps from ``[mix]``)."""
-    eta, c = cfg.mix.step_size, cfg.mix.smoothing
-    factories = {
-        "uniform": lambda: mixers.uniform(list(sizes)),
-        "stratified": mixers.stratified,
-        "group-dro": lambda: mixers.group_dro(eta),
-        "ama-r": lambda: mixers.ama_r(eta),
-        "ama-s": lambda: mixers.ama_s(eta, c),
-        "ama-r-noclip": lambda: mixers.ama_r(eta, score="excess"),
-        "ama-s-noclip": lambda: mixers.ama_s(eta, c, score="excess"),
-        "doremi": lambda: mixers.doremi(eta, c),
-        "odm": mixers.odm,
-    }
-    if method not in factories:
-        known = sorted(factories) + sorted(MERGES)
-        raise ValueError(f"[run] methods: {method!r} is unknown; use {known}")
-    return factories[method]()
+__all__ = [
+    "Task",
+    "OracleFactory",
+    "dpo_oracle",
+    "load_tasks",
+    "reference",
+    "reference_cache",
+    "specialists",
+    "generalist",
+    "merge",
+    "evaluate",
+    "run_pipeline",
+]
 
 
-# ----------------------------------------------------------------------------- data
-def _load_tasks(cfg: Config, out: Path, tokenizer) -> dict[str, dict[str, Any]]:
+@dataclass
+class Task:
+    """One task through the stages: its raw and tokenised splits and cached numbers.
+
+    ``*_ref``: (n, 2) reference log-probs of (chosen, rejected); ``*_spec``: (n,) the
+    specialist's per-pair DPO losses; ``checkpoint``: the specialist's weights on disk.
+    """
+
+    name: str
+    train_raw: list[PreferencePair]
+    eval_raw: list[PreferencePair]
+    train: TokenizedPairs
+    eval: TokenizedPairs
+    train_ref: np.ndarray | None = None
+    eval_ref: np.ndarray | None = None
+    train_spec: np.ndarray | None = None
+    eval_spec: np.ndarray | None = None
+    checkpoint: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def data(self, split: str) -> TaskData:
+        """The oracle's view of one split (zeros before the specialist exists)."""
+        pairs, ref = getattr(self, split), getattr(self, f"{split}_ref")
+        spec = getattr(self, f"{split}_spec")
+        return TaskData(self.name, pairs, ref, np.zeros(len(pairs)) if spec is None else spec)
+
+
+class OracleFactory(Protocol):
+    """The seam: build the oracle that trains ``model`` on ``tasks`` for one stage.
+
+    ``stage`` is the config's ``[specialist]`` or ``[generalist]`` section; ``stream`` the
+    oracle's random stream (data-parallel ranks pass their own).
+    """
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        tasks: list[TaskData],
+        *,
+        eval_tasks: list[TaskData] | None,
+        stage: StageSection,
+        stream: int,
+    ) -> Oracle: ...
+
+
+def dpo_oracle(cfg: Config, dpo: dict, pad_id: int) -> OracleFactory:
+    """The default oracle: :class:`llm.oracle.DPOOracle` with the config's settings."""
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16}
+    if cfg.run.dtype not in dtypes:
+        raise ValueError(f"[run] dtype={cfg.run.dtype!r}: use 'float32' or 'bfloat16'")
+
+    def factory(model, tasks, *, eval_tasks, stage, stream=prng.SAMPLE_STREAM) -> DPOOracle:
+        return DPOOracle(
+            model,
+            tasks,
+            eval_tasks=eval_tasks,
+            pad_id=pad_id,
+            dpo=dpo,
+            grad_clip=stage.grad_clip,
+            weight_decay=stage.weight_decay,
+            device=cfg.run.device,
+            autocast_dtype=dtypes[cfg.run.dtype],
+            micro_batch_size=stage.micro_batch_size or None,
+            eval_batch_size=cfg.eval.batch_size,
+            sample_stream=stream,
+        )
+
+    return factory
+
+
+# ------------------------------------------------------------------------------ tasks
+def load_tasks(cfg: Config, out: Path, tokenizer) -> dict[str, Task]:
+    """Stage 1: every task of the manifest (or the built-in suite, written to OUT/data)."""
     if cfg.data.manifest:
         manifest = Path(cfg.data.manifest)
     else:
@@ -81,121 +156,179 @@ def _load_tasks(cfg: Config, out: Path, tokenizer) -> dict[str, dict[str, Any]]:
         manifest = write_suite(out / "data", seed=cfg.data.synth_seed)
     tasks = {}
     for name, files in load_manifest(manifest).items():
-        entry = {}
+        raw, tokens = {}, {}
         for split, path in (("train", files.train), ("eval", files.eval or files.train)):
-            raw = read_preference_jsonl(path, tokenizer)
-            entry[split + "_raw"] = raw
-            entry[split] = tokenize_pairs(
-                raw,
+            raw[split] = read_preference_jsonl(path, tokenizer)
+            tokens[split] = tokenize_pairs(
+                raw[split],
                 tokenizer,
                 max_length=cfg.data.max_length,
                 max_prompt_length=cfg.data.max_prompt_length,
                 truncate_prompt=cfg.data.truncate_prompt,
+                tokenization=cfg.data.tokenization,
             )
-        tasks[name] = entry
+        tasks[name] = Task(name, raw["train"], raw["eval"], tokens["train"], tokens["eval"])
     return tasks
 
 
-# ------------------------------------------------------------------------ reference
-def _cached_model(path: Path, key: str, build) -> dict:
-    if path.exists():
-        saved = load(path)
-        if saved.get("key") == key:
-            return saved["state"]
-    state = build()
-    save_atomic({"key": key, "state": state}, path)
-    return state
-
-
-def _sft(model: torch.nn.Module, tasks, cfg: Config, pad_id: int) -> dict:
-    """Next-token loss on the chosen completions of every task (uniform over pairs).
-
-    Leaves the model as a cache hit would: reference weights, no gradients (a stale
-    ``.grad`` would be added to the first specialist's first step), global RNG untouched.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.model.init_seed)  # dropout masks, if the model has dropout
-        _sft_steps(model, tasks, cfg, pad_id)
-    model.zero_grad(set_to_none=True)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _sft_steps(model: torch.nn.Module, tasks, cfg: Config, pad_id: int) -> None:
-    from llm.data import collate_pairs
-
-    generator = torch.Generator().manual_seed(cfg.model.init_seed)
-    pairs = [(name, i) for name, t in tasks.items() for i in range(len(t["train"]))]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft.learning_rate)
-    model.train()
-    for _ in range(cfg.sft.steps):
-        pick = torch.randint(len(pairs), (cfg.sft.batch_size,), generator=generator).tolist()
-        loss = 0.0
-        for name in tasks:
-            idx = [pairs[p][1] for p in pick if pairs[p][0] == name]
-            if idx:
-                batch = collate_pairs(tasks[name]["train"], idx, pad_id)
-                logits = model(batch["input_ids"], batch["attention_mask"])
-                n = len(idx)
-                chosen = sequence_logps(
-                    logits[:n], batch["input_ids"][:n], batch["loss_mask"][:n], average=True
-                )
-                loss = loss - chosen.sum() / cfg.sft.batch_size
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-
-def _reference(cfg: Config, out: Path, tasks):
-    """(model at the reference weights, tokenizer)."""
+# -------------------------------------------------------------------------- reference
+def load_model(cfg: Config) -> tuple[torch.nn.Module | None, Any]:
+    """(Hugging Face model or ``None``, tokenizer): a local HF directory is loaded once;
+    the built-in GPT is built by :func:`reference`, after the tasks exist."""
     if cfg.model.kind == "hf":
         from llm.hf import load_local
 
         return load_local(cfg.model.path)
     if cfg.model.kind != "gpt":
         raise ValueError(f"[model] kind={cfg.model.kind!r}: use 'gpt' or 'hf'")
+    return None, CharTokenizer()
+
+
+def reference(cfg: Config, out: Path, tasks: dict[str, Task], hf_model=None) -> torch.nn.Module:
+    """Stage 2: the reference model — the loaded HF model, or the built-in GPT after a
+    short SFT on the chosen answers (cached per setting under OUT/models)."""
+    if hf_model is not None:
+        return hf_model
     tokenizer = CharTokenizer()
     m = cfg.model
     config = GPTConfig(tokenizer.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
     model = GPT(config, generator=torch.Generator().manual_seed(m.init_seed))
     key = cache_key(
         {"model": asdict(cfg.model), "sft": asdict(cfg.sft), "init": fingerprint(model)}
-        | {name: t["train"].fingerprint for name, t in tasks.items()}
+        | {name: t.train.fingerprint for name, t in tasks.items()}
         | {"threads": torch.get_num_threads()}  # CPU reductions split by thread count
     )
-    model.load_state_dict(
-        _cached_model(
-            out / "models" / f"reference-{key[:16]}.pt",  # one file per setting: no retraining
-            key,
-            lambda: _sft(model, tasks, cfg, tokenizer.pad_id),
-        )
-    )
-    return model, tokenizer
+    path = out / "models" / f"reference-{key[:16]}.pt"  # one file per setting
+    if path.exists() and load(path).get("key") == key:
+        state = load(path)["state"]
+    else:
+        state = _sft(model, tasks, cfg, tokenizer.pad_id)
+        save_atomic({"key": key, "state": state}, path)
+    model.load_state_dict(state)
+    return model
 
 
-# ---------------------------------------------------------------------------- stages
-def _oracle(
-    model, task_data, eval_data, cfg: Config, stage, pad_id, dpo, stream=prng.SAMPLE_STREAM
-) -> DPOOracle:
-    dtypes = {"float32": None, "bfloat16": torch.bfloat16}
-    if cfg.run.dtype not in dtypes:
-        raise ValueError(f"[run] dtype={cfg.run.dtype!r}: use 'float32' or 'bfloat16'")
-    return DPOOracle(
-        model,
-        task_data,
-        eval_tasks=eval_data,
-        pad_id=pad_id,
-        dpo=dpo,
-        grad_clip=stage.grad_clip,
-        weight_decay=stage.weight_decay,
-        device=cfg.run.device,
-        autocast_dtype=dtypes[cfg.run.dtype],
-        micro_batch_size=stage.micro_batch_size or None,
-        eval_batch_size=cfg.eval.batch_size,
-        sample_stream=stream,
-    )
+def _sft(model: torch.nn.Module, tasks: dict[str, Task], cfg: Config, pad_id: int) -> dict:
+    """Next-token loss on the chosen completions of every task (uniform over pairs).
+
+    Leaves the model as a cache hit would: reference weights, no gradients (a stale
+    ``.grad`` would be added to the first specialist's first step), global RNG untouched.
+    """
+    from llm.data import collate_pairs
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model.init_seed)  # dropout masks, if the model has dropout
+        generator = torch.Generator().manual_seed(cfg.model.init_seed)
+        pairs = [(name, i) for name, t in tasks.items() for i in range(len(t.train))]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft.learning_rate)
+        model.train()
+        for _ in range(cfg.sft.steps):
+            pick = torch.randint(len(pairs), (cfg.sft.batch_size,), generator=generator).tolist()
+            loss = 0.0
+            for name in tasks:
+                idx = [pairs[p][1] for p in pick if pairs[p][0] == name]
+                if idx:
+                    batch = collate_pairs(tasks[name].train, idx, pad_id)
+                    logits = model(batch["input_ids"], batch["attention_mask"])
+                    n = len(idx)
+                    chosen = sequence_logps(
+                        logits[:n], batch["input_ids"][:n], batch["loss_mask"][:n], average=True
+                    )
+                    loss = loss - chosen.sum() / cfg.sft.batch_size
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _loop(stage, steps: int, seed: int, cfg: Config) -> LoopConfig:
+def _numerics(cfg: Config) -> dict[str, Any]:
+    """What else sets the numbers: on CPU the intra-op thread count changes how
+    reductions are split (so the last bits)."""
+    return {"device": cfg.run.device, "dtype": cfg.run.dtype, "threads": torch.get_num_threads()}
+
+
+def reference_cache(
+    model: torch.nn.Module, tasks: dict[str, Task], cfg: Config, cache: Path, pad_id: int
+) -> None:
+    """Stage 3: the reference log-probs of every pair, computed once (the reference model
+    never runs during training)."""
+    model_fp = fingerprint(model)
+    average = cfg.dpo.loss_type == "ipo"
+
+    def logps(pairs: TokenizedPairs) -> np.ndarray:
+        key = {"model": model_fp, "pairs": pairs.fingerprint, "average": average}
+        key["threads"] = torch.get_num_threads()  # computed on the CPU, in float32
+
+        def compute():
+            return {"logps": reference_logps(model, pairs, pad_id=pad_id, average=average)}
+
+        return load_or_compute(cache, "reference", key, compute)["logps"]
+
+    for task in tasks.values():
+        task.train_ref, task.eval_ref = logps(task.train), logps(task.eval)
+
+
+# ------------------------------------------------------------------------ specialists
+def specialists(
+    model: torch.nn.Module,
+    tasks: dict[str, Task],
+    cfg: Config,
+    out: Path,
+    *,
+    make_oracle: OracleFactory,
+    dpo: dict,
+    pad_id: int,
+    need_weights: bool = False,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Stage 4: one DPO specialist per task (trained from the reference with
+    ``make_oracle``'s oracle), its per-pair losses cached once.  With ``need_weights``
+    (merges) a specialist whose checkpoint was deleted is trained again — deterministic,
+    so its losses are the cached ones.  ``model`` ends at the reference weights."""
+    reference_state = {k: v.clone() for k, v in model.state_dict().items()}
+    reference_fp = fingerprint(model)
+    spec = cfg.specialist
+    for name, task in tasks.items():
+        key = {
+            "reference": reference_fp,
+            "pairs": task.train.fingerprint,
+            "eval_pairs": task.eval.fingerprint,
+            "dpo": dpo,
+            "stage": asdict(spec),
+            # 3: checkpoints of the one driver (earlier ones are not resumed)
+            "version": 3,
+        } | _numerics(cfg)
+        folder = out / "specialists" / f"{name}-{cache_key(key)[:12]}"
+        task.checkpoint = folder / "checkpoint.pt"
+
+        def compute(task=task, folder=folder):
+            model.load_state_dict(reference_state)
+            oracle = make_oracle(
+                model, [task.data("train")], eval_tasks=None, stage=spec, stream=prng.SAMPLE_STREAM
+            )
+            log = MetricsLog(folder / "metrics.jsonl")
+            loop = _loop(spec, spec.steps, 0, cfg)
+            label = f"specialist {task.name}" if say is print else None
+            train(oracle, mixers.stratified(), loop, out_dir=folder, log=log, progress=label)
+            losses = {}
+            for split in ("train", "eval"):
+                ref = getattr(task, f"{split}_ref")
+                pairs = getattr(task, split)
+                losses[split] = pair_losses(model, pairs, ref, pad_id=pad_id, dpo=dpo)["loss"]
+            return losses
+
+        cached = load_or_compute(out / "cache", "specialist", key, compute)
+        if need_weights and not task.checkpoint.exists():
+            say(f"specialist {name}: checkpoint missing, retraining it for the merges")
+            compute()
+        task.train_spec, task.eval_spec = cached["train"], cached["eval"]
+        say(f"specialist {name}: mean eval loss {cached['eval'].mean():.4f}")
+    model.load_state_dict(reference_state)
+
+
+# ------------------------------------------------------------------------ generalists
+def _loop(stage: StageSection, steps: int, seed: int, cfg: Config) -> LoopConfig:
     return LoopConfig(
         steps=steps,
         batch_size=stage.batch_size,
@@ -208,196 +341,174 @@ def _loop(stage, steps: int, seed: int, cfg: Config) -> LoopConfig:
     )
 
 
-def _evaluated(oracle: DPOOracle, model, tokenizer, tasks, cfg: Config) -> dict[str, Any]:
-    """Per-task held-out metrics of the current policy, greedy exact match included."""
+def generalist(
+    method: str,
+    seed: int,
+    oracle: Oracle,
+    tasks: dict[str, Task],
+    cfg: Config,
+    out: Path,
+    *,
+    key: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    stream: int = prng.LOOP_STREAM,
+    flops_per_token: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stage 5: train one generalist with registered ``method`` on ``oracle`` (which holds
+    every task) at the config's example budget; returns its steps and history."""
+    k, batch = len(tasks), cfg.generalist.batch_size
+    steps = steps_for_budget(method, cfg.mix.examples, k, batch)
+    policy = Fixed(cfg.mix.step_size, cfg.mix.smoothing)
+    sizes = tuple(len(t.train) for t in tasks.values())
+    mixer = build(method, steps=steps, sizes=sizes, policy=policy)
+    run_key = key | {"mix": asdict(cfg.mix), "stage": asdict(cfg.generalist), "driver": 1}
+    folder = out / "generalists" / f"{method}-seed{seed}-{cache_key(run_key)[:12]}" / f"rank{rank}"
+    log = MetricsLog(
+        folder / "metrics.jsonl",
+        folder / "tb" if cfg.run.tensorboard else None,
+        flops_per_token=flops_per_token,
+        peak_flops=cfg.run.peak_flops or None,
+    )
+    result = train(
+        oracle,
+        mixer,
+        _loop(cfg.generalist, steps, seed, cfg),
+        out_dir=folder,
+        log=log,
+        reduce=reduce_task_scores if world > 1 else None,
+        stream=stream,
+        progress=f"{method} seed {seed}" if progress and rank == 0 else None,
+    )
+    log.close()
+    return {"steps": steps, "history": history(result)}
+
+
+def merge(method: str, seed: int, tasks: dict[str, Task], reference_state: dict) -> dict:
+    """Stage 6: the state dict of merge ``method`` of the specialists (base: the reference;
+    task vectors averaged, not summed; DARE draws from ``seed``)."""
+    states = [load(t.checkpoint)["oracle"]["policy"] for t in tasks.values()]
+    options = {"seed": seed} if MERGES[method].startswith("dare") else {}
+    weights = [1.0 / len(tasks)] * len(tasks)
+    return merge_models(MERGES[method], reference_state, states, weights=weights, **options)
+
+
+# ------------------------------------------------------------------------- evaluation
+def evaluate(oracle: Oracle, model, tokenizer, tasks: dict[str, Task], cfg: Config) -> dict:
+    """Stage 7: per-task held-out metrics of the current policy, greedy exact match
+    included."""
     per_task = oracle.evaluate_tasks()
-    for task, row in per_task.items():
+    for name, row in per_task.items():
         row["exact_match"] = greedy_exact_match(
             model,
             tokenizer,
-            tasks[task]["eval_raw"][: cfg.eval.generate],
+            tasks[name].eval_raw[: cfg.eval.generate],
             max_new_tokens=cfg.eval.max_new_tokens,
             device=cfg.run.device,
         )
     return {"tasks": per_task, "worst_task_excess": max(v["clipped"] for v in per_task.values())}
 
 
-def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Run every stage; returns the results record (also written to ``OUT/results.json``)."""
+# --------------------------------------------------------------------------- pipeline
+def run_pipeline(
+    cfg: Config, *, progress: bool = True, make_oracle: OracleFactory | None = None
+) -> dict[str, Any]:
+    """Run every stage; returns the results record (also written to ``OUT/results.json``
+    after every method, so a finished method survives a later one's failure)."""
+    for method in cfg.run.methods:
+        check_method(method)
     out = Path(cfg.run.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     started = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
     dpo = dpo_settings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
-    tokenizer = CharTokenizer() if cfg.model.kind == "gpt" else None
-    if tokenizer is None:
-        from llm.hf import load_local
-
-        tokenizer = load_local(cfg.model.path)[1]
-    tasks = _load_tasks(cfg, out, tokenizer)
-    model, model_tokenizer = _reference(cfg, out, tasks)
-    if model_tokenizer.fingerprint != tokenizer.fingerprint:
-        raise ValueError("the policy and reference tokenizers differ: use one tokenizer for both")
+    hf_model, tokenizer = load_model(cfg)
+    tasks = load_tasks(cfg, out, tokenizer)
+    model = reference(cfg, out, tasks, hf_model)
+    make_oracle = make_oracle or dpo_oracle(cfg, dpo, tokenizer.pad_id)
+    reference_cache(model, tasks, cfg, out / "cache", tokenizer.pad_id)
+    say(f"reference ready ({time.perf_counter() - started:.0f} s)")
     reference_state = {k: v.clone() for k, v in model.state_dict().items()}
     ref_fp = fingerprint(model)
-    # What else sets the numbers: on CPU the intra-op thread count changes how reductions
-    # are split (so the last bits); a cache written under other settings is not reused.
-    numerics = {
-        "device": cfg.run.device,
-        "dtype": cfg.run.dtype,
-        "threads": torch.get_num_threads(),
-    }
-    average = dpo["loss_type"] == "ipo"
-    cache = out / "cache"
-    say = print if progress else (lambda *a, **k: None)
-
-    def ref_logps(pairs):
-        key = {"model": ref_fp, "pairs": pairs.fingerprint, "average": average}
-        key["threads"] = numerics["threads"]  # computed on the CPU, in float32
-
-        def compute():
-            logps = reference_logps(model, pairs, pad_id=tokenizer.pad_id, average=average)
-            return {"logps": logps}
-
-        return load_or_compute(cache, "reference", key, compute)["logps"]
-
-    for t in tasks.values():
-        t["train_ref"], t["eval_ref"] = ref_logps(t["train"]), ref_logps(t["eval"])
-    say(f"reference ready ({time.perf_counter() - started:.0f} s)")
-
-    # One DPO specialist per task; its per-pair losses are cached (specialist stage).
-    spec = cfg.specialist
-    merges_wanted = any(method in MERGES for method in cfg.run.methods)
-    for name, t in tasks.items():
-        key = {
-            "reference": ref_fp,
-            "pairs": t["train"].fingerprint,
-            "eval_pairs": t["eval"].fingerprint,
-            "dpo": dpo,
-            "stage": asdict(spec),
-            # 2: trained without the reference SFT's leftover gradients (entries written
-            # before could differ between a fresh and a cached reference: not reused).
-            "version": 2,
-        } | numerics
-
-        folder = out / "specialists" / f"{name}-{cache_key(key)[:12]}"
-        t["specialist_checkpoint"] = folder / "checkpoint.pt"
-
-        def specialist_losses(t=t, name=name, folder=folder):
-            model.load_state_dict(reference_state)
-            data = [TaskData(name, t["train"], t["train_ref"], np.zeros(len(t["train"])))]
-            oracle = _oracle(model, data, None, cfg, spec, tokenizer.pad_id, dpo)
-            log = MetricsLog(folder / "metrics.jsonl")
-            train(
-                oracle,
-                mixers.stratified(),
-                _loop(spec, spec.steps, 0, cfg),
-                out_dir=folder,
-                log=log,
-                progress=f"specialist {name}" if progress else None,
-            )
-            losses = {}
-            for split in ("train", "eval"):
-                res = pair_losses(
-                    model, t[split], t[split + "_ref"], pad_id=tokenizer.pad_id, dpo=dpo
-                )
-                losses[split] = res["loss"]
-            return losses
-
-        cached = load_or_compute(cache, "specialist", key, specialist_losses)
-        if merges_wanted and not t["specialist_checkpoint"].exists():
-            # The merges read the specialist's weights, not its cached losses: train it
-            # again (deterministic, so its losses are the cached ones).
-            say(f"specialist {name}: checkpoint missing, retraining it for the merges")
-            specialist_losses()
-        t["train_spec"], t["eval_spec"] = cached["train"], cached["eval"]
-        say(f"specialist {name}: mean eval loss {cached['eval'].mean():.4f}")
-    model.load_state_dict(reference_state)
+    wants_merges = any(method in MERGES for method in cfg.run.methods)
+    specialists(
+        model,
+        tasks,
+        cfg,
+        out,
+        make_oracle=make_oracle,
+        dpo=dpo,
+        pad_id=tokenizer.pad_id,
+        need_weights=wants_merges,
+        say=say,
+    )
 
     names = list(tasks)
     # The generalists read the specialists' losses: key their runs by those numbers.
     specialist_fp = cache_key(
-        {n: hashlib.sha256(tasks[n]["train_spec"].tobytes()).hexdigest() for n in names}
+        {n: hashlib.sha256(tasks[n].train_spec.tobytes()).hexdigest() for n in names}
     )
-    train_data = [
-        TaskData(n, tasks[n]["train"], tasks[n]["train_ref"], tasks[n]["train_spec"]) for n in names
-    ]
-    eval_data = [
-        TaskData(n, tasks[n]["eval"], tasks[n]["eval_ref"], tasks[n]["eval_spec"]) for n in names
-    ]
+    key = {"reference": ref_fp, "specialists": specialist_fp, "dpo": dpo} | _numerics(cfg)
+    key["data"] = [tasks[n].train.fingerprint for n in names]
     # Data parallel under torchrun: DDP averages gradients, per-task scores are all-reduced
     # before each mixer update, every rank draws its own examples (llm.distributed).
     rank, world = init_from_env()
-    policy = model
-    if world > 1:
-        policy = torch.nn.parallel.DistributedDataParallel(model)
+    policy = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
     loop_stream, oracle_stream = rank_streams(rank)
-    oracle = _oracle(
-        policy, train_data, eval_data, cfg, cfg.generalist, tokenizer.pad_id, dpo, oracle_stream
+    oracle = make_oracle(
+        policy,
+        [t.data("train") for t in tasks.values()],
+        eval_tasks=[t.data("eval") for t in tasks.values()],
+        stage=cfg.generalist,
+        stream=oracle_stream,
     )
     if cfg.run.compile:
         model.forward = torch.compile(model.forward)
-    sizes = tuple(len(t["train"]) for t in tasks.values())
-    runs: dict[str, list[dict[str, Any]]] = {}
+    flops = getattr(model, "flops_per_token", None)
+    sizes = tuple(len(t.train) for t in tasks.values())
+    results: dict[str, Any] = {"config": asdict(cfg), "tasks": names, "sizes": sizes, "runs": {}}
     for method in cfg.run.methods:
-        if method in MERGES:  # a merge of the specialists: no training, evaluated per seed
-            states = [load(tasks[n]["specialist_checkpoint"])["oracle"]["policy"] for n in names]
-            for seed in cfg.run.seeds:
-                tick = time.perf_counter()
-                options = {"seed": seed} if MERGES[method].startswith("dare") else {}
-                weights = [1.0 / len(names)] * len(names)  # task vectors averaged, not summed
-                model.load_state_dict(
-                    merge(MERGES[method], reference_state, states, weights=weights, **options)
-                )
-                record = _evaluated(oracle, model, tokenizer, tasks, cfg)
-                record |= {"seed": seed, "steps": 0, "seconds": time.perf_counter() - tick}
-                runs.setdefault(method, []).append(record)
-                say(f"{method} seed {seed}: worst-task excess {record['worst_task_excess']:.4f}")
-            continue
-        mixer = build_mixer(method, len(names), sizes, cfg)
-        steps = max(
-            1, cfg.mix.examples // examples_per_step(mixer, len(names), cfg.generalist.batch_size)
-        )
         for seed in cfg.run.seeds:
-            run_key = {
-                "reference": ref_fp,
-                "specialists": specialist_fp,
-                "dpo": dpo,
-                "mix": asdict(cfg.mix),
-            } | numerics
-            run_key |= {
-                "stage": asdict(cfg.generalist),
-                "data": [d.pairs.fingerprint for d in train_data],
-            }
-            name = f"{method}-seed{seed}-{cache_key(run_key)[:12]}"
-            folder = out / "generalists" / name / f"rank{rank}"
-            log = MetricsLog(
-                folder / "metrics.jsonl", folder / "tb" if cfg.run.tensorboard else None
-            )
             tick = time.perf_counter()
-            result = train(
-                oracle,
-                mixer,
-                _loop(cfg.generalist, steps, seed, cfg),
-                out_dir=folder,
-                log=log,
-                flops_per_token=model.flops_per_token(cfg.data.max_length),
-                reduce=reduce_task_scores if world > 1 else None,
-                stream=loop_stream,
-                progress=f"{method} seed {seed}" if progress and rank == 0 else None,
-            )
-            log.close()
-            record = _evaluated(oracle, model, tokenizer, tasks, cfg)
-            record |= {"seed": seed, "steps": steps, "seconds": time.perf_counter() - tick}
-            record["history"] = result["history"]
-            runs.setdefault(method, []).append(record)
+            if method in MERGES:  # no training, evaluated per seed
+                model.load_state_dict(merge(method, seed, tasks, reference_state))
+                record = evaluate(oracle, model, tokenizer, tasks, cfg) | {"steps": 0}
+            else:
+                trained = generalist(
+                    method,
+                    seed,
+                    oracle,
+                    tasks,
+                    cfg,
+                    out,
+                    key=key,
+                    rank=rank,
+                    world=world,
+                    stream=loop_stream,
+                    flops_per_token=flops(cfg.data.max_length) if flops else None,
+                    progress=progress,
+                )
+                record = evaluate(oracle, model, tokenizer, tasks, cfg)
+                record |= {"steps": trained["steps"]}
+            record |= {"seed": seed, "seconds": time.perf_counter() - tick}
+            if method not in MERGES:
+                record["history"] = trained["history"]
+            results["runs"].setdefault(method, []).append(record)
             say(f"{method} seed {seed}: worst-task excess {record['worst_task_excess']:.4f}")
-    results = {"config": asdict(cfg), "tasks": names, "sizes": sizes, "runs": runs}
-    results["seconds"] = time.perf_counter() - started
+        results["seconds"] = time.perf_counter() - started
+        if rank == 0:
+            _write_json(out / "results.json", results)
     if rank == 0:
-        (out / "results.json").write_text(json.dumps(results))
         from llm.report import write_report
 
         write_report(results, out)
     return results
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)

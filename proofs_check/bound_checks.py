@@ -1,4 +1,4 @@
-"""Statement 5, measured: AMA-R and AMA-S trained by :func:`amasim.train.run` with the
+"""Statement 5, measured: AMA-R and AMA-S trained by :func:`amasim.driver.run` with the
 theory's step sizes stay under their bounds at every horizon T tried.
 
 Measured quantity: E[max_i E_i(θ̄_T)] − OPT, the mean of ``RunResult.gap`` over
@@ -30,7 +30,7 @@ import numpy as np
 
 from amasim import mixers
 from amasim.simulator import SimulatedOracle
-from amasim.train import run as train_run
+from amasim.driver import run as train_run
 from proofs_check import bounds
 from proofs_check.base import Z_SCORE, Budget, Measurement
 from proofs_check.instances import Instance, adversarial, draw_instances

@@ -3,7 +3,7 @@ constants (B, G, D, k), the horizon T, the batch size b and the step sizes.
 Derivations: ``derivations/05_ama_r.md`` and ``derivations/05_ama_s.md``.
 
 Every bound is on E[max_i E_i(θ̄_T)] − OPT where θ̄_T is ``oracle.average_theta`` (the
-mean of θ_1..θ_T, what :func:`amasim.train.run` evaluates).
+mean of θ_1..θ_T, what :func:`amasim.driver.run` evaluates).
 
 >>> s = ama_r_steps(B=1.0, G=1.0, D=1.0, k=2, T=100)
 >>> round(theorem_r(1.0, 1.0, 1.0, 2, 100, 1, *s), 4)

@@ -15,7 +15,7 @@ Measured on each instance, for every task i (worst case over random points):
   (|L − ℓ| ≤ 4hG with h the step).
 
 g(a) is read off :class:`amasim.simulator.SimulatedOracle` itself: one ``step`` with the
-score's loss weights, g = (θ − θ′)/η, the exact code path of :func:`amasim.train.run`.
+score's loss weights, g = (θ − θ′)/η, the exact code path of :func:`amasim.driver.run`.
 
 Broken variants: ``unclipped`` (the excess L − ℓ: scores go negative), ``capped``
 (min(max(L − ℓ, 0), τ): not convex), ``wrong_gradient`` (steps along ∇L, forgetting the

@@ -10,7 +10,7 @@ and max_i E_i(θ̄) − OPT ≤ gap(θ̄, ᾱ).  Derivation: ``derivations/04_on
 Both regrets are measured in the same run, with exact E_i (full data) at every recorded
 iterate and the best response min_θ Σ ᾱ_i E_i(θ) solved by cvxpy.  Sources:
 
-* runs of :func:`amasim.train.run` (AMA-R and AMA-S as :mod:`amasim.methods` tunes them),
+* runs of :func:`amasim.driver.run` (AMA-R and AMA-S as :class:`amasim.studies.Tuning` tunes them),
   through an oracle that records θ after every step;
 * adversarial sequences (random points; the worst point last; a two-point alternation
   found by search to make Jensen's step tight) pushed through the simulator's own
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from amasim.methods import Tuning, build
+from amasim.registry import build
+from amasim.studies import Tuning
 from amasim.simulator import SimulatedOracle
-from amasim.train import run as train_run
+from amasim.driver import run as train_run
 from proofs_check.base import Budget, Measurement
 from proofs_check.convexity import task_values
 from proofs_check.instances import Instance, draw_instances
@@ -158,7 +159,7 @@ def run(budget: Budget, variant: str = "correct", seed: int = 0) -> list[Measure
             oracle = RecordingOracle(inst.problem)
             tuning = Tuning()
             result = train_run(
-                build(method, horizon, inst.problem.sizes, tuning),
+                build(method, steps=horizon, sizes=inst.problem.sizes, policy=tuning.policy),
                 oracle,
                 steps=horizon,
                 learning_rate=tuning.learning_rate,

@@ -19,7 +19,7 @@ when every task has the same m_i (then it is m·χ²(α‖p)).  It can be negati
 Check ``reweight_resample`` (proven): (a) exact expectation of the *code's* sampler
 (:func:`amasim.prng.categorical` hits task i with probability exactly computable on its
 2⁻⁵³ grid) equals Σ α_i μ_i, with μ_i the simulator's own gradient; (b) Monte Carlo
-frequencies of :meth:`SimulatedOracle.sample` batches drawn like :func:`amasim.train.run`
+frequencies of :meth:`SimulatedOracle.sample` batches drawn like :func:`amasim.driver.run`
 draws them; (c) the identity; (d) the inequality for α satisfying the hypothesis.
 Broken variant ``biased_sampler``: tasks drawn ∝ |D_i| (forgetting to resample).
 

@@ -185,7 +185,7 @@ def distributed_worker(rank: int, world: int, store: str, out_dir: str, steps: i
 
     from amasim import mixers
     from llm.distributed import rank_streams, reduce_task_scores
-    from llm.train import LoopConfig, train
+    from llm.train import LoopConfig, history, train
 
     init_gloo(rank, world, store)
     try:
@@ -216,9 +216,9 @@ def distributed_worker(rank: int, world: int, store: str, out_dir: str, steps: i
         torch.save(
             {
                 "params": parameters(oracle),
-                "mixer": flat_state(result["mixer_state"]),
+                "mixer": flat_state(result.mixer_state),
                 "drawn": drawn,
-                "history": result["history"],
+                "history": history(result),
             },
             Path(out_dir) / f"train{rank}.pt",
         )

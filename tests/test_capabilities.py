@@ -13,19 +13,20 @@ from amasim.capabilities import (
     CAPABILITIES,
     MissingCapabilityError,
     capabilities_of,
-    check_capabilities,
     require_capabilities,
 )
-from amasim.gradient_mixers import dga, doge, run_with_gradients
-from amasim.oracle import OracleError, check_oracle
+from amasim.checker import check_capabilities, check_oracle
+from amasim.driver import Mixing, run
+from amasim.gradient_mixers import dga, doge
+from amasim.oracle import OracleError
 from amasim.problems import make_problem
 from amasim.simulator import SimulatedOracle
-from amasim.train import run
 from amasim.transfer import GradientSimulatedOracle, transfer_problem
 
 PROBLEM = transfer_problem(3, dim=4, sizes=(30, 30, 30), seed=0)
 TARGET = (PROBLEM.features[:30], PROBLEM.targets[:30])
-ALL = tuple(CAPABILITIES)
+# what the simulators can offer (checkpointing and training metrics are the LLM oracle's)
+ALL = ("task_gradients", "target_set", "group_validation", "mixture_rounds")
 
 
 def test_simulated_oracles_pass_every_capability_they_offer():
@@ -162,19 +163,25 @@ def test_missing_and_unknown_capabilities():
 
 
 def test_mixers_declare_requirements_and_entry_points_enforce_them():
-    """Mixers that read capabilities say so; run() and run_with_gradients refuse an oracle
-    without them, and run() points capability mixers to their own driver."""
+    """Mixers that read capabilities say so, and every entry point — the driver, one
+    Mixing step — refuses an oracle without them with the same message."""
     assert mixers.ama_r(0.1).requires == () and mixers.odm().requires == ()
     assert doge(0.1).requires == ("task_gradients",)
     assert dga(1.0).requires == ("task_gradients", "target_set")
     assert lmo.aioli(0.1).requires == ("mixture_rounds", "group_validation")
     plain = SimulatedOracle(PROBLEM)
-    with pytest.raises(MissingCapabilityError, match=r"mixer 'doge'.*task_gradients"):
-        run(doge(0.1), plain, steps=2, learning_rate=0.1)
-    with pytest.raises(ValueError, match=r"registry\.train_method"):
-        run(lmo.aioli(0.1), plain, steps=2, learning_rate=0.1)
+    messages = []
+    for call in (
+        lambda: run(doge(0.1), plain, steps=2, learning_rate=0.1),
+        lambda: Mixing(doge(0.1), plain, seeds=[0], batch_size=2, apply="resample", score="loss"),
+    ):
+        with pytest.raises(MissingCapabilityError) as err:
+            call()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("mixer 'doge' requires the oracle capability 'task_gradients'")
     with pytest.raises(MissingCapabilityError, match="'target_set'"):
-        run_with_gradients(dga(1.0), GradientSimulatedOracle(PROBLEM), steps=2, learning_rate=0.1)
+        run(dga(1.0), GradientSimulatedOracle(PROBLEM), steps=2, learning_rate=0.1)
 
 
 def test_train_on_mixture_rejects_bad_input():
@@ -211,7 +218,7 @@ def test_train_on_mixture_replicates_are_independent(mixture, steps, seeds):
     np.testing.assert_allclose(oracle.theta[0], batched[-1], rtol=1e-12, atol=1e-14)
 
 
-def test_one_hotmixture_draws_only_that_group():
+def test_one_hot_mixture_draws_only_that_group():
     """A one-hot mixture trains on that group alone: other groups' draws never happen."""
     oracle = SimulatedOracle(PROBLEM)
     oracle.reset([3])

@@ -12,7 +12,7 @@ from amasim import mixers
 from amasim.oracle import OracleError
 from amasim.problems import make_problem
 from amasim.simulator import SimulatedOracle
-from amasim.train import SCHEDULES, RunResult, learning_rate_at, run
+from amasim.driver import SCHEDULES, RunResult, learning_rate_at, run
 
 SIZES = (60, 20, 20)
 K = len(SIZES)
@@ -38,7 +38,7 @@ ADAPTIVE = {"ama_r": lambda: mixers.ama_r(1.0), "ama_s": lambda: mixers.ama_s(1.
 
 # ----------------------------------------------------------------- result record
 def test_result_arrays_have_documented_shapes(oracle):
-    """weights/scores (M, R, k), task_scores (R, k), worst_task (R,), examples (R, k)."""
+    """weights/scores (M, R, k), task_scores (R, k), worst_task (R,), task_examples (R, k), examples (R,)."""
     result = _run(mixers.ama_r(1.0), oracle, steps=50, seeds=[0, 1, 2])
     assert result.weights.shape == (50, 3, K)
     assert result.scores.shape == (50, 3, K)
@@ -46,7 +46,7 @@ def test_result_arrays_have_documented_shapes(oracle):
     assert result.task_scores.shape == (3, K)
     assert result.last_task_scores.shape == (3, K)
     assert result.worst_task.shape == (3,)
-    assert result.examples.shape == (3, K)
+    assert result.task_examples.shape == (3, K) and result.examples.shape == (3,)
     assert isinstance(result, RunResult)
 
 
@@ -129,10 +129,10 @@ def test_static_mixers_record_their_static_weights(oracle):
 def test_configuration_is_recorded(oracle):
     """The result records method, score, apply, schedule, seeds, sizes and step count."""
     result = _run(mixers.ama_s(1.0, 0.2), oracle, schedule="1/sqrt(t)", seeds=[4, 5])
-    assert (result.method, result.score, result.apply) == ("ama_s", "clipped", "resample")
+    assert (result.method, result.score, result.apply) == ("ama-s", "clipped", "resample")
     assert result.schedule == "1/sqrt(t)"
     assert result.seeds == (4, 5)
-    assert (result.steps, result.batch_size, result.oracle_steps) == (60, 4, 60)
+    assert (result.steps, result.batch_size, result.signal) == (60, 4, "batch")
     assert result.learning_rate == 0.5
     assert result.wall_time > 0
 
@@ -174,7 +174,7 @@ def test_same_seeds_give_bitwise_identical_results(oracle, name):
     b = _run(ADAPTIVE[name](), SimulatedOracle(oracle.problem), seeds=[3, 4])
     np.testing.assert_array_equal(a.weights, b.weights)
     np.testing.assert_array_equal(a.task_scores, b.task_scores)
-    np.testing.assert_array_equal(a.examples, b.examples)
+    np.testing.assert_array_equal(a.task_examples, b.task_examples)
 
 
 @pytest.mark.parametrize("name", list(ADAPTIVE))
@@ -200,7 +200,7 @@ def test_a_replicate_runs_the_same_alone_as_batched(oracle, name):
     batched = _run(ADAPTIVE[name](), oracle, seeds=[2, 3, 4])
     np.testing.assert_allclose(alone.weights[:, 0], batched.weights[:, 1], rtol=0, atol=1e-12)
     np.testing.assert_allclose(alone.task_scores[0], batched.task_scores[1], rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(alone.examples[0], batched.examples[1])
+    np.testing.assert_array_equal(alone.task_examples[0], batched.task_examples[1])
 
 
 def test_zero_reference_excess_ama_r_equals_group_dro(problem):
@@ -240,20 +240,20 @@ def test_progress_bar_returns_the_same_numbers(oracle, capsys):
 def test_ama_s_draws_b_examples_per_step(oracle):
     """AMA-S (resample) costs B examples per step: examples.sum(-1) == steps·B."""
     result = _run(mixers.ama_s(1.0, 0.2), oracle, steps=80, batch_size=5)
-    np.testing.assert_array_equal(result.examples.sum(-1), 80 * 5)
+    np.testing.assert_array_equal(result.task_examples.sum(-1), 80 * 5)
 
 
 def test_ama_r_draws_k_b_examples_per_step(oracle):
     """AMA-R (reweight) costs k·B examples per step: B of every task."""
     result = _run(mixers.ama_r(1.0), oracle, steps=80, batch_size=5)
-    np.testing.assert_array_equal(result.examples, np.full((2, K), 80 * 5))
+    np.testing.assert_array_equal(result.task_examples, np.full((2, K), 80 * 5))
 
 
 def test_apply_override_changes_the_cost(oracle):
     """ama_r with apply='resample' draws B examples per step instead of k·B."""
     result = _run(mixers.ama_r(1.0), oracle, steps=80, batch_size=5, apply="resample")
     assert result.apply == "resample"
-    np.testing.assert_array_equal(result.examples.sum(-1), 80 * 5)
+    np.testing.assert_array_equal(result.task_examples.sum(-1), 80 * 5)
 
 
 def test_score_override_is_used(oracle):
@@ -273,14 +273,14 @@ def _assert_multinomial_counts(examples, total, probs):
 def test_stratified_resampling_draws_tasks_equally(oracle):
     """Stratified resampling spends about steps·B/k examples on each task."""
     result = _run(mixers.stratified(), oracle, steps=500, batch_size=8, seeds=[0, 1, 2])
-    np.testing.assert_array_equal(result.examples.sum(-1), 4000)
-    _assert_multinomial_counts(result.examples, 4000, np.full(K, 1 / K))
+    np.testing.assert_array_equal(result.task_examples.sum(-1), 4000)
+    _assert_multinomial_counts(result.task_examples, 4000, np.full(K, 1 / K))
 
 
 def test_uniform_resampling_draws_tasks_in_proportion_to_size(oracle):
     """Uniform resampling spends examples in proportion to the task sizes (60:20:20)."""
     result = _run(mixers.uniform(SIZES), oracle, steps=500, batch_size=8, seeds=[0, 1, 2])
-    _assert_multinomial_counts(result.examples, 4000, np.array(SIZES) / sum(SIZES))
+    _assert_multinomial_counts(result.task_examples, 4000, np.array(SIZES) / sum(SIZES))
 
 
 def test_ama_s_weights_keep_the_smoothing_floor(oracle):
@@ -359,7 +359,7 @@ def test_equal_budget_runs_spend_the_same_examples(equal_budget_runs):
     """Every method of the comparison draws exactly the same number of examples."""
     budget, results = equal_budget_runs
     for result in results.values():
-        np.testing.assert_array_equal(result.examples.sum(-1), budget)
+        np.testing.assert_array_equal(result.task_examples.sum(-1), budget)
 
 
 @pytest.mark.parametrize("adaptive", ["ama_r", "ama_s"])

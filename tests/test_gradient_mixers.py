@@ -1,23 +1,22 @@
-"""DoGE and DGA: the mixer contract, alignment scores and the gradient training loop."""
+"""DoGE and DGA: the mixer contract, alignment scores, and training on the alignment signal."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from amasim.driver import run
 from amasim.gradient_mixers import (
     ALIGNMENT_SCORE,
     DGAState,
-    alignment_scores,
     dga,
     doge,
     fixed_weights,
     importance_sampling,
-    run_with_gradients,
-    update_interval,
 )
 from amasim.mixers import Mixer, stratified
-from amasim.problems import _assemble
+from amasim.observe import alignment_scores
+from amasim.problems import assemble
 from amasim.transfer import GradientSimulatedOracle, target_problem, transfer_problem
 
 MIXERS = {
@@ -96,8 +95,8 @@ def test_bad_factory_arguments():
 def test_dga_state_cadence_and_ema():
     mixer = dga(1.0, update_every=7, ema=0.3)  # ema ≠ 1/2: swapping ema and 1 − ema shows
     state = mixer.init(2, seed=0)
-    assert isinstance(state, DGAState) and update_interval(state) == 7
-    assert update_interval(doge(1.0).init(2)) == 1
+    assert isinstance(state, DGAState) and mixer.signal == ("alignment", 7, None, 4, False)
+    assert doge(1.0).signal.kind == "alignment" and doge(1.0).signal.every == 1
     alpha, _ = mixer.update(state, np.array([1.0, 0.0]))
     no_ema, _ = dga(1.0).update(dga(1.0).init(2), np.array([1.0, 0.0]))
     assert np.allclose(alpha, 0.3 * 0.5 + 0.7 * no_ema)  # α ← ema·α + (1 − ema)·p
@@ -116,43 +115,33 @@ def test_dga_moves_weight_to_the_target_group():
     lo, hi = problem.offsets[2], problem.offsets[3]
     target = (problem.features[lo:hi], problem.targets[lo:hi])
     oracle = GradientSimulatedOracle(problem, target)
-    result = run_with_gradients(
-        dga(2.0, update_every=5, ema=0.2),
-        oracle,
-        steps=100,
-        learning_rate=0.05,
-        batch_size=16,
-        seeds=[0, 1],
-    )
+    options = {"steps": 100, "learning_rate": 0.05, "batch_size": 16, "seeds": [0, 1]}
+    result = run(dga(2.0, update_every=5, ema=0.2), oracle, **options)
+    trained = oracle.target_loss(averaged=True)
     final = result.weights[-1]
     assert np.all(final.argmax(axis=1) == 2) and np.all(final[:, 2] > 0.5)
-    assert result.alignments.shape == (20, 2, 4)
+    assert result.signal == "alignment" and result.scores.shape == (100, 2, 4)
+    # the recorded scores are the alignments of the round each step belongs to
+    assert np.array_equal(result.scores[5], result.scores[9])
     # 20 rounds, each: every task's full data and the target's
-    assert result.extra_gradient_evaluations == 20 * (400 + 100)
+    assert result.extra_gradient_evaluations.tolist() == [20 * (400 + 100)] * 2
     assert result.examples.sum() == 2 * 100 * 16
-    static = run_with_gradients(
-        stratified(), oracle, steps=100, learning_rate=0.05, batch_size=16, seeds=[0, 1]
-    )
-    assert np.all(result.target_loss < static.target_loss)
-    assert static.extra_gradient_evaluations == 0 and static.alignments.shape == (0, 2, 4)
+    static = run(stratified(), oracle, **options)
+    assert np.all(trained < oracle.target_loss(averaged=True))
+    assert static.extra_gradient_evaluations.tolist() == [0, 0]
 
 
 def test_doge_gives_identical_groups_equal_weight():
     rng = np.random.default_rng(0)
     x, x2 = rng.standard_normal((60, 4)), rng.standard_normal((60, 4))
     y, y2 = x @ np.array([1.0, 0.5, 0.0, 0.0]), x2 @ np.array([0.0, 0.0, -1.0, 0.3])
-    problem = _assemble("pair", "squared", [x, x, x2], [y, y, y2], 3.0, ["a", "b", "c"])
+    problem = assemble("pair", "squared", [x, x, x2], [y, y, y2], 3.0, ["a", "b", "c"])
     oracle = GradientSimulatedOracle(problem)
     oracle.reset([0, 1])
     scores = alignment_scores(oracle, "generalization")
     assert np.allclose(scores[:, 0], scores[:, 1])
-    result = run_with_gradients(
-        doge(0.5, smoothing=0.05),
-        oracle,
-        steps=40,
-        learning_rate=0.05,
-        batch_size=8,
-        seeds=[0, 1],
+    result = run(
+        doge(0.5, smoothing=0.05), oracle, steps=40, learning_rate=0.05, batch_size=8, seeds=[0, 1]
     )
     w = result.weights
     assert np.allclose(w[..., 0], w[..., 1])
@@ -161,7 +150,7 @@ def test_doge_gives_identical_groups_equal_weight():
         alignment_scores(oracle, "bogus")
 
 
-def test_run_with_gradients_determinism_and_importance_sampling():
+def test_alignment_training_determinism_and_importance_sampling():
     split = target_problem(generic_sizes=(30, 30, 30), target_size=10, dim=4, seed=0, test_size=100)
     oracle = GradientSimulatedOracle(
         split.problem,
@@ -170,15 +159,17 @@ def test_run_with_gradients_determinism_and_importance_sampling():
         gradient_batch=8,
     )
     mixer = dga(1.0, update_every=4)
-    a = run_with_gradients(mixer, oracle, steps=20, learning_rate=0.05, seeds=[3, 4])
-    b = run_with_gradients(mixer, oracle, steps=20, learning_rate=0.05, seeds=[3, 4])
-    assert np.array_equal(a.weights, b.weights) and np.array_equal(a.task_losses, b.task_losses)
-    assert a.target_test_loss.shape == (2,) and a.extra_gradient_evaluations == 5 * (3 * 8 + 8)
+    a = run(mixer, oracle, steps=20, learning_rate=0.05, seeds=[3, 4])
+    a_test = oracle.target_loss(averaged=True, split="test")
+    b = run(mixer, oracle, steps=20, learning_rate=0.05, seeds=[3, 4])
+    assert np.array_equal(a.weights, b.weights) and np.array_equal(a.task_scores, b.task_scores)
+    assert np.array_equal(a_test, oracle.target_loss(averaged=True, split="test"))
+    assert a.extra_gradient_evaluations.tolist() == [5 * (3 * 8 + 8)] * 2
     base = importance_sampling(split)
-    result = run_with_gradients(base, oracle, steps=20, learning_rate=0.05, seeds=[3, 4])
+    result = run(base, oracle, steps=20, learning_rate=0.05, seeds=[3, 4])
     hist = np.bincount(split.clusters, minlength=3) / len(split.clusters)
-    assert np.allclose(result.weights, hist) and result.method == "importance_sampling"
+    assert np.allclose(result.weights, hist) and result.method == "importance-sampling"
     with pytest.raises(TypeError, match="Mixer"):
-        run_with_gradients("dga", oracle, steps=2, learning_rate=0.1)
+        run("dga", oracle, steps=2, learning_rate=0.1)
     with pytest.raises(ValueError, match="steps"):
-        run_with_gradients(mixer, oracle, steps=0, learning_rate=0.1)
+        run(mixer, oracle, steps=0, learning_rate=0.1)

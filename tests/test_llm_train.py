@@ -13,7 +13,7 @@ from amasim import mixers
 from llm import checkpoint
 from llm.cache import load_or_compute
 from llm.checkpoint import load, save_atomic
-from llm.train import LoopConfig, MetricsLog, TrainingDiverged, train
+from llm.train import LoopConfig, MetricsLog, TrainingDiverged, history, train
 
 K = len(SIZES)
 MIXERS = {
@@ -57,9 +57,9 @@ def test_resume_is_bitwise_identical(tmp_path, method, stop):
     fresh = build_oracle()  # a new process: nothing survives but the files
     got = train(fresh, MIXERS[method](), loop(), out_dir=folder, resume=True)
 
-    assert got["history"] == expected["history"]
-    assert got["history"]["step"] == list(range(6))
-    for a, b in zip(flat_state(got["mixer_state"]), flat_state(expected["mixer_state"])):
+    assert history(got) == history(expected)
+    assert history(got)["step"] == list(range(6))
+    for a, b in zip(flat_state(got.mixer_state), flat_state(expected.mixer_state)):
         np.testing.assert_array_equal(a, b)
     want = parameters(whole)
     for name, value in parameters(fresh).items():
@@ -75,7 +75,7 @@ def test_resume_false_starts_over(tmp_path):
     again = train(
         build_oracle(), MIXERS["ama_s"](), loop(steps=2), out_dir=tmp_path, on_step=calls.append
     )
-    assert calls == [] and again["history"] == first["history"]
+    assert calls == [] and history(again) == history(first)
     # ... while resume=False trains from the reference again.
     redo = train(
         build_oracle(),
@@ -85,7 +85,7 @@ def test_resume_false_starts_over(tmp_path):
         resume=False,
         on_step=calls.append,
     )
-    assert calls == [0, 1] and redo["history"] == first["history"]
+    assert calls == [0, 1] and history(redo) == history(first)
 
 
 # -------------------------------------------------------------------------- divergence
@@ -105,14 +105,16 @@ def test_nan_mid_run_raises_training_diverged_and_keeps_the_checkpoint(tmp_path)
     assert isinstance(info.value.__cause__, FloatingPointError)
 
     saved = load(tmp_path / "checkpoint.pt")
-    assert saved["step"] == 4 and saved["history"]["step"] == [0, 1, 2, 3]
+    assert saved["step"] == 4
+    recorded = np.isfinite(saved["record"]["loss_sums"][:, 0])
+    assert recorded.tolist() == [True] * 4 + [False] * 2
     # The parameters did not move at the diverged step: they are the checkpoint's.
     for name, value in parameters(oracle).items():
         assert torch.equal(value, saved["oracle"]["policy"][name]), name
     # And the checkpoint resumes into a finished run.
     poisoned[0].remove()
     done = train(build_oracle(), MIXERS["ama_r"](), loop(), out_dir=tmp_path)
-    assert done["history"]["step"] == list(range(6))
+    assert history(done)["step"] == list(range(6))
 
 
 def test_divergence_before_any_checkpoint_says_so(tmp_path):

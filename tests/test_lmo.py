@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from amasim import lmo, mixers
+from amasim import lmo, mixers, observe
 from amasim.capabilities import MissingCapabilityError
 from amasim.problems import make_problem
 from amasim.simulator import SimulatedOracle
@@ -91,7 +91,7 @@ def test_lmo_step_batched():
 @given(hnp.arrays(np.float64, st.integers(1, 5), elements=st.floats(0, 10)))
 def test_skill_it_identity_graph_is_eg_on_losses(losses):
     m = losses.size
-    mixer = lmo.skill_it(np.eye(m), 0.7)
+    mixer = lmo.skill_it(0.7, graph=np.eye(m))
     eg = mixers.group_dro(0.7)
     w1, s1 = mixer.update(mixer.init(m), losses)
     w2, _ = eg.update(eg.init(m), losses)
@@ -103,14 +103,14 @@ def test_skill_it_identity_graph_is_eg_on_losses(losses):
 def test_skill_it_gains_are_graph_times_losses():
     G = np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 0.1], [0.3, 0.0, 1.0]])
     L = np.array([1.0, 2.0, 0.5])
-    mixer = lmo.skill_it(G, 0.4)
+    mixer = lmo.skill_it(0.4, graph=G)
     state = mixer.init(3)
     w, _ = mixer.update(state, L)
     np.testing.assert_allclose(w, mixers.eg_step(state.log_weights, G @ L, 0.4)[1])
 
 
 def test_skill_it_batched_and_deterministic():
-    mixer = lmo.skill_it(np.eye(2) + 0.1, 0.5)
+    mixer = lmo.skill_it(0.5, graph=np.eye(2) + 0.1)
     state = mixer.init(2, seed=[0, 1, 2])
     losses = np.array([[1.0, 2.0], [0.5, 0.1], [3.0, 3.0]])
     w, _ = mixer.update(state, losses)
@@ -126,17 +126,22 @@ def test_skills_graph_from_runs_hand_example():
     np.testing.assert_allclose(G, want)
 
 
-def test_measure_skills_graph_runs_one_group_at_a_time():
-    """Under the linear law, a run of n steps on group j alone lowers i by n·A_ij: G = n·Aᵀ."""
+def test_skill_it_measures_its_graph_one_group_at_a_time():
+    """Under the linear law, a run of n steps on group j alone lowers i by n·A_ij: the
+    sweep of Skill-It's signal (one-hot mixtures) gives G = n·Aᵀ to its first update."""
     A = np.array([[0.4, 0.1], [0.0, 0.3]])
     oracle = LinearLawOracle(A)
-    G = lmo.measure_skills_graph(oracle, [0, 1], steps=3, learning_rate=0.1)
-    assert G.shape == (2, 2, 2)
-    np.testing.assert_allclose(G, np.broadcast_to(3 * A.T, (2, 2, 2)))
+    mixer = lmo.skill_it(0.5)
+    design = mixer.signal.design(2)
+    sweep = observe.sweep(oracle, [0, 1], design, steps=3, learning_rate=0.1)
+    _, state = mixer.update(mixer.init(2, seed=[0, 1]), sweep)
+    assert state.graph.shape == (2, 2, 2)
+    np.testing.assert_allclose(state.graph, np.broadcast_to(3 * A.T, (2, 2, 2)))
     assert [c.tolist() for c in oracle.calls] == [[1.0, 0.0], [0.0, 1.0]]
+    assert mixer.signal.kind == "validation" and mixer.signal.share == 10
 
 
-def test_measure_skills_graph_needs_round_capabilities():
+def test_sweep_needs_round_capabilities():
     class NoRounds:
         task_names = ("a", "b")
 
@@ -144,7 +149,7 @@ def test_measure_skills_graph_needs_round_capabilities():
             return np.zeros((1, 2))
 
     with pytest.raises(MissingCapabilityError, match=r"mixture_rounds.*train_on_mixture"):
-        lmo.measure_skills_graph(NoRounds(), [0], steps=1, learning_rate=0.1)
+        observe.sweep(NoRounds(), [0], np.eye(2), steps=1, learning_rate=0.1)
 
 
 # --------------------------------------------------------------------------- Aioli
@@ -181,7 +186,7 @@ def test_aioli_round_with_linear_oracle_recovers_A():
     oracle.reset([4])
     mixer = lmo.aioli(1.0, sweeps=3, epsilon=0.6)
     state = mixer.init(m, seed=4)
-    w, new, est = lmo.aioli_round(mixer, state, oracle, steps=2, learning_rate=0.1)
+    w, new, est = observe.aioli_round(mixer, state, oracle, steps=2, learning_rate=0.1)
     np.testing.assert_allclose(est, 2 * A, atol=1e-9)
     np.testing.assert_allclose(w, lmo.lmo_step(state.log_weights, 2 * A, 1.0)[1], atol=1e-12)
     assert len(oracle.calls) == 3 * m  # sweeps × m training segments
@@ -235,7 +240,7 @@ def test_aioli_round_on_simulated_oracle():
         state, out = mixer.init(3, seed=[0, 1]), []
         oracle.reset([0, 1])
         for _ in range(3):
-            w, state, A = lmo.aioli_round(mixer, state, oracle, steps=3, learning_rate=0.05)
+            w, state, A = observe.aioli_round(mixer, state, oracle, steps=3, learning_rate=0.05)
             assert w.shape == (2, 3) and A.shape == (2, 3, 3) and on_simplex(w)
             out.append(A)
         assert state.num_updates == 3 and oracle.iterations == 3 * 2 * 3 * 3
@@ -282,8 +287,8 @@ def test_dml_is_static():
         (lambda: lmo.lmo_step(np.zeros(3), np.zeros((3, 2)), 1.0), "A"),
         (lambda: lmo.lmo_step(np.zeros(2), np.zeros((3, 3)), 1.0), "weights_log"),
         (lambda: lmo.lmo_step(np.zeros(3), np.zeros((3, 3)), -1.0), "step_size"),
-        (lambda: lmo.skill_it(np.zeros((2, 3)), 1.0), "graph"),
-        (lambda: lmo.skill_it(np.eye(2), 1.0).init(3), "num_tasks"),
+        (lambda: lmo.skill_it(1.0, graph=np.zeros((2, 3))), "graph"),
+        (lambda: lmo.skill_it(1.0, graph=np.eye(2)).init(3), "num_tasks"),
         (lambda: lmo.aioli(1.0, sweeps=0), "sweeps"),
         (lambda: lmo.aioli(1.0, epsilon=1.0), "epsilon"),
         (lambda: lmo.aioli(1.0, epsilon=0.0), "epsilon"),
@@ -306,7 +311,7 @@ def test_bad_input_names_the_argument(call, arg):
 
 
 def test_skill_it_rejects_mismatched_scores():
-    mixer = lmo.skill_it(np.eye(3), 1.0)
+    mixer = lmo.skill_it(1.0, graph=np.eye(3))
     with pytest.raises(ValueError, match="scores"):
         mixer.update(mixer.init(3, seed=[0, 1]), np.ones(3))
 
@@ -320,25 +325,25 @@ def test_aioli_round_rejects_bad_oracle_shape():
     oracle = WrongShape(np.eye(3))
     oracle.reset([0])
     with pytest.raises(ValueError, match="evaluate_groups"):
-        lmo.aioli_round(mixer, mixer.init(3), oracle, learning_rate=0.1)
+        observe.aioli_round(mixer, mixer.init(3), oracle, learning_rate=0.1)
 
 
 def test_aioli_round_names_the_missing_capability():
     """A plain oracle lacks the round capabilities: the error names one and its method."""
     mixer = lmo.aioli(1.0)
     with pytest.raises(MissingCapabilityError, match=r"'mixture_rounds'.*train_on_mixture"):
-        lmo.aioli_round(mixer, mixer.init(2), object(), learning_rate=0.1)
+        observe.aioli_round(mixer, mixer.init(2), object(), learning_rate=0.1)
 
 
 def test_skill_it_takes_one_graph_per_replicate():
     """A (R, m, m) graph acts like R single-graph mixers, one per replicate."""
     graphs = np.array([[[1.0, 0.2], [0.0, 0.5]], [[0.3, 0.0], [0.4, 1.0]]])
     losses = np.array([[1.0, 2.0], [0.5, 0.1]])
-    batched = lmo.skill_it(graphs, 0.7)
+    batched = lmo.skill_it(0.7, graph=graphs)
     w, _ = batched.update(batched.init(2, seed=[0, 1]), losses)
     for r in range(2):
-        alone = lmo.skill_it(graphs[r], 0.7)
+        alone = lmo.skill_it(0.7, graph=graphs[r])
         np.testing.assert_allclose(w[r], alone.update(alone.init(2), losses[r])[0])
-    assert batched.requires == ("group_validation",)
+    assert batched.requires == ("mixture_rounds", "group_validation")
     with pytest.raises(ValueError, match="graph"):
-        lmo.skill_it(np.ones((1, 2, 2, 2)), 0.7)
+        lmo.skill_it(0.7, graph=np.ones((1, 2, 2, 2)))

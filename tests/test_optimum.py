@@ -12,7 +12,7 @@ from amasim import mixers
 from amasim.optimum import Optimum, minimax_optimum
 from amasim.problems import PROBLEMS, make_problem
 from amasim.simulator import SimulatedOracle
-from amasim.train import run
+from amasim.driver import run
 
 SIZES = (60, 20, 20)
 

@@ -9,7 +9,8 @@ import pytest
 
 import amasim
 from amasim import mixers
-from amasim.oracle import Batch, OracleError, check_oracle, check_oracle_interface
+from amasim.checker import check_oracle, check_oracle_interface
+from amasim.oracle import Batch, OracleError
 from amasim.problems import PROBLEMS, make_problem
 from amasim.simulator import SimulatedOracle
 

@@ -108,3 +108,103 @@ def test_bad_settings_are_rejected():
         mixers.doremi(1.0, 1.5)
     with pytest.raises(ValueError, match="smoothing_rate"):
         mixers.odm(1.0)
+
+
+# -------------------------------------------- transcriptions of the published algorithms
+def doremi_transcribed(scores, counts, step_size, smoothing):
+    """DoReMi, Xie et al. 2023, Algorithm 1, written out plainly, one domain at a time:
+    α_0 uniform; every step λ_i (the last seen score of an absent domain),
+    α'_i = α_{t−1,i}·exp(η·λ_i), α_t = (1 − c)·α'/Σα' + c/k.  Returns every α_t."""
+    k = len(scores[0])
+    alpha, last, out = [1.0 / k] * k, [0.0] * k, []
+    for lam, n in zip(scores, counts):
+        lam = [lam[i] if n is None or n[i] > 0 else last[i] for i in range(k)]
+        last = lam
+        top = max(lam)  # a common factor exp(−η·max λ) cancels in the normalisation
+        new = [alpha[i] * np.exp(step_size * (lam[i] - top)) for i in range(k)]
+        total = sum(new)
+        alpha = [(1 - smoothing) * new[i] / total + smoothing / k for i in range(k)]
+        out.append(alpha)
+    return np.array(out)
+
+
+def odm_transcribed(losses, counts, beta=0.9):
+    """Online data mixing, Albalak et al. 2023, Algorithm 1, written out plainly:
+    ε_t = min(1/K, √(ln K/(K t))); π_1 uniform; after step t every sampled domain i sets
+    R̂_i ← β R̂_i + (1 − β) L_i / π_t(i) (the others keep R̂_i), and
+    π_{t+1}(j) = (1 − K ε_{t+1}) exp(ε_t R̂_j) / Σ_l exp(ε_t R̂_l) + ε_{t+1}."""
+    k = len(losses[0])
+
+    def eps(t):
+        return min(1 / k, np.sqrt(np.log(k) / (k * t)))
+
+    reward, pi, out = [0.0] * k, [1.0 / k] * k, []
+    for t, (loss, n) in enumerate(zip(losses, counts), start=1):
+        for i in range(k):
+            if n is None or n[i] > 0:
+                reward[i] = beta * reward[i] + (1 - beta) * loss[i] / pi[i]
+        top = max(eps(t) * r for r in reward)
+        e = [np.exp(eps(t) * reward[j] - top) for j in range(k)]
+        pi = [(1 - k * eps(t + 1)) * e[j] / sum(e) + eps(t + 1) for j in range(k)]
+        out.append(pi)
+    return np.array(out)
+
+
+def _play(mixer, scores, counts):
+    state, out = mixer.init(len(scores[0])), []
+    for s, n in zip(scores, counts):
+        w, state = mixer.update(state, np.array(s), None if n is None else np.array(n))
+        out.append(w)
+    return np.array(out)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scores=st.lists(st.lists(st.floats(0, 5), min_size=3, max_size=3), min_size=1, max_size=30),
+    counts=st.lists(st.lists(st.integers(0, 3), min_size=3, max_size=3), min_size=30, max_size=30),
+    eta=st.floats(0.05, 2.0),
+    c=st.floats(0.0, 0.5),
+    full=st.booleans(),
+)
+def test_doremi_equals_its_transcription(scores, counts, eta, c, full):
+    counts = [None] * len(scores) if full else counts[: len(scores)]
+    got = _play(mixers.doremi(eta, c), scores, counts)
+    np.testing.assert_allclose(got, doremi_transcribed(scores, counts, eta, c), rtol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    losses=st.lists(st.lists(st.floats(0, 5), min_size=3, max_size=3), min_size=1, max_size=30),
+    counts=st.lists(st.lists(st.integers(0, 3), min_size=3, max_size=3), min_size=30, max_size=30),
+    beta=st.floats(0.0, 0.95),
+    full=st.booleans(),
+)
+def test_odm_equals_its_transcription(losses, counts, beta, full):
+    counts = [None] * len(losses) if full else counts[: len(losses)]
+    got = _play(mixers.odm(beta), losses, counts)
+    np.testing.assert_allclose(got, odm_transcribed(losses, counts, beta), rtol=1e-9)
+
+
+def test_doremi_a_domain_that_turns_worst_recovers_within_a_few_steps():
+    """After 1,000 steps favouring domain 0, domain 1 becomes the worst: the step
+    multiplies the smoothed weights, so it regains half the mass within 10 steps (keeping
+    an unsmoothed q and playing smooth(q) left it near c/k = 3e-4)."""
+    mixer = mixers.doremi(1.0, 1e-3)
+    state = mixer.init(3)
+    for _ in range(1000):
+        w, state = mixer.update(state, np.array([1.0, 0.0, 0.0]))
+    assert w[1] < 1e-3
+    for _ in range(10):
+        w, state = mixer.update(state, np.array([0.0, 1.0, 0.0]))
+    assert w[1] > 0.5
+
+
+def test_odm_constant_losses_keep_the_weights_bounded():
+    """Under constant losses (2, 0.5, 0.5) the smoothed mean reward stays bounded and
+    ε_t → 0, so after 10⁴ steps the weights stay near a third (a running sum of rewards
+    put 0.988 on domain 0)."""
+    mixer = mixers.odm()
+    state = mixer.init(3)
+    for _ in range(10_000):
+        w, state = mixer.update(state, np.array([2.0, 0.5, 0.5]), np.array([1, 1, 1]))
+    assert np.all(np.abs(w - 1 / 3) < 0.02)

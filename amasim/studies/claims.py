@@ -2,7 +2,7 @@
 
 Every method gets the same number of examples (= gradient evaluations): a reweighting
 method takes budget/(k·B) steps, a resampling one budget/B.  Step sizes follow the
-theory's 1/√T tuning for each method's own horizon (:mod:`amasim.methods`).  The metric
+theory's 1/√T tuning for each method's own horizon (:class:`amasim.studies.Tuning`).  The metric
 is the worst-task clipped excess loss max_i E_i(θ̄) of the averaged iterate, mean ± std
 over seeds, next to the exact optimum.  A verdict says whether the measurement agrees
 with the claim and whether the difference exceeds two standard errors.
@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from amasim.methods import Tuning, build, examples_per_step, run_tuned
 from amasim.optimum import solved_problem
+from amasim.registry import steps_for_budget
 from amasim.simulator import SimulatedOracle
+from amasim.studies import Tuning, run_tuned
 
 __all__ = ["CLAIM_METHODS", "measure_claims", "claims_markdown"]
 
@@ -55,14 +56,12 @@ def measure_claims(
     rows: dict[str, dict[str, Any]] = {}
     worst: dict[str, np.ndarray] = {}
     for method in methods:
-        probe = build(method, 1, instance.sizes, tuning)
-        per_step = examples_per_step(probe, k, tuning.batch_size)
-        steps = max(1, budget // per_step)
+        steps = steps_for_budget(method, budget, k, tuning.batch_size)
         result = run_tuned(method, oracle, steps, range(seeds), tuning, optimum.value)
         worst[method] = result.worst_task
         rows[method] = {
             "steps": steps,
-            "examples_per_step": int(result.examples.sum(axis=1).mean() // steps),
+            "examples_per_step": int(result.examples.mean() // steps),
             "worst_task_mean": float(result.worst_task.mean()),
             "worst_task_std": float(result.worst_task.std(ddof=1)) if seeds > 1 else 0.0,
             "average_task_mean": float(result.task_scores.mean()),

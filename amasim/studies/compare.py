@@ -1,18 +1,21 @@
 """``amasim compare``: every method of the field on every synthetic setting.
 
 Every method of :data:`amasim.registry.METHODS` (uniform, stratified, importance
-sampling, Group DRO, DoReMi, ODM, AMA-R, AMA-S, Skill-It, Aioli, DML, DoGE, DGA) and
-three merges of the specialists (linear = weights 1/k, TIES, DARE-TIES; base θ₀ = 0)
-runs on every setting of a suite, at an equal budget of training examples per replicate
-(measurement examples included; extra gradient evaluations reported beside it), seeds
-batched, mean ± std over seeds.  A method that needs a capability the setting lacks
-(DGA and importance sampling need a target set, which only the dga suite has) gets an
-explicit "n/a — needs <capability>" cell.  Each row's protocol is in the tables
-(:mod:`amasim.registry`): ``per-batch`` (AMA protocol: the mixer reads each training
-batch's scores), ``rounds``/``aioli`` (10 rounds; the mixer reads every group's
-validation score on its full data), ``alignment`` (gradient inner products),
-``sweep`` (DML), ``merge``.  ``online="rounds"`` (``--online rounds``) runs Group DRO,
-DoReMi, ODM, AMA-R and AMA-S in the rounds protocol instead (full-information scores).
+sampling, Group DRO, DoReMi, ODM, AMA-R, AMA-S, the ablations, Skill-It, Aioli, DML, DoGE,
+DGA, and any method registered later) and three merges of the specialists (linear =
+weights 1/k, TIES, DARE-TIES; base θ₀ = 0) runs on every setting of a suite, at an equal
+budget of training examples per replicate (measurement examples included; extra
+gradient evaluations — DoGE's and DGA's alignments, DoReMi's proxy run — reported beside
+it), seeds batched, mean ± std over seeds, through the one driver
+(:func:`amasim.driver.run`).  A method that needs a capability the setting lacks (DGA and
+importance sampling need a target set, which only the dga suite has) gets an explicit
+"n/a — needs <capability>" cell.  Each row names the signal its mixer observes
+(:class:`amasim.mixers.Signal`): ``batch`` (the AMA protocol: each training batch's
+scores), ``validation``/``learnparams`` (10 rounds on every group's validation score on
+its full data), ``alignment`` (gradient inner products), ``sweep`` (DML), ``merge``.
+``online="rounds"`` (``--online rounds``) runs the adaptive batch mixers (Group DRO,
+DoReMi, ODM, AMA-R, AMA-S) on the validation signal instead (full-information scores).
+DoReMi's row is the model retrained on its average weights, as its paper does.
 
 * ``mixing`` — the AMA instances (sizes 1000:100:100, conflicting tasks, three convex
   families), B = 32, η_θ = 3/√T: worst-task and mean-task clipped excess loss at θ̄,
@@ -31,17 +34,21 @@ each suite states whether our measurement agrees with the seed paper's claim.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from amasim import merging
-from amasim.claims import IMBALANCED
+from amasim import merging, registry
+from amasim.driver import run
+from amasim.mixers import Signal
 from amasim.optimum import solved_problem
-from amasim.problems import PROBLEMS, ConvexProblem, _loss_and_slope
-from amasim.registry import METHODS, ONLINE, Setting, missing, train_method
+from amasim.problems import PROBLEMS, ConvexProblem, loss_and_slope
+from amasim.registry import METHODS, build, check_method, describe, missing, steps_for_budget
+from amasim.result import RunResult
+from amasim.studies.claims import IMBALANCED
 from amasim.transfer import (
     GROUP_SETTINGS,
     GradientSimulatedOracle,
@@ -50,10 +57,11 @@ from amasim.transfer import (
     transfer_problem,
 )
 
-__all__ = ["SUITES", "compare", "compare_markdown", "write_compare"]
+__all__ = ["SUITES", "Setting", "train", "compare", "compare_markdown", "write_compare"]
 
 SUITES = ("mixing", "transfer", "dga")
-MERGES = {"merge-linear": "linear", "merge-ties": "ties", "merge-dare-ties": "dare_ties"}
+#: the merges compared (base θ₀ = 0), from :data:`amasim.registry.MERGES`
+MERGES = {m: registry.MERGES[m] for m in ("merge-linear", "merge-ties", "merge-dare-ties")}
 DGA_REGIMES = {
     "small generic set": {"generic_sizes": (40,) * 4, "target_size": 200},
     "scarce target data": {"generic_sizes": (400,) * 4, "target_size": 8},
@@ -64,6 +72,63 @@ METRICS = {
     "transfer": ("mean group loss", ("worst group loss",)),
     "dga": ("target test loss", ("worst cluster loss", "mean cluster loss")),
 }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one comparison trains: the example budget per replicate, the θ step size
+    (``schedule`` as :func:`amasim.driver.run`; round signals train at the rate of the
+    round's first step), batch size B, the number of rounds of round signals, the
+    protocol of the adaptive batch mixers (``online``), and the importance-sampling
+    weights (the target's task histogram) when a target exists."""
+
+    budget: int
+    learning_rate: float
+    batch_size: int = 8
+    schedule: str = "constant"
+    rounds: int = 10
+    online: str = "per-batch"
+    target_weights: Any = None
+
+    def __post_init__(self) -> None:
+        if self.online not in ("per-batch", "rounds"):
+            raise ValueError(f"online={self.online!r} must be 'per-batch' or 'rounds'")
+        for field in ("budget", "batch_size", "rounds"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Setting({field}={value!r}): pass an int >= 1")
+
+    def signal(self, name: str) -> Signal | None:
+        """The signal method ``name`` runs on here (``None``: its own)."""
+        rounds = self.online == "rounds" and METHODS[name].online
+        return Signal("validation") if rounds else None
+
+
+def train(name: str, oracle: Any, seeds: Sequence[int], setting: Setting) -> RunResult:
+    """Train registered method ``name`` on ``oracle`` for ``setting.budget`` examples per
+    replicate (measurement included), tuned by the studies' policy for its horizon."""
+    k, b = len(oracle.task_names), setting.batch_size
+    signal = setting.signal(name)
+    steps = steps_for_budget(name, setting.budget, k, b) if signal is None else setting.budget // b
+    mixer = build(
+        name,
+        steps=steps,
+        sizes=oracle.task_sizes,
+        signal=signal,
+        target_weights=setting.target_weights,
+    )
+    return run(
+        mixer,
+        oracle,
+        steps=steps,
+        learning_rate=setting.learning_rate,
+        schedule=setting.schedule,
+        batch_size=b,
+        seeds=list(seeds),
+        rounds=setting.rounds,
+        signal=signal,
+        check=False,
+    )
 
 
 def _summary(values: np.ndarray) -> dict[str, Any]:
@@ -99,11 +164,37 @@ def _merged(problem: ConvexProblem, kind: str, seeds: int) -> np.ndarray:
     return np.array(out)
 
 
-Metrics = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+Metrics = Callable[[Any], dict[str, np.ndarray]]
 
 
-def _instances(suite: str, quick: bool) -> dict[str, tuple[Any, Setting, Metrics, Any]]:
-    """name -> (oracle, setting, metrics(θ_T, θ̄) -> {title: (R,)}, optimum or None)."""
+class _Instance(NamedTuple):
+    """One setting of a suite; ``metrics(model) -> {title: (R,)}`` reads a trained oracle
+    through its protocol and capabilities only (``evaluate``, ``target_loss``)."""
+
+    oracle: Any
+    problem: ConvexProblem
+    setting: Setting
+    metrics: Metrics
+    optimum: float | None = None
+    test: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class _MergedModel:
+    """A merged θ (R, d), read as the metrics read a trained oracle."""
+
+    def __init__(self, problem: ConvexProblem, theta: np.ndarray, test=None) -> None:
+        self.problem, self.theta, self.test = problem, theta, test
+
+    def evaluate(self, score: str = "clipped", averaged: bool = False) -> np.ndarray:
+        return self.problem.task_scores(self.theta, score)
+
+    def target_loss(self, averaged: bool = False, split: str = "test") -> np.ndarray:
+        x, y = self.test
+        return loss_and_slope(self.problem.loss, self.theta @ x.T, y)[0].mean(axis=-1)
+
+
+def _instances(suite: str, quick: bool) -> dict[str, _Instance]:
+    """The settings of ``suite`` by name."""
     primary, (extra, *more) = METRICS[suite]
     out = {}
     if suite == "mixing":
@@ -111,21 +202,22 @@ def _instances(suite: str, quick: bool) -> dict[str, tuple[Any, Setting, Metrics
             problem, optimum = solved_problem(family, **IMBALANCED)
             setting = Setting(96_000 if quick else 384_000, 3.0, 32, "1/sqrt(T)")
 
-            def mixing(last, avg, problem=problem):
-                scores = problem.task_scores(avg, "clipped")
+            def mixing(oracle):
+                scores = oracle.evaluate("clipped", averaged=True)
                 return {primary: scores.max(axis=1), extra: scores.mean(axis=1)}
 
-            out[family] = (GradientSimulatedOracle(problem), setting, mixing, optimum.value)
+            oracle = GradientSimulatedOracle(problem)
+            out[family] = _Instance(oracle, problem, setting, mixing, optimum.value)
     elif suite == "transfer":
         for name, kwargs in GROUP_SETTINGS.items():
             problem = transfer_problem(**kwargs)
             setting = Setting(8_000 if quick else 32_000, 0.05, 8)
 
-            def transfer(last, avg, problem=problem):
-                losses = problem.task_scores(last, "loss")
+            def transfer(oracle):
+                losses = oracle.evaluate("loss", averaged=False)
                 return {primary: losses.mean(axis=1), extra: losses.max(axis=1)}
 
-            out[name] = (GradientSimulatedOracle(problem), setting, transfer, None)
+            out[name] = _Instance(GradientSimulatedOracle(problem), problem, setting, transfer)
     else:
         for regime, kwargs in DGA_REGIMES.items():
             split = target_problem(**kwargs, seed=1)
@@ -137,60 +229,69 @@ def _instances(suite: str, quick: bool) -> dict[str, tuple[Any, Setting, Metrics
             weights = importance_sampling_weights(split)
             setting = Setting(8_000 if quick else 32_000, 0.05, 16, target_weights=weights)
 
-            def dga(last, avg, split=split):
-                preds = avg @ split.test_features.T
-                test = _loss_and_slope("squared", preds, split.test_targets)[0].mean(axis=1)
-                losses = split.problem.task_scores(avg, "loss")
+            def dga(oracle):
+                test = oracle.target_loss(averaged=True, split="test")
+                losses = oracle.evaluate("loss", averaged=True)
                 return {primary: test, extra: losses.max(axis=1), more[0]: losses.mean(axis=1)}
 
-            out[regime] = (oracle, setting, dga, None)
+            test = (split.test_features, split.test_targets)
+            out[regime] = _Instance(oracle, split.problem, setting, dga, None, test)
     return out
 
 
-def _run_instance(oracle, setting: Setting, metrics: Metrics, seeds: int) -> dict[str, Any]:
+def _run_instance(
+    instance: _Instance, setting: Setting, seeds: int, methods: Sequence[str]
+) -> dict[str, Any]:
+    oracle, problem, metrics = instance.oracle, instance.problem, instance.metrics
     tables: dict[str, dict[str, Any]] = {}
     info: dict[str, dict[str, Any]] = {}
-    for name, method in METHODS.items():
-        lacking = missing(name, oracle, setting)
+    for name in methods:
+        signal = setting.signal(name)
+        kind = (signal or describe(name, problem.num_tasks).signal).kind
+        lacking = missing(name, oracle, signal)
         if lacking:
-            info[name] = {"protocol": method.protocol, "na": "needs " + ", ".join(lacking)}
+            info[name] = {"protocol": kind, "na": "needs " + ", ".join(lacking)}
             continue
-        trained = train_method(name, oracle, range(seeds), setting)
-        info[name] = trained._asdict()
-        values = metrics(oracle.theta, oracle.average_theta)
-        for title, v in values.items():
+        result = train(name, oracle, range(seeds), setting)
+        info[name] = {
+            "protocol": kind,
+            "examples": int(result.examples.max()),
+            "extra_gradient_evaluations": int(result.extra_gradient_evaluations.max()),
+        }
+        for title, v in metrics(oracle).items():
             tables.setdefault(title, {})[name] = _summary(v)
     for name, kind in MERGES.items():
-        theta = _merged(oracle.problem, kind, seeds)
         info[name] = {"protocol": "merge", "examples": 0, "extra_gradient_evaluations": 0}
-        for title, v in metrics(theta, theta).items():
+        model = _MergedModel(problem, _merged(problem, kind, seeds), instance.test)
+        for title, v in metrics(model).items():
             tables[title][name] = _summary(v)
     return {"tables": tables, "methods": info, "budget": setting.budget}
 
 
 def _verdicts(suite: str, inst: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The seed papers' claims this suite tests, for the methods that ran."""
     rows = inst["tables"][METRICS[suite][0]]
     if suite == "mixing":
         best = min(MERGES, key=lambda m: rows[m]["mean"])
-        return {
-            f"{ama} beats {best} (best merge)": _verdict(rows[ama]["values"], rows[best]["values"])
-            for ama in ("ama-r", "ama-s")
-        }
-    if suite == "transfer":
-        return {
-            "aioli beats stratified": _verdict(
-                rows["aioli"]["values"], rows["stratified"]["values"]
-            )
-        }
+        pairs = [(ama, best, f"{ama} beats {best} (best merge)") for ama in ("ama-r", "ama-s")]
+    elif suite == "transfer":
+        pairs = [("aioli", "stratified", "aioli beats stratified")]
+    else:
+        pairs = [("dga", "importance-sampling", "dga beats importance-sampling")]
     return {
-        "dga beats importance-sampling": _verdict(
-            rows["dga"]["values"], rows["importance-sampling"]["values"]
-        )
+        claim: _verdict(rows[a]["values"], rows[b]["values"])
+        for a, b, claim in pairs
+        if a in rows and b in rows
     }
 
 
 def compare(
-    suite: str, *, seeds: int = 5, quick: bool = False, online: str = "per-batch"
+    suite: str,
+    *,
+    seeds: int = 5,
+    quick: bool = False,
+    online: str = "per-batch",
+    methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run one suite; returns ``{"suite", "seeds", "quick", "online", "instances": {name:
     {"tables": {metric: {method: summary}}, "methods": {method: protocol, examples,
@@ -199,12 +300,17 @@ def compare(
         raise ValueError(f"suite={suite!r} is unknown: use one of {', '.join(SUITES)}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
         raise ValueError(f"seeds={seeds!r}: at least 2 seeds are needed for a standard error")
+    if methods is None:  # every registered method but the ablations
+        methods = [name for name, method in METHODS.items() if not method.ablation]
+    for name in methods:
+        check_method(name)
     instances = {}
-    for name, (oracle, setting, metrics, optimum) in _instances(suite, quick).items():
+    for name, instance in _instances(suite, quick).items():
+        setting = instance.setting
         if online != "per-batch":
             setting = Setting(**{**setting.__dict__, "online": online})
-        inst = _run_instance(oracle, setting, metrics, seeds)
-        inst["optimum"] = optimum
+        inst = _run_instance(instance, setting, seeds, methods)
+        inst["optimum"] = instance.optimum
         inst["verdicts"] = _verdicts(suite, inst)
         instances[name] = inst
     return {
@@ -233,7 +339,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
     head = f"### compare --suite {suite} ({result['seeds']} seeds, mean ± std)"
     lines = [head, ""]
     if result.get("online", "per-batch") != "per-batch":
-        lines += [f"Online mixers ({', '.join(ONLINE)}) in the {result['online']} protocol.", ""]
+        online = ", ".join(name for name, m in METHODS.items() if m.online)
+        lines += [f"Online mixers ({online}) in the {result['online']} protocol.", ""]
     primary, extra = METRICS[suite]
     for title in (primary, *extra):
         lines += [f"{title}:", "", "| method | protocol | " + " | ".join(names) + " |"]

@@ -1,7 +1,7 @@
 """Convergence study: optimality gap of the averaged iterate vs the horizon T.
 
 For each method and each T, one batched run over the seeds with the theory's 1/√T step
-sizes (:mod:`amasim.methods`) gives gap_s(T) = max_i E_i(θ̄_T) − OPT for every seed s,
+sizes (:class:`amasim.studies.Tuning`) gives gap_s(T) = max_i E_i(θ̄_T) − OPT for every seed s,
 OPT from :func:`amasim.optimum.minimax_optimum`.  The slope is the least-squares slope of
 log(mean_s gap) on log T; its 95% interval is a percentile bootstrap over seeds (2,000
 resamples, the bootstrap's own seed fixed), so it reflects seed-to-seed variation.
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from amasim.methods import Tuning, run_tuned
 from amasim.optimum import solved_problem
 from amasim.simulator import SimulatedOracle
+from amasim.studies import Tuning, run_tuned
 
 __all__ = ["converge", "fit_slope", "write_converge", "plot_converge"]
 

@@ -1,6 +1,7 @@
 """``amasim reproduce``: every figure in ``figures/`` and the results tables, on CPU.
 
-Writes, under ``OUT`` (default: the current directory):
+Writes, under ``OUT`` (the CLI's ``--out``; by default a fresh folder under ``runs/``, so
+nothing tracked is rewritten — ``--out .`` regenerates the committed tables and figures):
 
 * ``figures/converge_<problem>.png`` — gap vs T, log-log, for each convex family;
 * ``figures/weights_<problem>.png`` — AMA-R and AMA-S task weights over training, with
@@ -8,9 +9,10 @@ Writes, under ``OUT`` (default: the current directory):
 * ``results/converge_<problem>.{json,csv}`` — the convergence records;
 * ``results/claims.json`` and ``results/RESULTS.md`` — slopes and the seed claims;
 * ``results/compare_<suite>.{json,md}`` and ``figures/compare_<suite>.png`` — every
-  method of the field on the same problems (:mod:`amasim.compare`);
+  method of the field on the same problems (:mod:`amasim.studies.compare`);
 * ``results/proofs_report.{md,json}`` and ``figures/bounds_<problem>.png`` — the
-  convergence theory's checks (:mod:`proofs_check`), measured gap beside each bound.
+  convergence theory's checks, measured gap beside each bound, when the caller passes
+  ``prove`` (the CLI passes :mod:`proofs_check`; the library never imports it).
 
 ``--quick`` uses T ≤ 10⁴, 4 seeds and a smaller budget (under 2 minutes on 2 cores).
 """
@@ -19,17 +21,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from amasim.claims import IMBALANCED, claims_markdown, measure_claims
-from amasim.converge import converge, write_converge
-from amasim.methods import Tuning, run_tuned
 from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS
 from amasim.simulator import SimulatedOracle
+from amasim.studies import Tuning, run_tuned
+from amasim.studies.claims import IMBALANCED, claims_markdown, measure_claims
+from amasim.studies.compare import SUITES, compare, compare_markdown, write_compare
+from amasim.studies.converge import converge, write_converge
 
 __all__ = ["reproduce", "plot_weights"]
 
@@ -89,8 +93,17 @@ def _slopes_markdown(studies: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def reproduce(out: str | Path = ".", *, quick: bool = False, progress: bool = True) -> Path:
-    """Regenerate the figures and tables; returns the path of ``RESULTS.md``."""
+def reproduce(
+    out: str | Path,
+    *,
+    quick: bool = False,
+    progress: bool = True,
+    prove: Callable[[list[str]], int] | None = None,
+) -> Path:
+    """Regenerate the figures and tables under ``out``; returns the path of ``RESULTS.md``.
+
+    ``prove(argv) -> exit status`` runs the theory's checks (``proofs_check.main``).
+    """
     settings = _settings(quick)
     figures, results = Path(out) / "figures", Path(out) / "results"
     figures.mkdir(parents=True, exist_ok=True)
@@ -134,8 +147,6 @@ def reproduce(out: str | Path = ".", *, quick: bool = False, progress: bool = Tr
             claims_markdown(tables),
         ]
     )
-    from amasim.compare import SUITES, compare, compare_markdown, write_compare
-
     comparisons = []
     for suite in SUITES:
         result = compare(suite, seeds=settings["seeds"] if quick else 5, quick=quick)
@@ -144,14 +155,9 @@ def reproduce(out: str | Path = ".", *, quick: bool = False, progress: bool = Tr
     text += "\n\n## The rest of the field (`amasim compare`)\n\n" + "\n\n".join(comparisons)
     path = results / "RESULTS.md"
     path.write_text(text)
-    _prove(results, figures, quick)
+    if prove is not None:
+        budget = "quick" if quick else "default"
+        status = prove(["--budget", budget, "--out", str(results), "--figures", str(figures)])
+        if status != 0:
+            raise RuntimeError(f"the proofs reported a violation: see {results}/proofs_report.md")
     return path
-
-
-def _prove(results: Path, figures: Path, quick: bool) -> None:
-    from proofs_check import main as prove
-
-    budget = "quick" if quick else "default"
-    status = prove(["--budget", budget, "--out", str(results), "--figures", str(figures)])
-    if status != 0:
-        raise RuntimeError(f"proofs_check reported a violation: see {results}/proofs_report.md")
