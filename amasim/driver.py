@@ -54,10 +54,10 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from amasim import observe, prng
+from amasim import grdpo, observe, prng
 from amasim.capabilities import capabilities_of, require_capabilities
 from amasim.checker import check_oracle, check_oracle_interface
-from amasim.mixers import APPLY_MODES, SIGNAL_REQUIRES, Mixer, Signal, static_weights
+from amasim.mixers import SIGNAL_REQUIRES, Mixer, Signal, check_apply, static_weights
 from amasim.oracle import Oracle, OracleError
 from amasim.result import RunResult
 from amasim.scores import check_score, example_scores, task_means
@@ -161,7 +161,8 @@ class Mixing:
         require_capabilities(oracle, mixer.requires, f"mixer {mixer.name!r}")
         self.mixer, self.oracle, self.reduce = mixer, oracle, reduce
         self.batch_size, self.score = batch_size, check_score(score)
-        self.resample = apply == "resample"
+        self.resample = apply != "reweight"  # resample, importance: the batch is drawn
+        self.importance = apply == "importance"
         self.num_tasks = len(oracle.task_names)
         keys = prng.replicate_keys(list(seeds), stream=stream)
         self.uniforms = prng.UniformStream(keys, batch_size)
@@ -174,7 +175,10 @@ class Mixing:
         """Draw a batch, score it, update the mixer (if ``observe``), take the oracle's step."""
         alpha = self.mixer.weights(state)
         r, k, b = alpha.shape[0], self.num_tasks, self.batch_size
-        if self.resample:
+        if self.importance:  # drawn from the fixed q, weighted by α/(B q) (GR-DPO)
+            sampling = grdpo.sampling_distribution(state)
+            task_ids = prng.categorical(self.uniforms(t), sampling)
+        elif self.resample:
             task_ids = prng.categorical(self.uniforms(t), alpha)
         else:
             task_ids = self.fixed_ids
@@ -187,7 +191,13 @@ class Mixing:
             means, counts = np.add.reduce(values.reshape(r, k, b), axis=-1) / b, self.fixed_counts
         if self.reduce is not None:
             means, counts = self.reduce(means, counts)
-        if self.resample:
+        if self.importance:
+            new_alpha = alpha
+            if observe:
+                new_alpha, state = self.mixer.update(state, means, counts)
+            weights = grdpo.importance_loss_weights(new_alpha, sampling, task_ids, b, check=False)
+            loss_weights = dvalues * weights
+        elif self.resample:
             if observe:
                 _, state = self.mixer.update(state, means, counts)
             loss_weights = dvalues / b  # the draw from α already weights tasks
@@ -356,8 +366,7 @@ class _Loop:
                 "replicates at once: pass fewer seeds or loop over runs"
             )
         self.apply = mixer.apply if kw["apply"] is None else kw["apply"]
-        if self.apply not in APPLY_MODES:
-            raise ValueError(f"apply={self.apply!r} is unknown: use 'reweight' or 'resample'")
+        check_apply(self.apply)
         self.score = mixer.score if kw["score"] is None else kw["score"]
         if self.signal.kind == "batch":  # other signals train on the plain loss
             check_score(self.score)

@@ -13,8 +13,10 @@ leading replicate axes: R runs update in one array computation.
 
 Besides the pure functions a mixer carries two defaults a training loop reads:
 ``score`` (``"loss"``, ``"excess"`` or ``"clipped"``, see :mod:`amasim.scores`) and
-``apply`` (``"reweight"``: every task in every batch, loss weighted by α; or
-``"resample"``: the batch is drawn from α).  The named methods are compositions:
+``apply`` (``"reweight"``: every task in every batch, loss weighted by α;
+``"resample"``: the batch is drawn from α; ``"importance"``: the batch is drawn from a
+fixed distribution q — the state's ``sampling`` field — and each example's loss is weighted
+by α/(B·q), as GR-DPO does, :mod:`amasim.grdpo`).  The named methods are compositions:
 
 ==============  ==========  ====================================  ==========
 factory         score       weights                               apply
@@ -72,6 +74,7 @@ __all__ = [
     "smooth",
     "importance_weighted",
     "check_scores",
+    "check_counts",
     "check_positive",
     "check_apply",
     "replicate_shape",
@@ -80,7 +83,7 @@ __all__ = [
     "LOG_FLOOR",
 ]
 
-APPLY_MODES = ("reweight", "resample")
+APPLY_MODES = ("reweight", "resample", "importance")
 LOG_FLOOR = -1e300  # far below any reachable value; keeps sums of logs finite
 
 #: What a mixer may observe (:class:`Signal`), and the oracle capabilities each needs.
@@ -253,7 +256,8 @@ def check_scores(
     return arr
 
 
-def _check_counts(counts: Any, shape: tuple[int, ...]) -> np.ndarray:
+def check_counts(counts: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``counts`` as whole numbers >= 0 of ``shape``: examples of each task in a batch."""
     arr = np.asarray(counts)
     if arr.shape != shape:
         raise ValueError(f"counts has shape {arr.shape}: expected {shape}, the shape of scores")
@@ -363,7 +367,7 @@ def static_weights(
     def update(state: StaticState, scores: Any, counts: Any = None):
         arr = check_scores(scores, state.weights.shape[-1], like=state.weights)
         if counts is not None:
-            _check_counts(counts, arr.shape)
+            check_counts(counts, arr.shape)
         return state.weights, state
 
     return Mixer(init, update, lambda state: state.weights, check_score(score), apply, name)
@@ -431,7 +435,7 @@ def exponentiated_gradient(
         gains = _score_array(scores, log_weights)
         with np.errstate(**_QUIET):
             if counts is not None:
-                n = _check_counts(counts, gains.shape)
+                n = check_counts(counts, gains.shape)
                 if importance_weighting:
                     gains = _importance_estimate(gains, n, state.weights)
                 else:
@@ -524,7 +528,7 @@ def hold_last_scores(mixer: Mixer) -> Mixer:
     def update(state: HeldState, scores: Any, counts: Any = None):
         scores = check_scores(scores, state.last_scores.shape[-1])
         if counts is not None:
-            n = _check_counts(counts, scores.shape)
+            n = check_counts(counts, scores.shape)
             scores = np.where(n > 0, scores, state.last_scores)
         w, inner = mixer.update(state.inner, scores, None)
         return w, HeldState(inner, scores)
@@ -604,7 +608,7 @@ def odm(smoothing_rate: float = 0.9) -> Mixer:
         losses = check_scores(scores, k, like=pi)
         smoothed = beta * state.rewards + (1.0 - beta) * (losses / pi)
         if counts is not None:  # only the domains drawn into the batch were observed
-            smoothed = np.where(_check_counts(counts, losses.shape) > 0, smoothed, state.rewards)
+            smoothed = np.where(check_counts(counts, losses.shape) > 0, smoothed, state.rewards)
         _, probs = eg_step(np.zeros_like(pi), smoothed, odm_exploration(k, t))
         eps_next = odm_exploration(k, t + 1)
         played = (1.0 - k * eps_next) * probs + eps_next
@@ -621,6 +625,6 @@ def odm_exploration(num_tasks: int, step: int) -> float:
 
 
 def check_apply(apply: str) -> None:
-    """Raise unless ``apply`` is ``"reweight"`` or ``"resample"``."""
+    """Raise unless ``apply`` is one of :data:`APPLY_MODES`."""
     if apply not in APPLY_MODES:
-        raise ValueError(f"apply={apply!r} is unknown: use 'reweight' or 'resample'")
+        raise ValueError(f"apply={apply!r} is unknown: use one of {', '.join(APPLY_MODES)}")

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from amasim import gradient_mixers, lmo, mixers
+from amasim import gradient_mixers, grdpo, lmo, mixers
 from amasim.capabilities import capabilities_of
 from amasim.driver import requirements
 from amasim.mixers import Mixer, Signal
@@ -140,6 +140,11 @@ METHODS: dict[str, Method] = {
         _BOTH,
         "AMA-S on the raw loss (no specialist)",
         ablation=True,
+    ),
+    "gr-dpo": Method(
+        lambda h: grdpo.gr_dpo(h.step_size, sizes=list(h.sizes)),
+        _STEP,
+        "GR-DPO (Ramesh et al. 2024): EG on importance-weighted raw loss, batch from the union",
     ),
     "skill-it": Method(
         lambda h: lmo.skill_it(h.step_size), _STEP, "LMO with a skills graph from single-task runs"
