@@ -36,7 +36,10 @@ def init_from_env(backend: str | None = None) -> tuple[int, int]:
 def reduce_task_scores(means: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Global per-task means and counts: Σ_ranks mean·count / Σ_ranks count (all-reduce)."""
     packed = torch.from_numpy(np.concatenate([means * counts, counts.astype(np.float64)], axis=-1))
+    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+        packed = packed.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    packed = packed.cpu()
     k = means.shape[-1]
     sums, total = packed[..., :k].numpy(), packed[..., k:].numpy()
     return sums / np.maximum(total, 1.0), total.astype(np.int64)

@@ -1,0 +1,55 @@
+"""AutoMixAlign inside TRL: any amasim mixer sets the task mixture of TRL's DPOTrainer.
+
+Needs the ``trl`` extra (``pip install -e ".[trl]"``).  The three lines that change in a
+TRL DPO script::
+
+    specialist_losses = cache_specialist_losses(model, task_datasets, specialists, args=args,
+                                                cache_dir="cache")
+    trainer = AMADPOTrainer(model, args=args, train_dataset=concatenate_tasks(task_datasets),
+                            processing_class=tokenizer, mixer=ama_r(1.0),
+                            specialist_losses=specialist_losses)
+
+One idea per module:
+
+* :mod:`llm.trl.trainer` — :class:`AMADPOTrainer` (which DPOTrainer methods it overrides,
+  and why, is listed there);
+* :mod:`llm.trl.sampler` — :class:`TaskMixtureSampler`, the rows of every step;
+* :mod:`llm.trl.losses` — per-pair losses out of TRL's own loss code;
+* :mod:`llm.trl.specialists` — :func:`cache_specialist_losses`;
+* :mod:`llm.trl.tasks` — the task column, :func:`concatenate_tasks`, dataset digests;
+* :mod:`llm.trl.checkpoint` — the mixture's part of a Trainer checkpoint;
+* :mod:`llm.trl.tiny` — tiny offline models and datasets (smoke runs, tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "AMADPOTrainer",
+    "TaskMixtureSampler",
+    "cache_specialist_losses",
+    "SpecialistLosses",
+    "concatenate_tasks",
+    "pair_losses",
+    "PairLosses",
+]
+
+# Imported on first use (PEP 562): the sampler, tasks and checkpoint modules need neither
+# TRL nor transformers, and importing those takes seconds.
+_HOME = {
+    "AMADPOTrainer": "llm.trl.trainer",
+    "TaskMixtureSampler": "llm.trl.sampler",
+    "cache_specialist_losses": "llm.trl.specialists",
+    "SpecialistLosses": "llm.trl.specialists",
+    "concatenate_tasks": "llm.trl.tasks",
+    "pair_losses": "llm.trl.losses",
+    "PairLosses": "llm.trl.losses",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'llm.trl' has no attribute {name!r}")

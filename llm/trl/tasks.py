@@ -1,0 +1,147 @@
+"""Datasets of several tasks: the task column, per-task rows, and a digest of the rows.
+
+A multi-task DPO run trains on one :class:`datasets.Dataset` whose *task column* names
+the task of every row (:func:`concatenate_tasks` builds it from one dataset per task).
+The k-th row of task ``name`` in that dataset is the k-th row of the task's own dataset,
+so per-task arrays (the specialists' losses) line up with it by order
+(:func:`rows_by_task`).  :func:`dataset_digest` hashes the rows themselves, so a cache
+keyed by it never serves numbers of other data.
+
+>>> from datasets import Dataset
+>>> a = Dataset.from_dict({"prompt": ["1+1="], "chosen": ["2"], "rejected": ["3"]})
+>>> b = Dataset.from_dict({"prompt": ["hi", "yo"], "chosen": ["hey", "yo"], "rejected": ["", ""]})
+>>> both = concatenate_tasks({"math": a, "chat": b})
+>>> list(both["task"])
+['math', 'chat', 'chat']
+>>> ids, names = task_ids(both, "task")
+>>> ids.tolist(), names
+([0, 1, 1], ('math', 'chat'))
+>>> dataset_digest(a) == dataset_digest(Dataset.from_dict(a.to_dict()))
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["concatenate_tasks", "task_ids", "rows_by_task", "dataset_digest"]
+
+
+def concatenate_tasks(datasets: Mapping[str, Any], task_column: str = "task") -> Any:
+    """One dataset of all tasks, in order, with ``task_column`` naming each row's task."""
+    from datasets import concatenate_datasets
+
+    if not datasets:
+        raise ValueError("datasets is empty: pass one dataset per task, {name: Dataset}")
+    parts = []
+    for name, ds in datasets.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"task names must be non-empty strings, got {name!r}")
+        if task_column in ds.column_names:
+            raise ValueError(
+                f"task {name!r}'s dataset already has a column {task_column!r}: pass "
+                "task_column= another name"
+            )
+        parts.append(ds.add_column(task_column, [name] * len(ds)))
+    return concatenate_datasets(parts)
+
+
+def task_ids(
+    dataset: Any, task_column: str, tasks: Sequence[str] | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The task index of every row and the task names, in the order of ``tasks``.
+
+    ``tasks`` defaults to the names in order of first appearance.  A missing column, a
+    value that is not a task name, or a name outside ``tasks`` raises a ``ValueError``
+    naming it.
+    """
+    if task_column not in dataset.column_names:
+        raise ValueError(
+            f"the training set has no task column {task_column!r} (columns: "
+            f"{', '.join(dataset.column_names)}): add one naming each row's task, e.g. with "
+            "llm.trl.concatenate_tasks({name: dataset}), or pass task_column="
+        )
+    values = list(dataset[task_column])
+    feature = dataset.features[task_column]
+    if hasattr(feature, "int2str"):  # a ClassLabel column: ints that stand for names
+        values = feature.int2str(list(values))
+    bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+    if bad is not None:
+        raise ValueError(
+            f"task column {task_column!r} must hold task names (strings); row {bad} holds "
+            f"{values[bad]!r} of type {type(values[bad]).__name__}"
+        )
+    names = tuple(dict.fromkeys(values)) if tasks is None else tuple(tasks)
+    if len(set(names)) != len(names):
+        raise ValueError(f"tasks={list(names)} names a task twice")
+    index = {name: i for i, name in enumerate(names)}
+    unknown = next((i for i, v in enumerate(values) if v not in index), None)
+    if unknown is not None:
+        raise ValueError(
+            f"row {unknown} of the training set names task {values[unknown]!r} in column "
+            f"{task_column!r}, which is not one of the tasks {list(names)}: fix the row, or "
+            "give that task its specialist losses (or list it in tasks=)"
+        )
+    return np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values)), names
+
+
+def rows_by_task(ids: np.ndarray, names: Sequence[str], per_task: Mapping[str, Any]) -> np.ndarray:
+    """A per-row array from per-task arrays: row r gets ``per_task[task][k]`` when r is
+    the k-th row of its task.  Each array needs exactly one entry per row of its task."""
+    out = np.full(len(ids), np.nan)
+    for i, name in enumerate(names):
+        if name not in per_task:
+            raise ValueError(f"no specialist losses for task {name!r}: pass one array per task")
+        values = np.asarray(per_task[name], dtype=np.float64)
+        rows = np.flatnonzero(ids == i)
+        if values.shape != rows.shape:
+            raise ValueError(
+                f"task {name!r} has {len(rows)} rows in the training set but "
+                f"{values.size} specialist losses: compute them on the same rows, in the same "
+                "order (cache_specialist_losses with the task's dataset)"
+            )
+        out[rows] = values
+    return out
+
+
+class _HashSink:
+    """A write-only file object that feeds sha256 (pyarrow streams into it)."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.hash.update(view)
+        return view.nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def dataset_digest(dataset: Any) -> str:
+    """sha256 of a dataset's rows (schema and values, in order), whatever their provenance.
+
+    The selected rows are written as one Arrow IPC stream into the hash, so a dataset and
+    a copy of its rows agree, and any changed value, row or column changes the digest.
+    """
+    import pyarrow as pa
+
+    table = dataset.with_format("arrow")[:]
+    if not isinstance(table, pa.Table):  # pragma: no cover - datasets returns a Table
+        raise TypeError(f"cannot read the rows of {type(dataset).__name__} as an Arrow table")
+    # take() copies the rows into fresh, compact buffers: a slice of a larger table and a
+    # table built from the same rows serialise to the same bytes
+    table = table.replace_schema_metadata(None).take(np.arange(table.num_rows)).combine_chunks()
+    sink = _HashSink()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.hash.hexdigest()
