@@ -7,12 +7,16 @@ amasim compare --suite mixing [--methods a,b] [--out DIR]
 amasim reproduce [--quick] [--out DIR]                  the main job (default: a fresh runs/ folder)
 amasim prove [proofs_check options]                     = python -m proofs_check
 amasim llm [llm options]                                = python -m llm
+
+Bad input ends in one line, ``error: <what>, <where>, <fix>``, and exit status 2; pass
+``--debug`` for the traceback.  Every argument is checked before any work, ``--out`` first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -68,6 +72,24 @@ def _tuning(args: argparse.Namespace):
     from amasim.studies import Tuning
 
     return Tuning(args.lr, args.mixer_step, args.smoothing, args.batch_size)
+
+
+def check_out(path: Path, flag: str = "--out") -> Path:
+    """``path`` as an output folder that exists (created) and can be written, else an error
+    naming it — checked before any work, so nothing is computed for nowhere."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder: pass a folder to write into")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".amasim-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"{flag} {path} cannot be written ({err.strerror or err}): pass a folder you can "
+            "write to"
+        ) from None
+    return path
 
 
 def fresh_folder(kind: str, root: Path = Path("runs")) -> Path:
@@ -142,9 +164,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llm.cli import main as llm_main
 
         return llm_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    if getattr(args, "seeds", 1) < 1:
-        raise SystemExit("amasim: --seeds must be >= 1")
+    debug = "--debug" in argv
+    try:
+        return _run(build_parser().parse_args([a for a in argv if a != "--debug"]))
+    except (ValueError, TypeError, OSError) as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument of the command, before any work."""
+    if getattr(args, "out", None) is not None:
+        check_out(args.out)
+    seeds = getattr(args, "seeds", None)
+    if seeds is not None and seeds < 2:
+        raise ValueError(
+            f"--seeds {seeds}: the reported standard errors and intervals need --seeds >= 2"
+        )
+    if args.command == "converge":
+        from amasim.studies.converge import check_design
+
+        check_design(args.steps, args.seeds)
+    if args.command in ("converge", "claims"):
+        from amasim.problems import make_problem
+
+        make_problem(args.problem, **{**_problem_kwargs(args), "sizes": (2,) * len(args.sizes)})
+        _tuning(args)
+        for name, value in (("--lr", args.lr), ("--mixer-step", args.mixer_step)):
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"{name} {value}: pass a finite number > 0")
+        if not args.smoothing > 0 or args.batch_size < 1:
+            raise ValueError("--smoothing must be > 0 and --batch-size >= 1")
+    if args.command == "claims":
+        from amasim.registry import steps_for_budget
+        from amasim.studies.claims import CLAIM_METHODS
+
+        for name in CLAIM_METHODS:
+            steps_for_budget(name, args.budget, len(args.sizes), args.batch_size)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_args(args)
     if args.command == "methods":
         from amasim.registry import MERGES, METHODS, describe
 

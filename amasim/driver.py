@@ -48,6 +48,7 @@ steps (the oracle's ``last_metrics`` and tokens per second with ``"training_metr
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -69,6 +70,8 @@ __all__ = [
     "Checkpoint",
     "RunLog",
     "TrainingDiverged",
+    "NonFiniteLoss",
+    "check_finite_losses",
     "requirements",
     "SCHEDULES",
     "learning_rate_at",
@@ -111,6 +114,27 @@ class RunLog(Protocol):
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss; the message names the step and the last good checkpoint."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """An oracle returned a NaN or infinite loss; the message names the task and example."""
+
+
+def check_finite_losses(losses: np.ndarray, task_ids: np.ndarray, names: Sequence[str]) -> None:
+    """Raise :class:`NonFiniteLoss` naming the first non-finite loss's task and position.
+
+    One scalar test on the usual path: the sum is finite iff every loss is, unless finite
+    losses overflow the sum, which only sends finite losses to the exact test.
+    """
+    if math.isfinite(np.add.reduce(losses, axis=None)) or np.isfinite(losses).all():
+        return
+    r, n = np.argwhere(~np.isfinite(losses))[0]
+    task = names[int(task_ids[r, n])]
+    raise NonFiniteLoss(
+        f"non-finite loss {losses[r, n]} on task {task!r} (replicate {r}, example {n} of the "
+        "batch): the model diverged or the example holds a bad value; lower the learning "
+        "rate, or check that task's data"
+    )
 
 
 def requirements(mixer: Mixer, signal: Signal | None = None) -> tuple[str, ...]:
@@ -184,6 +208,7 @@ class Mixing:
             task_ids = self.fixed_ids
         batch = self.oracle.sample(task_ids)
         losses = self.oracle.losses(batch)
+        check_finite_losses(losses, task_ids, self.oracle.task_names)  # never a score of NaN
         values, dvalues = example_scores(self.score, losses, batch.reference_losses)
         if self.resample:
             means, counts = task_means(values, task_ids, k, check=False)
@@ -430,8 +455,8 @@ class _Loop:
             extra = extra + info["proxy"]["examples"]
         final = last = worst = None
         if evaluate:
-            final = self.oracle.evaluate(score="clipped", averaged=True)
-            last = self.oracle.evaluate(score="clipped", averaged=False)
+            final = self._evaluated(averaged=True)
+            last = self._evaluated(averaged=False)
             worst = final.max(axis=1)
         return RunResult(
             method=self.mixer.name,
@@ -460,6 +485,19 @@ class _Loop:
             mixer_state=state,
             info=info,
         )
+
+    def _evaluated(self, averaged: bool) -> np.ndarray:
+        """The final clipped excess of every task; a non-finite one is an error, not a score."""
+        scores = np.asarray(self.oracle.evaluate(score="clipped", averaged=averaged))
+        if not np.isfinite(scores).all():
+            r, i = np.argwhere(~np.isfinite(scores))[0]
+            where = "averaged iterate" if averaged else "last iterate"
+            raise NonFiniteLoss(
+                f"final evaluation: task {self.oracle.task_names[i]!r} (replicate {r}) scored "
+                f"{scores[r, i]} at the {where}: the trained model is broken (diverged, or a "
+                "corrupt checkpoint); no result is reported from it"
+            )
+        return scores
 
     def _phase(self, mixer, signal, phase, saved, apply, score) -> tuple[_Record, Any]:
         """Train a fresh model with ``mixer`` under ``signal`` (sweep, then the segments)."""

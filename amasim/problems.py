@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,7 @@ __all__ = [
     "loss_and_slope",
     "check_sizes",
     "assemble",
+    "check_family",
 ]
 
 PROBLEMS = ("quadratic", "logistic", "loglinear-dpo")
@@ -166,6 +168,22 @@ def check_sizes(sizes: Sequence[int], num_tasks: int | None) -> tuple[int, ...]:
     return sizes
 
 
+def check_family(dim: Any, conflict: Any, noise: Any, radius: Any, seed: Any, **more: Any) -> None:
+    """Validate a family's keyword arguments: ``dim`` an int >= 1, ``seed`` an int >= 0,
+    ``conflict`` finite >= 0, ``noise``, ``radius`` (and ``beta``) finite > 0."""
+    for name, value in (("dim", dim), ("seed", seed)):
+        low = 1 if name == "dim" else 0
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name}={value!r} must be an int >= {low}")
+    positive = {"noise": noise, "radius": radius, **more}
+    for name, value in {"conflict": conflict, **positive}.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"{name}={value!r} must be a real number")
+        if not np.isfinite(value) or value < 0 or (name != "conflict" and value == 0):
+            bound = ">= 0" if name == "conflict" else "> 0"
+            raise ValueError(f"{name}={value!r} must be a finite number {bound}")
+
+
 def _task_optima(rng: np.random.Generator, k: int, dim: int, conflict: float) -> np.ndarray:
     """Unit-scale task optima: a shared direction plus ``conflict`` × a task direction."""
     shared = rng.standard_normal(dim)
@@ -202,6 +220,7 @@ def quadratic(
 ) -> ConvexProblem:
     """Multi-task least squares: y = x·θ*_i + noise, x ~ N(0, I)."""
     sizes = check_sizes(sizes, None)
+    check_family(dim, conflict, noise, radius, seed)
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     optima = _task_optima(rng, len(sizes), dim, conflict)
     xs = [rng.standard_normal((n, dim)) for n in sizes]
@@ -220,6 +239,7 @@ def logistic(
 ) -> ConvexProblem:
     """Multi-task logistic regression: P(label = +1 | a) = σ(2 a·θ*_i / noise)."""
     sizes = check_sizes(sizes, None)
+    check_family(dim, conflict, noise, radius, seed)
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     optima = _task_optima(rng, len(sizes), dim, conflict)
     xs, ys = [], []
@@ -250,6 +270,9 @@ def loglinear_dpo(
     the chosen one.  The reference policy θ_ref is a small random vector.
     """
     sizes = check_sizes(sizes, None)
+    check_family(dim, conflict, noise, radius, seed, beta=beta)
+    if isinstance(num_responses, bool) or not isinstance(num_responses, (int, np.integer)):
+        raise TypeError(f"num_responses={num_responses!r} must be an int")
     if num_responses < 2:
         raise ValueError(f"num_responses={num_responses} must be >= 2 (a pair per prompt)")
     rng = np.random.default_rng(np.random.SeedSequence(seed))

@@ -26,7 +26,7 @@ from amasim.optimum import solved_problem
 from amasim.simulator import SimulatedOracle
 from amasim.studies import Tuning, run_tuned
 
-__all__ = ["converge", "fit_slope", "write_converge", "plot_converge"]
+__all__ = ["converge", "check_design", "fit_slope", "write_converge", "plot_converge"]
 
 _BOOTSTRAP_SEED = 20250601
 
@@ -34,8 +34,10 @@ _BOOTSTRAP_SEED = 20250601
 def fit_slope(steps: Sequence[int], gaps: np.ndarray) -> tuple[float, tuple[float, float]]:
     """Slope of log(mean gap) vs log T and its 95% bootstrap interval over seeds.
 
-    ``gaps`` has shape (len(steps), S).  Gaps are floored at 1e-12 before the log.
+    ``gaps`` has shape (len(steps), S).  Gaps are floored at 1e-12 before the log.  A slope
+    needs two distinct horizons and its interval two seeds: anything less is refused.
     """
+    check_design(steps, gaps.shape[1])
     log_t = np.log(np.asarray(steps, dtype=float))
     design = np.vstack([log_t, np.ones_like(log_t)]).T
 
@@ -52,6 +54,18 @@ def fit_slope(steps: Sequence[int], gaps: np.ndarray) -> tuple[float, tuple[floa
     return slope, (float(low), float(high))
 
 
+def check_design(steps: Sequence[int], seeds: int) -> None:
+    """Refuse a study whose slope or interval would be degenerate: fewer than two distinct
+    horizons (no slope), fewer than two seeds (no interval)."""
+    if len(set(steps)) < 2:
+        raise ValueError(
+            f"steps={list(steps)}: a slope needs at least two distinct horizons T, e.g. "
+            "--steps 100,1000,10000"
+        )
+    if seeds < 2:
+        raise ValueError(f"seeds={seeds}: a confidence interval over seeds needs --seeds >= 2")
+
+
 def converge(
     problem: str,
     methods: Sequence[str],
@@ -62,15 +76,20 @@ def converge(
     tuning: Tuning = Tuning(),
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the study; returns the ``converge.json`` record plus per-seed ``gaps``."""
+    """Run the study; returns the ``converge.json`` record plus per-seed ``gaps``.
+
+    With ``progress`` a bar counts training steps, so its time estimate holds from the
+    first horizon on (runs cost about their number of steps).
+    """
+    check_design(steps, seeds)
     instance, optimum = solved_problem(problem, **(problem_kwargs or {}))
     oracle = SimulatedOracle(instance)
-    jobs = [(m, t) for m in methods for t in steps]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"converge {problem}", unit="run")
+        total = len(methods) * sum(steps)
+        bar = tqdm(total=total, desc=f"converge {problem}", unit="step", unit_scale=True)
     out: dict[str, Any] = {"problem": problem, "optimum": optimum.to_dict(), "methods": {}}
     gaps: dict[str, np.ndarray] = {}
     for method in methods:
@@ -79,15 +98,13 @@ def converge(
             result = run_tuned(method, oracle, horizon, range(seeds), tuning, optimum.value)
             per_t.append(result.gap)
             if bar is not None:
-                bar.update()
+                bar.update(horizon)
         gaps[method] = np.array(per_t)
         slope, ci = fit_slope(steps, gaps[method])
         out["methods"][method] = {
             "steps": list(steps),
             "gap_mean": gaps[method].mean(axis=1).tolist(),
-            "gap_std": gaps[method].std(axis=1, ddof=1).tolist()
-            if seeds > 1
-            else [0.0] * len(steps),
+            "gap_std": gaps[method].std(axis=1, ddof=1).tolist(),
             "slope": slope,
             "slope_ci": list(ci),
         }
