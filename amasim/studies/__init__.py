@@ -6,6 +6,8 @@ module              study (``amasim <command>``)
 ``converge``        optimality gap of the averaged iterate vs the horizon T
 ``claims``          the AutoMixAlign paper's claims at an equal example budget
 ``compare``         every method of the field on the same problems
+``seed_claims``     every seed paper's claim over many problem instances
+``specialist_cost`` how cheap AMA's specialists can be
 ``reproduce``       all of the above, with figures (the main job)
 ==================  ===========================================================
 
@@ -30,7 +32,10 @@ from amasim.driver import run
 from amasim.registry import ByProtocol, Theory, build
 from amasim.result import RunResult
 
-__all__ = ["Tuning", "run_tuned"]
+__all__ = ["IMBALANCED", "Tuning", "run_tuned"]
+
+#: the AMA instances: 10:1:1 imbalance, conflicting task optima
+IMBALANCED = {"sizes": (1000, 100, 100), "conflict": 1.0}
 
 
 @dataclass(frozen=True)

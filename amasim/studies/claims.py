@@ -23,7 +23,7 @@ import numpy as np
 from amasim.optimum import solved_problem
 from amasim.registry import steps_for_budget
 from amasim.simulator import SimulatedOracle
-from amasim.studies import Tuning, run_tuned
+from amasim.studies import IMBALANCED, Tuning, run_tuned
 
 __all__ = ["CLAIM_METHODS", "measure_claims", "claims_markdown"]
 
@@ -36,7 +36,6 @@ CLAIM_METHODS = (
     "ama-r",
     "ama-s",
 )
-IMBALANCED = {"sizes": (1000, 100, 100), "conflict": 1.0}
 
 
 def measure_claims(

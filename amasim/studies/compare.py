@@ -48,7 +48,8 @@ from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS, ConvexProblem, loss_and_slope
 from amasim.registry import METHODS, build, check_method, describe, missing, steps_for_budget
 from amasim.result import RunResult
-from amasim.studies.claims import IMBALANCED
+from amasim.studies import IMBALANCED
+from amasim.studies.plots import differences, plot_differences
 from amasim.transfer import (
     GROUP_SETTINGS,
     GradientSimulatedOracle,
@@ -57,7 +58,17 @@ from amasim.transfer import (
     transfer_problem,
 )
 
-__all__ = ["SUITES", "Setting", "train", "compare", "compare_markdown", "write_compare"]
+__all__ = [
+    "SUITES",
+    "Setting",
+    "Instance",
+    "instances",
+    "train",
+    "run_instance",
+    "compare",
+    "compare_markdown",
+    "write_compare",
+]
 
 SUITES = ("mixing", "transfer", "dga")
 #: the merges compared (base θ₀ = 0), from :data:`amasim.registry.MERGES`
@@ -167,7 +178,7 @@ def _merged(problem: ConvexProblem, kind: str, seeds: int) -> np.ndarray:
 Metrics = Callable[[Any], dict[str, np.ndarray]]
 
 
-class _Instance(NamedTuple):
+class Instance(NamedTuple):
     """One setting of a suite; ``metrics(model) -> {title: (R,)}`` reads a trained oracle
     through its protocol and capabilities only (``evaluate``, ``target_loss``)."""
 
@@ -193,13 +204,15 @@ class _MergedModel:
         return loss_and_slope(self.problem.loss, self.theta @ x.T, y)[0].mean(axis=-1)
 
 
-def _instances(suite: str, quick: bool) -> dict[str, _Instance]:
-    """The settings of ``suite`` by name."""
+def instances(suite: str, quick: bool = False, problem_seed: int | None = None) -> dict:
+    """The settings of ``suite`` by name, each an :class:`Instance`; ``problem_seed`` draws
+    another instance of every setting (default: the suite's own seeds)."""
     primary, (extra, *more) = METRICS[suite]
+    seed = {} if problem_seed is None else {"seed": problem_seed}
     out = {}
     if suite == "mixing":
         for family in PROBLEMS:
-            problem, optimum = solved_problem(family, **IMBALANCED)
+            problem, optimum = solved_problem(family, **IMBALANCED, **seed)
             setting = Setting(96_000 if quick else 384_000, 3.0, 32, "1/sqrt(T)")
 
             def mixing(oracle):
@@ -207,20 +220,20 @@ def _instances(suite: str, quick: bool) -> dict[str, _Instance]:
                 return {primary: scores.max(axis=1), extra: scores.mean(axis=1)}
 
             oracle = GradientSimulatedOracle(problem)
-            out[family] = _Instance(oracle, problem, setting, mixing, optimum.value)
+            out[family] = Instance(oracle, problem, setting, mixing, optimum.value)
     elif suite == "transfer":
         for name, kwargs in GROUP_SETTINGS.items():
-            problem = transfer_problem(**kwargs)
+            problem = transfer_problem(**kwargs, **seed)
             setting = Setting(8_000 if quick else 32_000, 0.05, 8)
 
             def transfer(oracle):
                 losses = oracle.evaluate("loss", averaged=False)
                 return {primary: losses.mean(axis=1), extra: losses.max(axis=1)}
 
-            out[name] = _Instance(GradientSimulatedOracle(problem), problem, setting, transfer)
+            out[name] = Instance(GradientSimulatedOracle(problem), problem, setting, transfer)
     else:
         for regime, kwargs in DGA_REGIMES.items():
-            split = target_problem(**kwargs, seed=1)
+            split = target_problem(**kwargs, seed=1 if problem_seed is None else problem_seed)
             oracle = GradientSimulatedOracle(
                 split.problem,
                 (split.features, split.targets),
@@ -235,13 +248,15 @@ def _instances(suite: str, quick: bool) -> dict[str, _Instance]:
                 return {primary: test, extra: losses.max(axis=1), more[0]: losses.mean(axis=1)}
 
             test = (split.test_features, split.test_targets)
-            out[regime] = _Instance(oracle, split.problem, setting, dga, None, test)
+            out[regime] = Instance(oracle, split.problem, setting, dga, None, test)
     return out
 
 
-def _run_instance(
-    instance: _Instance, setting: Setting, seeds: int, methods: Sequence[str]
+def run_instance(
+    instance: Instance, setting: Setting, seeds: int, methods: Sequence[str], merges=MERGES
 ) -> dict[str, Any]:
+    """Every method of ``methods`` and every merge of ``merges`` on one instance:
+    ``{"tables": {metric: {method: summary}}, "methods": {method: info}, "budget"}``."""
     oracle, problem, metrics = instance.oracle, instance.problem, instance.metrics
     tables: dict[str, dict[str, Any]] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -260,7 +275,7 @@ def _run_instance(
         }
         for title, v in metrics(oracle).items():
             tables.setdefault(title, {})[name] = _summary(v)
-    for name, kind in MERGES.items():
+    for name, kind in merges.items():
         info[name] = {"protocol": "merge", "examples": 0, "extra_gradient_evaluations": 0}
         model = _MergedModel(problem, _merged(problem, kind, seeds), instance.test)
         for title, v in metrics(model).items():
@@ -304,21 +319,21 @@ def compare(
         methods = [name for name, method in METHODS.items() if not method.ablation]
     for name in methods:
         check_method(name)
-    instances = {}
-    for name, instance in _instances(suite, quick).items():
+    measured = {}
+    for name, instance in instances(suite, quick).items():
         setting = instance.setting
         if online != "per-batch":
             setting = Setting(**{**setting.__dict__, "online": online})
-        inst = _run_instance(instance, setting, seeds, methods)
+        inst = run_instance(instance, setting, seeds, methods)
         inst["optimum"] = instance.optimum
         inst["verdicts"] = _verdicts(suite, inst)
-        instances[name] = inst
+        measured[name] = inst
     return {
         "suite": suite,
         "seeds": seeds,
         "quick": quick,
         "online": online,
-        "instances": instances,
+        "instances": measured,
     }
 
 
@@ -371,13 +386,29 @@ def compare_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_compare(result: dict[str, Any], path: str | Path) -> None:
+    """Every method's difference from the exact optimum (mixing) or from stratified mixing
+    (the other suites) on the suite's metric, 95% intervals, one panel per setting."""
+    title = METRICS[result["suite"]][0]
+    panels = {}
+    for name, inst in result["instances"].items():
+        values = {m: row["values"] for m, row in inst["tables"][title].items()}
+        if inst.get("optimum") is not None:
+            panels[name] = differences(values, offset=inst["optimum"])
+            against = "the exact optimum"
+        else:
+            panels[name] = differences(values, reference="stratified")
+            against = "stratified mixing"
+    plot_differences(
+        panels,
+        path,
+        xlabel=f"{title}: difference from {against}",
+        title=f"amasim compare --suite {result['suite']} ({result['seeds']} seeds)",
+    )
+
+
 def write_compare(result: dict[str, Any], out: str | Path) -> list[Path]:
     """``results/compare_<suite>.{json,md}`` and ``figures/compare_<suite>.png`` under ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out)
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -387,27 +418,5 @@ def write_compare(result: dict[str, Any], out: str | Path) -> list[Path]:
     png_path = out / "figures" / f"{stem}.png"
     json_path.write_text(json.dumps(result, indent=2))
     md_path.write_text(compare_markdown(result) + "\n")
-    instances = result["instances"]
-    title = METRICS[result["suite"]][0]
-    methods = list(next(iter(instances.values()))["methods"])
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(instances)), 3.8))
-    width = 0.85 / len(methods)
-    cmap = plt.get_cmap("tab20")
-    for j, method in enumerate(methods):
-        rows = [inst["tables"][title].get(method) for inst in instances.values()]
-        means = [np.nan if r is None else r["mean"] for r in rows]
-        stds = [0.0 if r is None else r["std"] for r in rows]
-        x = np.arange(len(instances)) + j * width
-        ax.bar(x, means, width, yerr=stds, label=method, color=cmap(j % 20))
-    ax.set_xticks(np.arange(len(instances)) + 0.425 - width / 2)
-    ax.set_xticklabels(list(instances), fontsize=7, rotation=15)
-    ax.set_ylabel(title)
-    ax.legend(fontsize=5, ncol=4)
-    ax.set_title(
-        f"amasim compare --suite {result['suite']} ({result['seeds']} seeds; missing bar = n/a)",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    plot_compare(result, png_path)
     return [json_path, md_path, png_path]

@@ -8,6 +8,10 @@ nothing tracked is rewritten — ``--out .`` regenerates the committed tables an
   the exact dual weights α̂ of the optimum;
 * ``results/converge_<problem>.{json,csv}`` — the convergence records;
 * ``results/claims.json`` and ``results/RESULTS.md`` — slopes and the seed claims;
+* ``results/claims_over_instances.json`` — every seed claim on ≥ 5 problem instances ×
+  5 training seeds (:mod:`amasim.studies.seed_claims`);
+* ``results/specialist_cost.{json,md}`` and ``figures/specialist_cost.png`` — AMA with
+  cheaper specialists (:mod:`amasim.studies.specialist_cost`);
 * ``results/compare_<suite>.{json,md}`` and ``figures/compare_<suite>.png`` — every
   method of the field on the same problems (:mod:`amasim.studies.compare`);
 * ``results/proofs_report.{md,json}`` and ``figures/bounds_<problem>.png`` — the
@@ -30,10 +34,16 @@ import numpy as np
 from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS
 from amasim.simulator import SimulatedOracle
-from amasim.studies import Tuning, run_tuned
-from amasim.studies.claims import IMBALANCED, claims_markdown, measure_claims
+from amasim.studies import IMBALANCED, Tuning, run_tuned
+from amasim.studies.claims import claims_markdown, measure_claims
 from amasim.studies.compare import SUITES, compare, compare_markdown, write_compare
 from amasim.studies.converge import converge, write_converge
+from amasim.studies.seed_claims import seed_claims, seed_claims_markdown
+from amasim.studies.specialist_cost import (
+    specialist_cost,
+    specialist_cost_markdown,
+    write_specialist_cost,
+)
 
 __all__ = ["reproduce", "plot_weights"]
 
@@ -42,8 +52,22 @@ CONVERGE_METHODS = ("ama-r", "ama-s", "group-dro", "uniform", "stratified")
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"steps": [100, 1000, 10_000], "seeds": 4, "budget": 96_000}
-    return {"steps": [100, 1000, 10_000, 100_000], "seeds": 8, "budget": 384_000}
+        return {
+            "steps": [100, 1000, 10_000],
+            "seeds": 4,
+            "budget": 96_000,
+            "problem_seeds": [0, 1],
+            "claim_seeds": 2,
+            "specialist_steps": 500,
+        }
+    return {
+        "steps": [100, 1000, 10_000, 100_000],
+        "seeds": 8,
+        "budget": 384_000,
+        "problem_seeds": list(range(5)),
+        "claim_seeds": 5,
+        "specialist_steps": 2_000,
+    }
 
 
 def plot_weights(problem: str, path: Path, steps: int = 4000, tuning: Tuning = Tuning()) -> None:
@@ -129,8 +153,22 @@ def reproduce(
         for problem in PROBLEMS
     ]
     (results / "claims.json").write_text(json.dumps(tables, indent=2))
+    claims_study = seed_claims(
+        problem_seeds=settings["problem_seeds"],
+        seeds=settings["claim_seeds"],
+        quick=quick,
+        progress=progress,
+    )
+    (results / "claims_over_instances.json").write_text(json.dumps(claims_study, indent=2))
+    cost = specialist_cost(
+        PROBLEMS,
+        seeds=settings["claim_seeds"],
+        budget=settings["budget"],
+        specialist_steps=settings["specialist_steps"],
+    )
+    write_specialist_cost(cost, out)
     mode = "quick" if quick else "full"
-    command = "amasim reproduce --quick" if quick else "amasim reproduce"
+    command = "amasim reproduce --quick --out DIR" if quick else "amasim reproduce --out ."
     text = "\n".join(
         [
             f"# amasim results ({mode} run)",
@@ -142,9 +180,16 @@ def reproduce(
             "",
             _slopes_markdown(studies),
             "",
-            "## Seed claims at equal example budget",
+            "## Seed claims at equal example budget (one instance per family)",
             "",
             claims_markdown(tables),
+            "## Seed claims over instances",
+            "",
+            seed_claims_markdown(claims_study),
+            "",
+            "## The cost of specialists",
+            "",
+            specialist_cost_markdown(cost),
         ]
     )
     comparisons = []
