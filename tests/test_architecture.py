@@ -1,0 +1,102 @@
+"""The layout's rules, checked on the source: no import cycle inside ``amasim`` or ``llm``
+(imports inside functions included), no private name imported across modules, and the
+library never reaching the studies, the CLI, ``llm`` or ``proofs_check``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("amasim", "llm")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for every import in the file, at any
+    depth (lazy imports inside functions count), relative imports resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names = [alias.name for alias in node.names]
+            # "from pkg import submodule" imports the submodule
+            subs = [n for n in names if f"{base}.{n}" in MODULES]
+            found += [(f"{base}.{n}", [], node.lineno) for n in subs]
+            rest = [n for n in names if n not in subs]
+            if rest:
+                found.append((base, rest, node.lineno))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for name, path in MODULES.items():
+        edges = set()
+        for module, _, _ in _imports(name, path):
+            if module in MODULES and module != name:
+                edges.add(module)
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_cycle_inside_the_packages():
+    graph, cycles = _graph(), []
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_private_name_is_imported_across_modules():
+    offenders = []
+    for name, path in MODULES.items():
+        for module, names, line in _imports(name, path):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private and module != name:
+                offenders.append(f"{path.relative_to(ROOT)}:{line}: {module} {private}")
+    assert not offenders, "private names imported across modules:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m.startswith("amasim")])
+def test_the_library_stays_below_the_studies_and_the_cli(name):
+    """amasim's library modules import neither the studies nor the CLI; only the CLI reaches
+    llm and proofs_check."""
+    targets = {module for module, _, _ in _imports(name, MODULES[name])}
+    cli = ("amasim.cli", "amasim.__main__")  # python -m amasim is the CLI
+    if name not in cli:
+        assert not {t for t in targets if t.split(".")[0] in ("llm", "proofs_check")}
+    if not name.startswith(("amasim.studies", *cli)):
+        assert not {t for t in targets if t.startswith(("amasim.studies", "amasim.cli"))}
