@@ -72,6 +72,7 @@ __all__ = [
     "TrainingDiverged",
     "NonFiniteLoss",
     "check_finite_losses",
+    "check_horizon",
     "requirements",
     "SCHEDULES",
     "learning_rate_at",
@@ -137,6 +138,38 @@ def check_finite_losses(losses: np.ndarray, task_ids: np.ndarray, names: Sequenc
     )
 
 
+def check_horizon(
+    mixer: Mixer, steps: int, num_tasks: int, *, rounds: int = 10, signal: Signal | None = None
+) -> None:
+    """Raise, naming the minimum, when ``steps`` cannot hold what ``mixer``'s signal measures
+    (a sweep, LearnParams rounds) plus one training step per round — before any work."""
+    signal = mixer.signal if signal is None else signal
+    name, measured, training = mixer.name, 0, 1
+    if signal.design is not None:
+        n = len(signal.design(num_tasks))
+        measured = n * max(1, steps // signal.share // n)
+        training = 1 if signal.kind == "sweep" else rounds
+        if steps < measured + training:
+            raise ValueError(
+                f"mixer {name!r}: steps={steps} cannot hold its sweep of {n} runs of "
+                f"{measured // n} steps plus {training} step(s) of training: raise steps (or "
+                f"the budget) to at least {measured + training}"
+            )
+    if signal.kind == "validation" and steps - measured < rounds:
+        raise ValueError(
+            f"mixer {name!r}: steps={steps} leaves {steps - measured} steps for {rounds} "
+            f"rounds: raise steps (or the budget) to at least {measured + rounds}, or lower rounds"
+        )
+    if signal.kind == "learnparams":
+        needed = mixer.init(num_tasks).sweeps * num_tasks
+        if steps // rounds < needed:
+            raise ValueError(
+                f"mixer {name!r}: steps={steps} gives {steps // rounds} steps per round, but "
+                f"LearnParams needs {needed} (one per mixture): raise steps (or the budget) to "
+                f"at least {needed * rounds}, or lower rounds"
+            )
+
+
 def requirements(mixer: Mixer, signal: Signal | None = None) -> tuple[str, ...]:
     """Every oracle capability training ``mixer`` under ``signal`` (default: its own) needs."""
     signal = mixer.signal if signal is None else signal
@@ -200,15 +233,13 @@ class Mixing:
         alpha = self.mixer.weights(state)
         r, k, b = alpha.shape[0], self.num_tasks, self.batch_size
         if self.importance:  # drawn from the fixed q, weighted by α/(B q) (GR-DPO)
-            sampling = grdpo.sampling_distribution(state)
-            task_ids = prng.categorical(self.uniforms(t), sampling)
+            task_ids = prng.categorical(self.uniforms(t), grdpo.sampling_distribution(state))
         elif self.resample:
             task_ids = prng.categorical(self.uniforms(t), alpha)
         else:
             task_ids = self.fixed_ids
         batch = self.oracle.sample(task_ids)
         losses = self.oracle.losses(batch)
-        check_finite_losses(losses, task_ids, self.oracle.task_names)  # never a score of NaN
         values, dvalues = example_scores(self.score, losses, batch.reference_losses)
         if self.resample:
             means, counts = task_means(values, task_ids, k, check=False)
@@ -216,22 +247,30 @@ class Mixing:
             means, counts = np.add.reduce(values.reshape(r, k, b), axis=-1) / b, self.fixed_counts
         if self.reduce is not None:
             means, counts = self.reduce(means, counts)
-        if self.importance:
-            new_alpha = alpha
-            if observe:
-                new_alpha, state = self.mixer.update(state, means, counts)
-            weights = grdpo.importance_loss_weights(new_alpha, sampling, task_ids, b, check=False)
-            loss_weights = dvalues * weights
-        elif self.resample:
-            if observe:
-                _, state = self.mixer.update(state, means, counts)
-            loss_weights = dvalues / b  # the draw from α already weights tasks
-        else:
-            new_alpha = alpha
-            if observe:
-                new_alpha, state = self.mixer.update(state, means, None)
-            # Σ_i α_{t+1,i} · (mean over the B examples of task i), Group DRO Alg. 1 order
-            loss_weights = (dvalues.reshape(r, k, b) * (new_alpha / b)[..., None]).reshape(r, k * b)
+        try:  # zero cost unless raised
+            if self.importance:
+                new_alpha = alpha
+                if observe:
+                    new_alpha, state = self.mixer.update(state, means, counts)
+                q = grdpo.sampling_distribution(state)
+                weights = grdpo.importance_loss_weights(new_alpha, q, task_ids, b, check=False)
+                loss_weights = dvalues * weights
+            elif self.resample:
+                if observe:
+                    _, state = self.mixer.update(state, means, counts)
+                loss_weights = dvalues / b  # the draw from α already weights tasks
+            else:
+                new_alpha = alpha
+                if observe:
+                    new_alpha, state = self.mixer.update(state, means, None)
+                # Σ_i α_{t+1,i} · (mean over the B examples of task i), Group DRO Alg. 1 order
+                loss_weights = dvalues.reshape(r, k, b) * (new_alpha / b)[..., None]
+                loss_weights = loss_weights.reshape(r, k * b)
+        except ValueError:
+            # every score propagates a NaN loss and every mixer refuses non-finite scores:
+            # name the task and the example instead (never a score computed from NaN)
+            check_finite_losses(losses, task_ids, self.oracle.task_names)
+            raise
         self.oracle.step(batch, loss_weights, learning_rate)
         return StepResult(state, alpha, means, counts, losses)
 
@@ -260,6 +299,7 @@ def run(
     signal: Signal | None = None,
     optimum: float | None = None,
     record_every: int | None = None,
+    record_losses: bool = False,
     evaluate: bool = True,
     check: bool = True,
     progress: bool | str = False,
@@ -277,11 +317,13 @@ def run(
     per step otherwise.  ``apply``, ``score`` and ``signal`` default to the mixer's (e.g.
     ``signal=Signal("validation")`` runs a batch mixer in the rounds protocol);
     ``rounds`` is the number of rounds of the round-based signals.  ``record_every``
-    defaults to ``max(1, steps // 1000)``.  With ``check`` (default) the oracle first
-    passes :func:`~amasim.checker.check_oracle`; ``evaluate=False`` skips the final
-    evaluation (``task_scores`` is then ``None``).  ``progress`` shows a progress bar (a
-    string labels it).  ``checkpoint``/``checkpoint_every``, ``log``/``log_every``: see
-    the module docstring; ``on_step(t)`` is called after each step the driver takes.
+    defaults to ``max(1, steps // 1000)``; ``record_losses`` also records each recorded
+    batch's mean loss (``RunResult.losses``, else ``None``; a reduction a step).  With
+    ``check`` (default) the oracle first passes :func:`~amasim.checker.check_oracle`;
+    ``evaluate=False`` skips the final evaluation (``task_scores`` is then ``None``).
+    ``progress`` shows a progress bar (a string labels it).  ``checkpoint``,
+    ``checkpoint_every``, ``log``, ``log_every``: see the module docstring; ``on_step(t)``
+    is called after each step the driver takes.
     ``reduce`` and ``stream`` are :class:`Mixing`'s (data parallelism).
     """
     loop = _Loop(
@@ -297,6 +339,7 @@ def run(
         score=score,
         signal=signal,
         record_every=record_every,
+        record_losses=record_losses,
         progress=progress,
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
@@ -335,6 +378,10 @@ class _Record:
     @property
     def examples(self) -> np.ndarray:
         return self.task_counts.sum(axis=1) + self.other_examples
+
+    def losses(self) -> np.ndarray:
+        """(M, R) mean loss of each recorded batch; NaN where the oracle took the step."""
+        return self.loss_sums / self.batch_sizes[:, None]
 
     def state(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k != "every"}
@@ -398,6 +445,7 @@ class _Loop:
         self.record_given = record_every = kw["record_every"]
         self.record_every = max(1, self.steps // 1000) if record_every is None else record_every
         _positive_int("record_every", self.record_every)
+        self.record_losses = bool(kw["record_losses"])
         self.checkpoint, self.log, self.on_step = kw["checkpoint"], kw["log"], kw["on_step"]
         self.checkpoint_every = _positive_int("checkpoint_every", kw["checkpoint_every"])
         self.log_every = _positive_int("log_every", kw["log_every"])
@@ -409,17 +457,11 @@ class _Loop:
 
     def _sweep_size(self) -> tuple[int, int]:
         """(steps the sweep takes, steps per sweep run); (0, 0) without a design."""
+        check_horizon(self.mixer, self.steps, self.k, rounds=self.rounds, signal=self.signal)
         if self.signal.design is None:
             return 0, 0
         n = len(self.signal.design(self.k))
         probe = max(1, self.steps // self.share // n)
-        training = 1 if self.signal.kind == "sweep" else self.rounds
-        if self.steps < n * probe + training:
-            raise ValueError(
-                f"mixer {self.mixer.name!r}: steps={self.steps} cannot hold its sweep of {n} "
-                f"runs of {probe} steps plus {training} step(s) of training: raise steps (or "
-                f"the budget) to at least {n * probe + training}"
-            )
         return n * probe, probe
 
     # ---------------------------------------------------------------- phases
@@ -471,7 +513,7 @@ class _Loop:
             record_steps=record.steps,
             weights=record.weights,
             scores=record.scores,
-            losses=record.loss_sums / record.batch_sizes[:, None],
+            losses=record.losses() if self.record_losses else None,
             average_weights=record.weight_sum / self.steps,
             task_scores=final,
             last_task_scores=last,
@@ -556,8 +598,8 @@ class _Loop:
             reduce=self.reduce,
             stream=self.stream,
         )
-        batch_examples = self.batch_size * (self.k if apply == "reweight" else 1)
-        record.batch_sizes[:] = batch_examples
+        record.batch_sizes[:] = self.batch_size * (self.k if apply == "reweight" else 1)
+        record_losses = self.record_losses
         target = "target" if "target_set" in mixer.requires else "generalization"
         aligned = np.zeros((self.r, self.k))
         rec_every, steps, log, checkpoint = record.every, self.steps, self.log, self.checkpoint
@@ -579,7 +621,8 @@ class _Loop:
                 i = t // rec_every
                 record.weights[i] = out.weights
                 record.scores[i] = out.scores if batch_signal else aligned
-                np.add.reduce(out.losses, axis=1, out=record.loss_sums[i])
+                if record_losses:
+                    np.add.reduce(out.losses, axis=1, out=record.loss_sums[i])
             if log is not None and (t % self.log_every == 0 or t + 1 == steps):
                 self._log(t, out, time.perf_counter() - tick, tokens)
             if checkpoint is not None and ((t + 1) % self.checkpoint_every == 0 or t + 1 == steps):
@@ -596,12 +639,7 @@ class _Loop:
         """Rounds the oracle trains itself: validation rounds, or the sweep's weights."""
         first = self.sweep_steps
         rounds = self.rounds if signal.kind == "validation" else 1
-        length = (self.steps - first) // rounds
-        if length < 1:
-            raise ValueError(
-                f"mixer {mixer.name!r}: steps={self.steps} leaves {self.steps - first} steps "
-                f"for {rounds} rounds: raise steps (or the budget) or lower rounds"
-            )
+        length = (self.steps - first) // rounds  # >= 1 (check_horizon)
         for i in range(rounds):
             begin = first + i * length
             end = begin + length if i < rounds - 1 else self.steps
@@ -619,13 +657,7 @@ class _Loop:
     def _learnparams(self, mixer, state, record: _Record, start: int):
         """Aioli: per round, LearnParams (1/share of the round), then the rest on α."""
         m, sweeps = self.k, state.sweeps
-        per_round = self.steps // self.rounds
-        if per_round < sweeps * m:
-            raise ValueError(
-                f"mixer {mixer.name!r}: steps={self.steps} gives {per_round} steps per round, "
-                f"but LearnParams needs {sweeps * m} (one per mixture): raise steps (or the "
-                f"budget) to at least {sweeps * m * self.rounds}, or lower rounds"
-            )
+        per_round = self.steps // self.rounds  # >= sweeps·m (check_horizon)
         learn = max(1, per_round // (self.share * sweeps * m))
         uniform = np.full((self.r, m), 1.0 / m)  # the LearnParams mixtures, on average
         for i in range(self.rounds):
@@ -668,6 +700,7 @@ class _Loop:
             self._save(state, record, step)
 
     def _save(self, state, record: _Record, step: int) -> None:
+        """Save through the checkpoint; a state it refuses (non-finite) is a divergence."""
         saved = {
             "phase": self.phase,
             "step": step,
@@ -677,7 +710,10 @@ class _Loop:
         }
         if self.phase == "final":
             saved["proxy"] = self.proxy
-        self.checkpoint.save(saved)
+        try:
+            self.checkpoint.save(saved)
+        except FloatingPointError as err:  # the message names the last good checkpoint
+            raise TrainingDiverged(f"step {step}: {err}") from err
         self.saved_at = step
 
     def _last_good(self) -> str:

@@ -40,8 +40,9 @@ class RunResult:
         mean scores (0 where a task was absent) for the batch signal, the validation
         scores or alignments for those signals, Σ_i A_ij for Aioli, 0 when it observes
         nothing during training.
-    losses : (M, R) mean per-example loss of the recorded step's batch; NaN for steps the
-        oracle took itself (``train_on_mixture`` rounds).
+    losses : (M, R) mean per-example loss of the recorded step's batch (NaN for steps the
+        oracle took itself, in ``train_on_mixture`` rounds), or ``None`` unless the run was
+        asked to record them (``record_losses=True``).
     average_weights : (R, k) mean of α_t over all T steps.
     task_scores : (R, k) final per-task clipped excess loss E_i at the averaged iterate θ̄
         (the oracle's ``evaluate("clipped", averaged=True)``); ``None`` if not evaluated.
@@ -72,7 +73,7 @@ class RunResult:
     record_steps: np.ndarray
     weights: np.ndarray
     scores: np.ndarray
-    losses: np.ndarray
+    losses: np.ndarray | None
     average_weights: np.ndarray
     task_scores: np.ndarray | None
     last_task_scores: np.ndarray | None

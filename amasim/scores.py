@@ -10,6 +10,9 @@ score              value                   d value / d L (for ∇θ)
 ``"clipped"``      max(L − ℓ, 0)           1[L > ℓ]
 =================  ======================  ===========================
 
+A NaN loss stays NaN in every score (never a clipped 0), so the mixers' finiteness checks
+catch it.
+
 The per-task score a mixer sees is the mean of the values over the task's examples in
 the batch (:func:`task_means`).  The gradient coefficient lets any oracle take the step
 on Σ_z w_z · value(z) by asking only for the gradient of Σ_z c_z L(θ, z).
@@ -49,9 +52,8 @@ def example_scores(
     excess = losses - reference_losses
     if score == "excess":
         return excess, np.ones_like(losses)
-    if score == "clipped":
-        positive = excess > 0.0
-        return np.where(positive, excess, 0.0), positive.astype(losses.dtype)
+    if score == "clipped":  # np.maximum propagates a NaN loss, so no score hides one
+        return np.maximum(excess, 0.0), (excess > 0.0).astype(losses.dtype)
     raise ValueError(check_score(score))
 
 

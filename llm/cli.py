@@ -1,36 +1,109 @@
-"""Command line of the LLM backend (also reachable as ``amasim llm ...``)."""
+"""Command line of the LLM backend (also reachable as ``amasim llm ...``).
+
+Every failure prints one message, ``error: <what>, <where>. Fix: <how>``, on stderr and
+exits with 2 for bad input (config, data, paths, a damaged file, a busy output folder)
+or 1 otherwise (training diverged, an internal error); ``--debug`` shows the traceback
+instead.  Warnings (data issues, a rebuilt cache) print as ``warning: ...``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+#: exit status of bad input (argparse uses 2 as well)
+BAD_INPUT = 2
 
-def main(argv: Sequence[str] | None = None) -> int:
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llm", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synth", help="write the built-in preference task suite")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     run = sub.add_parser("run", help="specialists, caches, generalists, evaluation")
     run.add_argument("--config", type=Path, default=Path(__file__).parent / "configs/tiny-cpu.toml")
     run.add_argument("--out", type=Path, default=None, help="overrides [run] out")
-    args = parser.parse_args(argv)
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _classify(err: BaseException) -> int | None:
+    """The exit status of an expected failure, or None for an internal error."""
+    from amasim.driver import TrainingDiverged
+    from llm.lock import FolderLocked
+
+    if isinstance(err, TrainingDiverged | FloatingPointError):
+        return 1
+    if isinstance(err, ValueError | OSError | FolderLocked | TypeError):
+        return BAD_INPUT
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return _run(args)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print(
+                "error: interrupted. Fix: run the same command again to resume from the last "
+                "checkpoint",
+                file=sys.stderr,
+            )
+            return 130
+        except Exception as err:
+            if debug:
+                raise
+            status = _classify(err)
+            if status is None:
+                print(
+                    f"error: internal error {type(err).__name__}: {err}. Fix: rerun with "
+                    "--debug for the traceback and report it",
+                    file=sys.stderr,
+                )
+                return 1
+            message = str(err)
+            if isinstance(err, OSError) and err.strerror and err.filename is None:
+                message = err.strerror  # ours: the message without "[Errno N]"
+            print(f"error: {message}", file=sys.stderr)
+            return status
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "synth":
+        from llm.lock import prepare_output_folder
         from llm.synth import write_suite
 
+        prepare_output_folder(args.out, "--out")
         print("wrote", write_suite(args.out, seed=args.seed))
         return 0
     import dataclasses
 
     from llm.config import load_config
-    from llm.pipeline import run_pipeline
-    from llm.report import summary_table
+    from llm.lock import prepare_output_folder
 
     cfg = load_config(args.config)
     if args.out is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.out)))
+    prepare_output_folder(cfg.run.out, "--out" if args.out is not None else "[run] out")
+
+    from llm.pipeline import run_pipeline
+    from llm.report import summary_table
+
     results = run_pipeline(cfg)
     print(summary_table(results))
     print(f"wrote {cfg.run.out}/results.md ({results['seconds']:.0f} s)")

@@ -1,22 +1,36 @@
-"""Pipeline configuration: a TOML file mapped onto typed sections, every key checked.
+"""Pipeline configuration: a TOML file mapped onto typed sections, every value checked
+before any work.
 
 Unknown sections or keys, and values of the wrong type, raise a ``ValueError`` naming the
-file, the key and the accepted values.  ``llm/configs/tiny-cpu.toml`` documents every key.
+file, the key and the accepted values.  :func:`check_config` then checks every value
+(:class:`ConfigError`, one line per problem: the file, ``[section] key = value``, what is
+wrong and the fix): method names and their settings (through :mod:`amasim.registry`, and
+the oracle capabilities each needs), divisors, signs, seeds, the example budget, and that
+every input path exists.  Relative input paths (``[data] manifest``, ``[model] path``)
+resolve against the config file's folder; ``[run] out`` against the working directory.
+``llm/configs/tiny-cpu.toml`` documents every key.
 
 >>> cfg = Config()
 >>> cfg.dpo.beta, cfg.run.methods
 (0.1, ('uniform', 'stratified', 'ama-r', 'ama-s'))
-"""
+>>> import dataclasses
+>>> check_config(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seeds=(0, 0))))
+Traceback (most recent call last):
+...
+llm.config.ConfigError: config [run] seeds = [0, 0]: seed 0 appears twice: replicates with one seed are the same run, so statistics over them would be wrong. Fix: list distinct seeds, e.g. [0, 1]
+"""  # noqa: E501
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "load_config"]
+__all__ = ["Config", "ConfigError", "check_config", "load_config", "resolve_paths"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class DataSection:
     max_prompt_length: int = 24
     truncate_prompt: str = "error"
     tokenization: str = "exact"  # "exact" (prompt | completion boundary) or "trl" (TRL 1.16)
+    strict: bool = False  # data warnings (duplicates, chosen = rejected, ...) become errors
 
 
 @dataclass(frozen=True)
@@ -144,17 +159,398 @@ def _section(cls: type, values: dict[str, Any], where: str) -> Any:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read a TOML config; every section and key is optional (defaults as in :class:`Config`)."""
+    """Read a TOML config; every section and key is optional (defaults as in :class:`Config`).
+
+    Relative input paths resolve against the file's folder (:func:`resolve_paths`); then
+    :func:`check_config` checks every value.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config {path} does not exist: see llm/configs/tiny-cpu.toml")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}). "
+            "Fix: save the config as UTF-8"
+        ) from None
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}; accepted: {sorted(sections)}")
+    for name, value in raw.items():
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: {name} must be a section [{name}], got {value!r}")
     types = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
-    return Config(**{name: _section(types[name], raw[name], f"{path} [{name}]") for name in raw})
+    cfg = Config(**{name: _section(types[name], raw[name], f"{path} [{name}]") for name in raw})
+    cfg = resolve_paths(cfg, path.parent)
+    check_config(cfg, source=path)
+    return cfg
+
+
+def resolve_paths(cfg: Config, base: str | Path) -> Config:
+    """``cfg`` with relative input paths (``[data] manifest``, ``[model] path``) made
+    absolute against ``base`` (the config file's folder).  ``[run] out`` is an output and
+    stays relative to the working directory, like ``--out``."""
+    base = Path(base).resolve()
+
+    def absolute(value: str) -> str:
+        return value if not value or Path(value).is_absolute() else str(base / value)
+
+    data = dataclasses.replace(cfg.data, manifest=absolute(cfg.data.manifest))
+    return dataclasses.replace(
+        cfg, data=data, model=dataclasses.replace(cfg.model, path=absolute(cfg.model.path))
+    )
+
+
+# ------------------------------------------------------------------------- checking
+class ConfigError(ValueError):
+    """Config values that cannot run: one line per problem (file, ``[section] key =
+    value``, what is wrong, the fix).  ``problems`` lists them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        head = "" if len(problems) == 1 else f"{len(problems)} problems in the config:\n  "
+        super().__init__(head + "\n  ".join(problems))
+
+
+#: devices the pipeline runs on: cpu, cuda, cuda:N, mps
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+#: [run] dtype values the pipeline maps to an autocast dtype
+DTYPES = ("float32", "bfloat16")
+
+
+class _Checks:
+    """Collects problems; each names ``[section] key = value``, the rule and the fix."""
+
+    def __init__(self, cfg: Config, source: str) -> None:
+        self.cfg, self.source, self.problems = cfg, source, []
+
+    def bad(self, section: str, key: str, problem: str, fix: str) -> None:
+        value = getattr(getattr(self.cfg, section), key)
+        shown = list(value) if isinstance(value, tuple) else value
+        self.problems.append(f"{self.source} [{section}] {key} = {shown!r}: {problem}. Fix: {fix}")
+
+    def at_least(self, section: str, key: str, low: int, why: str = "") -> bool:
+        value = getattr(getattr(self.cfg, section), key)
+        if value >= low:
+            return True
+        default = getattr(type(getattr(self.cfg, section))(), key)
+        self.bad(section, key, f"must be >= {low}{why}", f"set {key} = {default} (the default)")
+        return False
+
+    def positive(self, section: str, key: str, why: str = "") -> bool:
+        value = getattr(getattr(self.cfg, section), key)
+        if math.isfinite(value) and value > 0:
+            return True
+        default = getattr(type(getattr(self.cfg, section))(), key)
+        self.bad(section, key, f"must be a finite number > 0{why}", f"set {key} = {default!r}")
+        return False
+
+    def non_negative(self, section: str, key: str, why: str = "") -> bool:
+        value = getattr(getattr(self.cfg, section), key)
+        if math.isfinite(value) and value >= 0:
+            return True
+        default = getattr(type(getattr(self.cfg, section))(), key)
+        self.bad(section, key, f"must be a finite number >= 0{why}", f"set {key} = {default!r}")
+        return False
+
+    def choice(
+        self, section: str, key: str, allowed: tuple[str, ...], what: str = "", hint: str = ""
+    ) -> bool:
+        value = getattr(getattr(self.cfg, section), key)
+        if value in allowed:
+            return True
+        options = ", ".join(repr(a) for a in allowed)
+        self.bad(section, key, f"is not {what or 'an accepted value'}", hint or f"use {options}")
+        return False
+
+
+def check_config(
+    cfg: Config,
+    source: str | Path = "config",
+    *,
+    oracle: type | None = None,
+    check_capabilities: bool = True,
+) -> Config:
+    """Check every value of ``cfg`` before any work; ``cfg`` itself, or a
+    :class:`ConfigError` listing every problem.
+
+    ``source`` names the config in messages.  Each method of ``[run] methods`` must be
+    registered (:func:`amasim.registry.check_method`), listed once, buildable with the
+    ``[mix]`` settings, affordable at the ``[mix] examples`` budget, and — with
+    ``check_capabilities`` — need only capabilities ``oracle`` (default
+    :class:`llm.oracle.DPOOracle`) offers.  Input paths must exist.
+    """
+    c = _Checks(cfg, str(source))
+    _check_run(c)
+    _check_data(c)
+    _check_model(c)
+    _check_training(c)
+    _check_methods(c, oracle, check_capabilities)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return cfg
+
+
+def _check_run(c: _Checks) -> None:
+    run = c.cfg.run
+    if not run.out:
+        c.bad("run", "out", "is empty", 'give an output folder, e.g. out = "runs/my-run"')
+    if not run.seeds:
+        c.bad("run", "seeds", "is empty: nothing would be trained", "list seeds, e.g. [0, 1, 2]")
+    for seed in run.seeds:
+        if seed < 0:
+            c.bad("run", "seeds", f"seed {seed} is negative", "use seeds >= 0")
+            break
+    repeated = sorted({s for s in run.seeds if run.seeds.count(s) > 1})
+    if repeated:
+        c.bad(
+            "run",
+            "seeds",
+            f"seed {repeated[0]} appears twice: replicates with one seed are the same run, so "
+            "statistics over them would be wrong",
+            f"list distinct seeds, e.g. {list(range(len(run.seeds)))}",
+        )
+    if not _DEVICE.match(run.device):
+        c.bad("run", "device", "is not a device", "use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    c.choice("run", "dtype", DTYPES, "a supported dtype")
+    c.at_least("run", "threads", 0, " (0 keeps torch's default)")
+    c.non_negative("run", "peak_flops", " (0 turns the MFU estimate off)")
+
+
+def _check_data(c: _Checks) -> None:
+    data, model = c.cfg.data, c.cfg.model
+    if data.manifest:
+        manifest = Path(data.manifest)
+        if manifest.suffix.lower() not in (".toml", ".json"):
+            c.bad("data", "manifest", "is not a .toml or .json manifest", "point it at tasks.toml")
+        elif not manifest.is_file():
+            c.bad(
+                "data",
+                "manifest",
+                "does not exist (relative paths resolve against the config file's folder)",
+                "fix the path, or leave it empty for the built-in suite",
+            )
+    c.at_least("data", "synth_seed", 0)
+    if c.at_least("data", "max_length", 2, " (a prompt token and a completion token)"):
+        bos = 1 if model.kind == "gpt" else 0  # the character tokenizer adds BOS
+        tokenization = data.tokenization
+        if c.at_least("data", "max_prompt_length", 0) and tokenization == "exact":
+            if bos + data.max_prompt_length + 1 > data.max_length:
+                c.bad(
+                    "data",
+                    "max_prompt_length",
+                    f"leaves no room for a completion token in max_length = {data.max_length}",
+                    f"lower it below {data.max_length - bos} or raise max_length",
+                )
+    c.choice("data", "truncate_prompt", ("error", "left"))
+    if c.choice("data", "tokenization", ("exact", "trl")):
+        if data.tokenization == "trl" and data.truncate_prompt != "error":
+            c.bad(
+                "data",
+                "truncate_prompt",
+                'has no counterpart in TRL, which keeps the whole prompt (tokenization = "trl")',
+                'set truncate_prompt = "error", or tokenization = "exact"',
+            )
+
+
+def _check_model(c: _Checks) -> None:
+    model, data = c.cfg.model, c.cfg.data
+    hint = (
+        "use 'gpt' (the built-in GPT) or 'hf' (any local Hugging Face causal LM folder, "
+        "e.g. a Llama checkpoint, given as [model] path)"
+    )
+    ok = c.choice("model", "kind", ("gpt", "hf"), "a model kind", hint)
+    if ok and model.kind == "hf":
+        path = Path(model.path) if model.path else None
+        if path is None:
+            c.bad(
+                "model",
+                "path",
+                "is empty but kind = 'hf'",
+                "give a local Hugging Face model folder",
+            )
+        elif not path.is_dir():
+            c.bad(
+                "model",
+                "path",
+                "is not a folder (relative paths resolve against the config file's folder)",
+                "give a local Hugging Face model folder (saved with save_pretrained)",
+            )
+        elif not (path / "config.json").is_file():
+            c.bad(
+                "model",
+                "path",
+                "has no config.json, so it is not a Hugging Face model folder",
+                "save the model there with model.save_pretrained(path)",
+            )
+    if ok and model.kind == "gpt":
+        for key in ("block_size", "n_layer", "n_head", "n_embd"):
+            c.at_least("model", key, 1)
+        if model.n_head >= 1 and model.n_embd % model.n_head:
+            c.bad(
+                "model",
+                "n_embd",
+                f"is not a multiple of n_head = {model.n_head}",
+                "make n_embd a multiple of n_head",
+            )
+        if not 0.0 <= model.dropout < 1.0:
+            c.bad("model", "dropout", "must lie in [0, 1)", "set dropout = 0.0")
+        if model.block_size < data.max_length:
+            c.bad(
+                "model",
+                "block_size",
+                f"is shorter than [data] max_length = {data.max_length}: sequences would not fit",
+                f"raise block_size to at least {data.max_length}, or lower max_length",
+            )
+        c.at_least("model", "init_seed", 0)
+
+
+def _check_training(c: _Checks) -> None:
+    from amasim.driver import SCHEDULES
+
+    cfg = c.cfg
+    if cfg.model.kind == "gpt":
+        c.at_least("sft", "steps", 0, " (0: the reference is the initial model)")
+        c.at_least("sft", "batch_size", 1)
+        c.positive("sft", "learning_rate")
+    if c.positive("dpo", "beta", " (beta = 0 leaves the DPO loss at log 2 with no gradient)"):
+        pass
+    loss_types = ("sigmoid", "robust", "hinge", "ipo")  # llm.dpo.LOSS_TYPES
+    if c.choice("dpo", "loss_type", loss_types, "a DPO loss"):
+        eps = cfg.dpo.label_smoothing
+        if cfg.dpo.loss_type in ("hinge", "ipo") and eps != 0:
+            c.bad(
+                "dpo",
+                "label_smoothing",
+                f"must be 0 for loss_type = {cfg.dpo.loss_type!r}",
+                "set label_smoothing = 0.0",
+            )
+        elif not 0.0 <= eps < 0.5:
+            c.bad("dpo", "label_smoothing", "must lie in [0, 0.5)", "set label_smoothing = 0.0")
+    for name in ("specialist", "generalist"):
+        stage = getattr(cfg, name)
+        c.at_least(name, "steps", 1)
+        batch_ok = c.at_least(name, "batch_size", 1)
+        c.positive(name, "learning_rate")
+        c.choice(name, "schedule", SCHEDULES, "a schedule")
+        c.non_negative(name, "grad_clip", " (0: no clipping)")
+        c.non_negative(name, "weight_decay")
+        if c.at_least(name, "micro_batch_size", 0, " (0: no gradient accumulation)"):
+            micro = stage.micro_batch_size
+            if batch_ok and micro and stage.batch_size % micro:
+                c.bad(
+                    name,
+                    "micro_batch_size",
+                    f"does not divide batch_size = {stage.batch_size}",
+                    "use a divisor of batch_size, or 0 for no accumulation",
+                )
+        c.at_least(name, "checkpoint_every", 1, " (a checkpoint every checkpoint_every steps)")
+        c.at_least(name, "log_every", 1, " (a metrics record every log_every steps)")
+    c.at_least("mix", "examples", 1)
+    c.positive("mix", "step_size")
+    if not 0.0 <= cfg.mix.smoothing <= 1.0:
+        c.bad("mix", "smoothing", "must lie in [0, 1] (AMA-S exploration)", "set smoothing = 0.1")
+    c.at_least("eval", "generate", 0, " (0: no greedy decoding)")
+    c.at_least("eval", "max_new_tokens", 1)
+    c.at_least("eval", "batch_size", 1)
+
+
+def _task_count(cfg: Config) -> int | None:
+    """Tasks the run will have: the manifest's, or the built-in suite's (None: unreadable)."""
+    if not cfg.data.manifest:
+        from llm.synth import TASKS
+
+        return len(TASKS)
+    try:
+        from llm.data import load_manifest
+
+        return len(load_manifest(cfg.data.manifest))
+    except (OSError, ValueError):
+        return None
+
+
+def _check_methods(c: _Checks, oracle: type | None, check_capabilities: bool) -> None:
+    from amasim.capabilities import CAPABILITIES, capabilities_of
+    from amasim.driver import check_horizon, requirements
+    from amasim.registry import MERGES, Fixed, build, check_method, describe, steps_for_budget
+
+    cfg = c.cfg
+    methods = cfg.run.methods
+    if not methods:
+        c.bad(
+            "run", "methods", "is empty: nothing would be trained", 'list methods, e.g. ["ama-r"]'
+        )
+        return
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        c.bad(
+            "run",
+            "methods",
+            f"{repeated[0]!r} is listed twice (its runs would be pooled as more seeds)",
+            "list each method once",
+        )
+    known = []
+    for name in dict.fromkeys(methods):
+        try:
+            check_method(name)
+        except ValueError as err:
+            c.bad("run", "methods", str(err), "remove it, or spell it as listed (amasim methods)")
+            continue
+        if name not in MERGES:
+            known.append(name)
+    if check_capabilities and known:
+        if oracle is None:
+            from llm.oracle import DPOOracle as oracle
+        offered = capabilities_of(oracle)
+        unable: set[str] = set()
+        for name in known:
+            for need in requirements(describe(name)):
+                cap = CAPABILITIES[need]
+                if need in offered or not cap.methods:  # attribute-only: set per instance
+                    continue
+                missing = ", ".join(f"{m}()" for m in cap.methods if not hasattr(oracle, m))
+                unable.add(name)
+                c.bad(
+                    "run",
+                    "methods",
+                    f"mixer {name!r} requires the oracle capability {need!r}, but "
+                    f"{oracle.__name__} has no method {missing}",
+                    f"remove {name!r} from methods, or {cap.fix} (a custom oracle through "
+                    "llm.pipeline.run_pipeline(make_oracle=...))",
+                )
+                break
+        known = [name for name in known if name not in unable]
+    k = _task_count(cfg)
+    batch = cfg.generalist.batch_size
+    if k is None or batch < 1 or cfg.mix.examples < 1:
+        return  # reported above (an unreadable manifest, a bad batch or budget)
+    policy = Fixed(cfg.mix.step_size, cfg.mix.smoothing)
+    for name in known:
+        try:
+            steps = steps_for_budget(name, cfg.mix.examples, k, batch)
+        except ValueError as err:
+            c.bad(
+                "mix",
+                "examples",
+                f"{err} ({k} tasks, [generalist] batch_size = {batch})",
+                "raise examples, or lower [generalist] batch_size",
+            )
+            continue
+        try:
+            mixer = build(name, steps=steps, sizes=(1,) * k, policy=policy)
+        except (ValueError, TypeError) as err:
+            c.bad(
+                "mix",
+                "step_size",
+                f"method {name!r} refuses the [mix] settings (step_size, smoothing): {err}",
+                "fix [mix] step_size / smoothing",
+            )
+            continue
+        try:  # sweeps and LearnParams rounds must fit in the budget (Skill-It, Aioli, DML)
+            check_horizon(mixer, steps, k)
+        except ValueError as err:
+            c.bad("mix", "examples", str(err), "raise examples, or drop the method")

@@ -81,6 +81,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,11 @@ __all__ = [
     "TokenizedPairs",
     "tokenize_pairs",
     "collate_pairs",
+    "DataWarning",
+    "DataAudit",
+    "ISSUES",
+    "audit_pairs",
+    "report_audit",
 ]
 
 _KEYS = ("prompt", "chosen", "rejected")
@@ -218,6 +224,19 @@ def _implicit_prompt(chosen: Any, rejected: Any, where: str) -> tuple[Any, Any, 
     return prompt, chosen, rejected
 
 
+def _decode(raw: bytes, where: str, *, first: bool) -> str:
+    """One line as text; bytes that are not UTF-8 raise naming the byte and its column."""
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")  # a BOM may start the file
+    except UnicodeDecodeError as e:
+        shift = 3 if first and raw.startswith(b"\xef\xbb\xbf") else 0
+        raise ValueError(
+            f"{where}: not UTF-8 (byte 0x{raw[e.start + shift]:02x} at column "
+            f"{e.start + shift + 1}). Fix: save the file as UTF-8 (e.g. iconv -f latin1 -t "
+            "utf-8)"
+        ) from None
+
+
 def read_preference_jsonl(
     path: str | Path, tokenizer: Tokenizer | None = None
 ) -> list[PreferencePair]:
@@ -226,15 +245,17 @@ def read_preference_jsonl(
     ``tokenizer`` supplies the chat template that renders conversational prompts to the
     text of ``"exact"`` mode (``None``: the plain template); the messages themselves are
     kept for ``"trl"`` mode.  Blank lines are skipped.  Every error is a ``ValueError``
-    naming ``path:line`` and the fix.
+    naming ``path:line`` and the fix (bytes that are not UTF-8: ``path:line: not UTF-8
+    (byte 0x.. at column ..)``).
     """
     path = Path(path)
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            line = _decode(raw, where, first=lineno == 1)
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -583,6 +604,111 @@ def _tokenize_trl(
     return out.build(
         max_length=max_length, max_prompt_length=max_length - 1, tokenization="trl", dropped=dropped
     )
+
+
+# ------------------------------------------------------------------------------- audit
+class DataWarning(UserWarning):
+    """Legal but suspicious data, counted per task (an error in strict mode)."""
+
+
+#: what :func:`audit_pairs` counts: name → (what it means, whether strict mode refuses it)
+ISSUES: dict[str, tuple[str, bool]] = {
+    "duplicates": ("rows repeat an earlier row", True),
+    "chosen_equals_rejected": ("pairs have chosen = rejected (nothing to prefer)", True),
+    "unknown_symbols": ("pairs hold text the tokenizer maps to its unknown token", True),
+    "nul_bytes": ("pairs hold NUL characters", True),
+    "chosen_truncated": ("chosen completions were cut to max_length", False),
+    "rejected_truncated": ("rejected completions were cut to max_length", False),
+    "dropped": ("pairs were dropped: the prompt alone fills max_length", False),
+}
+
+
+@dataclass(frozen=True)
+class DataAudit:
+    """Counts of :data:`ISSUES` in one split of one task; ``first[issue]`` is the source
+    (``path:line``) of its first case."""
+
+    pairs: int
+    counts: dict[str, int]
+    first: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"pairs": n, <issue>: count, ..., "first": {<issue>: source}}`` (JSON)."""
+        return {"pairs": self.pairs, **self.counts, "first": dict(self.first)}
+
+
+def _unknown_id(tokenizer: Tokenizer) -> int | None:
+    """The tokenizer's unknown-token id, when it is distinct from its other specials."""
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is None:  # a Hugging Face tokenizer behind llm.hf.HFTokenizer
+        unk = getattr(getattr(tokenizer, "tokenizer", None), "unk_token_id", None)
+    specials = {tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id}
+    return unk if isinstance(unk, int) and unk not in specials else None
+
+
+def audit_pairs(
+    pairs: Sequence[PreferencePair], tokens: TokenizedPairs, tokenizer: Tokenizer
+) -> DataAudit:
+    """Count what :data:`ISSUES` lists in ``pairs`` and their token ids ``tokens``.
+
+    >>> from llm.tokenizer import CharTokenizer
+    >>> tok = CharTokenizer()
+    >>> rows = [PreferencePair("1+1=", "2", "2", "f:1"), PreferencePair("1+1=", "2", "2", "f:2"),
+    ...         PreferencePair("é?", "yes", "no", "f:3")]
+    >>> audit = audit_pairs(rows, tokenize_pairs(rows, tok, max_length=16), tok)
+    >>> audit.counts["duplicates"], audit.counts["chosen_equals_rejected"], audit.first["unknown_symbols"]
+    (1, 2, 'f:3')
+    """  # noqa: E501
+    counts = dict.fromkeys(ISSUES, 0)
+    first: dict[str, str] = {}
+
+    def count(issue: str, source: str) -> None:
+        counts[issue] += 1
+        first.setdefault(issue, source)
+
+    seen: set[tuple[str, str, str]] = set()
+    for pair in pairs:
+        row = (pair.prompt, pair.chosen, pair.rejected)
+        if row in seen:
+            count("duplicates", pair.source)
+        seen.add(row)
+        if pair.chosen == pair.rejected:
+            count("chosen_equals_rejected", pair.source)
+        if any("\x00" in text for text in row):
+            count("nul_bytes", pair.source)
+    unk = _unknown_id(tokenizer)
+    if unk is not None:
+        for chosen, rejected, source in zip(tokens.chosen, tokens.rejected, tokens.sources):
+            if (chosen == unk).any() or (rejected == unk).any():
+                count("unknown_symbols", source)
+    counts["chosen_truncated"] = tokens.chosen_truncated
+    counts["rejected_truncated"] = tokens.rejected_truncated
+    counts["dropped"] = len(tokens.dropped)
+    if tokens.dropped:
+        first["dropped"] = tokens.dropped[0]
+    return DataAudit(len(pairs), counts, first)
+
+
+def report_audit(audit: DataAudit, label: str, *, strict: bool = False) -> list[str]:
+    """Warn (:class:`DataWarning`) once per issue found in ``audit`` of ``label`` (e.g.
+    ``"task 'math' (train)"``) and return the messages; with ``strict`` the issues
+    :data:`ISSUES` marks strict raise a ``ValueError`` listing them instead."""
+    messages, refused = [], []
+    for issue, (meaning, strict_error) in ISSUES.items():
+        n = audit.counts.get(issue, 0)
+        if not n:
+            continue
+        where = f" (first: {audit.first[issue]})" if issue in audit.first else ""
+        message = f"{label}: {n} of {audit.pairs} {meaning}{where}"
+        (refused if strict and strict_error else messages).append(message)
+    if refused:
+        raise ValueError(
+            "; ".join(refused) + ". Fix: clean the data, or set [data] strict = false to train "
+            "on it with warnings"
+        )
+    for message in messages:
+        warnings.warn(message, DataWarning, stacklevel=2)
+    return messages
 
 
 # --------------------------------------------------------------------------- collation

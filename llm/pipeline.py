@@ -14,8 +14,20 @@ stage               what it does (cache key)
                     budget (the specialists' losses it reads, everything above)
 :func:`merge`       a merge of the specialists (no training)
 :func:`evaluate`    per-task held-out DPO loss, clipped excess, reward accuracy, exact match
-report              ``results.json`` (written after every method), ``results.md``, plots
+report              ``results.json`` (written after every run), ``results.md``, plots
 ==================  ==========================================================================
+
+Before any work the config is checked whole (:func:`llm.config.check_config`: methods and
+their settings, divisors, signs, seeds, paths, the device) and the output folder is
+locked (:class:`llm.lock.RunLock`: a second run into it is refused with the first one's
+pid).  The data are audited per task and split (:func:`llm.data.audit_pairs`: duplicates,
+chosen = rejected, unknown symbols, NUL characters, truncated completions): warnings with
+counts, errors with ``[data] strict = true``, and the counts go into ``results.json``
+(``data``) and ``results.md``.  Caches, the reference model and checkpoints are
+checksummed (:mod:`llm.integrity`): a damaged cache or reference is rebuilt with a
+warning, a damaged checkpoint falls back to the one before.  A NaN or an infinity in a
+cache, a checkpoint or an evaluation is an error naming the task, the example and the
+stage — never a number in the report.
 
 One seam builds the oracle (:class:`OracleFactory`; default :func:`dpo_oracle`), so a user
 can bring another model or oracle and reuse the specialist stage.  Every cache is keyed by
@@ -28,8 +40,10 @@ caches gives the numbers of a run from scratch.
 from __future__ import annotations
 
 import hashlib
-import json
+import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,22 +55,28 @@ import torch
 from amasim import mixers, prng
 from amasim.merging import merge as merge_models
 from amasim.oracle import Oracle
-from amasim.registry import MERGES, Fixed, build, check_method, steps_for_budget
+from amasim.registry import MERGES, Fixed, build, steps_for_budget
 from llm.cache import cache_key, load_or_compute
-from llm.checkpoint import load, save_atomic
-from llm.config import Config, StageSection
+from llm.checkpoint import CheckpointFile, load, save_atomic
+from llm.config import Config, ConfigError, StageSection, check_config
 from llm.data import (
+    DataAudit,
     PreferencePair,
     TokenizedPairs,
+    audit_pairs,
     load_manifest,
     read_preference_jsonl,
+    report_audit,
     tokenize_pairs,
 )
 from llm.distributed import init_from_env, rank_streams, reduce_task_scores
 from llm.dpo import sequence_logps
 from llm.evaluate import greedy_exact_match
+from llm.integrity import IntegrityError, IntegrityWarning, NonFiniteError
+from llm.lock import RunLock
 from llm.model import GPT, GPTConfig, fingerprint
 from llm.oracle import DPOOracle, TaskData, dpo_settings, pair_losses, reference_logps
+from llm.report import write_report, write_results
 from llm.tokenizer import CharTokenizer
 from llm.train import LoopConfig, MetricsLog, history, train
 
@@ -80,7 +100,8 @@ class Task:
     """One task through the stages: its raw and tokenised splits and cached numbers.
 
     ``*_ref``: (n, 2) reference log-probs of (chosen, rejected); ``*_spec``: (n,) the
-    specialist's per-pair DPO losses; ``checkpoint``: the specialist's weights on disk.
+    specialist's per-pair DPO losses; ``checkpoint``: the specialist's weights on disk;
+    ``audit``: per split, the data issues counted by :func:`llm.data.audit_pairs`.
     """
 
     name: str
@@ -93,6 +114,7 @@ class Task:
     train_spec: np.ndarray | None = None
     eval_spec: np.ndarray | None = None
     checkpoint: Path | None = None
+    audit: dict[str, DataAudit] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def data(self, split: str) -> TaskData:
@@ -147,7 +169,8 @@ def dpo_oracle(cfg: Config, dpo: dict, pad_id: int) -> OracleFactory:
 
 # ------------------------------------------------------------------------------ tasks
 def load_tasks(cfg: Config, out: Path, tokenizer) -> dict[str, Task]:
-    """Stage 1: every task of the manifest (or the built-in suite, written to OUT/data)."""
+    """Stage 1: every task of the manifest (or the built-in suite, written to OUT/data),
+    audited per split (warnings with counts; ``[data] strict`` makes them errors)."""
     if cfg.data.manifest:
         manifest = Path(cfg.data.manifest)
     else:
@@ -167,8 +190,19 @@ def load_tasks(cfg: Config, out: Path, tokenizer) -> dict[str, Task]:
                 truncate_prompt=cfg.data.truncate_prompt,
                 tokenization=cfg.data.tokenization,
             )
-        tasks[name] = Task(name, raw["train"], raw["eval"], tokens["train"], tokens["eval"])
+        task = Task(name, raw["train"], raw["eval"], tokens["train"], tokens["eval"])
+        for split in ("train", "eval"):
+            audit = audit_pairs(raw[split], tokens[split], tokenizer)
+            label = f"task {name!r} ({split}, {_split_file(files, split)})"
+            report_audit(audit, label, strict=cfg.data.strict)
+            task.audit[split] = audit
+        tasks[name] = task
     return tasks
+
+
+def _split_file(files, split: str) -> Path:
+    """The file a split was read from (the train file serves as eval when none is given)."""
+    return files.eval if split == "eval" and files.eval is not None else files.train
 
 
 # -------------------------------------------------------------------------- reference
@@ -199,11 +233,20 @@ def reference(cfg: Config, out: Path, tasks: dict[str, Task], hf_model=None) -> 
         | {"threads": torch.get_num_threads()}  # CPU reductions split by thread count
     )
     path = out / "models" / f"reference-{key[:16]}.pt"  # one file per setting
-    if path.exists() and load(path).get("key") == key:
-        state = load(path)["state"]
-    else:
+    state = None
+    if path.exists():
+        try:
+            saved = load(path)
+            state = saved["state"] if saved.get("key") == key else None
+        except IntegrityError as err:
+            warnings.warn(
+                f"reference model {str(err).split(' Fix: ')[0]}: training it again",
+                IntegrityWarning,
+                stacklevel=2,
+            )
+    if state is None:
         state = _sft(model, tasks, cfg, tokenizer.pad_id)
-        save_atomic({"key": key, "state": state}, path)
+        save_atomic({"key": key, "state": state}, path, kind="reference model")
     model.load_state_dict(state)
     return model
 
@@ -256,17 +299,21 @@ def reference_cache(
     model_fp = fingerprint(model)
     average = cfg.dpo.loss_type == "ipo"
 
-    def logps(pairs: TokenizedPairs) -> np.ndarray:
+    def logps(pairs: TokenizedPairs, where: str) -> np.ndarray:
         key = {"model": model_fp, "pairs": pairs.fingerprint, "average": average}
         key["threads"] = torch.get_num_threads()  # computed on the CPU, in float32
 
         def compute():
             return {"logps": reference_logps(model, pairs, pad_id=pad_id, average=average)}
 
-        return load_or_compute(cache, "reference", key, compute)["logps"]
+        return load_or_compute(
+            cache, "reference", key, compute, where=where, sources={"logps": pairs.sources}
+        )["logps"]
 
     for task in tasks.values():
-        task.train_ref, task.eval_ref = logps(task.train), logps(task.eval)
+        where = f"task {task.name!r}"
+        task.train_ref = logps(task.train, f"{where} (train split)")
+        task.eval_ref = logps(task.eval, f"{where} (eval split)")
 
 
 # ------------------------------------------------------------------------ specialists
@@ -318,13 +365,27 @@ def specialists(
                 losses[split] = pair_losses(model, pairs, ref, pad_id=pad_id, dpo=dpo)["loss"]
             return losses
 
-        cached = load_or_compute(out / "cache", "specialist", key, compute)
-        if need_weights and not task.checkpoint.exists():
-            say(f"specialist {name}: checkpoint missing, retraining it for the merges")
+        sources = {"train": task.train.sources, "eval": task.eval.sources}
+        where = f"task {name!r} (specialist losses)"
+        cached = load_or_compute(
+            out / "cache", "specialist", key, compute, where=where, sources=sources
+        )
+        if need_weights and not _finished(task.checkpoint, spec.steps):
+            say(f"specialist {name}: final checkpoint missing, training it for the merges")
             compute()
         task.train_spec, task.eval_spec = cached["train"], cached["eval"]
         say(f"specialist {name}: mean eval loss {cached['eval'].mean():.4f}")
     model.load_state_dict(reference_state)
+
+
+def _finished(path: Path, steps: int) -> bool:
+    """Whether the checkpoints at ``path`` hold a run finished at ``steps`` (a damaged
+    newest one falls back to the one before, which a resumed run finishes)."""
+    try:
+        saved = CheckpointFile(path).load()
+    except IntegrityError:
+        return False
+    return saved is not None and saved.get("step") == steps
 
 
 # ------------------------------------------------------------------------ generalists
@@ -388,17 +449,30 @@ def generalist(
 def merge(method: str, seed: int, tasks: dict[str, Task], reference_state: dict) -> dict:
     """Stage 6: the state dict of merge ``method`` of the specialists (base: the reference;
     task vectors averaged, not summed; DARE draws from ``seed``)."""
-    states = [load(t.checkpoint)["oracle"]["policy"] for t in tasks.values()]
+    states = [CheckpointFile(t.checkpoint).load()["oracle"]["policy"] for t in tasks.values()]
     options = {"seed": seed} if MERGES[method].startswith("dare") else {}
     weights = [1.0 / len(tasks)] * len(tasks)
     return merge_models(MERGES[method], reference_state, states, weights=weights, **options)
 
 
 # ------------------------------------------------------------------------- evaluation
-def evaluate(oracle: Oracle, model, tokenizer, tasks: dict[str, Task], cfg: Config) -> dict:
+def evaluate(
+    oracle: Oracle, model, tokenizer, tasks: dict[str, Task], cfg: Config, stage: str = "model"
+) -> dict:
     """Stage 7: per-task held-out metrics of the current policy, greedy exact match
-    included."""
+    included.  A non-finite metric raises :class:`~llm.integrity.NonFiniteError` naming
+    the task, the first non-finite example and ``stage`` (e.g. ``"ama-r seed 0"``)."""
     per_task = oracle.evaluate_tasks()
+    for name, row in per_task.items():
+        bad = [metric for metric, value in row.items() if not math.isfinite(value)]
+        if bad:
+            raise NonFiniteError(
+                f"evaluating {stage}: task {name!r} has a non-finite {', '.join(bad)}"
+                f"{_first_bad_example(oracle, tasks[name])}; the policy diverged (or a cached "
+                "number is broken) and no result was recorded. Fix: lower the learning rate, "
+                "or delete that stage's checkpoints and rerun",
+                name,
+            )
     for name, row in per_task.items():
         row["exact_match"] = greedy_exact_match(
             model,
@@ -410,16 +484,62 @@ def evaluate(oracle: Oracle, model, tokenizer, tasks: dict[str, Task], cfg: Conf
     return {"tasks": per_task, "worst_task_excess": max(v["clipped"] for v in per_task.values())}
 
 
+def _first_bad_example(oracle: Any, task: Task) -> str:
+    """`` at example i (path:line)`` for the first eval pair whose loss is not finite."""
+    if not isinstance(oracle, DPOOracle):
+        return ""
+    losses = pair_losses(
+        oracle.policy,
+        task.eval,
+        task.eval_ref,
+        pad_id=oracle.pad_id,
+        dpo=oracle.dpo,
+        precision=oracle.precision,
+        layout=oracle.layout,
+        batch_size=oracle.eval_batch_size,
+    )["loss"]
+    losses = np.column_stack([losses, task.eval_spec if task.eval_spec is not None else losses])
+    rows = np.flatnonzero(~np.isfinite(losses).all(axis=1))
+    if not rows.size:
+        return ""
+    return f" (first at example {rows[0]}: {task.eval.sources[rows[0]]})"
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            [f"[run] device = {device!r}: this machine has no CUDA GPU. Fix: set device = 'cpu'"]
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(["[run] device = 'mps': MPS is not available here. Fix: use 'cpu'"])
+
+
 # --------------------------------------------------------------------------- pipeline
 def run_pipeline(
     cfg: Config, *, progress: bool = True, make_oracle: OracleFactory | None = None
 ) -> dict[str, Any]:
     """Run every stage; returns the results record (also written to ``OUT/results.json``
-    after every method, so a finished method survives a later one's failure)."""
-    for method in cfg.run.methods:
-        check_method(method)
+    after every method × seed, so a finished run survives a later one's failure).
+
+    First, before any work: the whole config is checked (:func:`llm.config.check_config`;
+    with ``make_oracle`` the capability check is left to the driver) and the output
+    folder is checked and locked (:class:`llm.lock.RunLock`; under ``torchrun`` rank 0
+    holds the lock)."""
+    check_config(cfg, oracle=None, check_capabilities=make_oracle is None)
+    _check_device(cfg.run.device)
     out = Path(cfg.run.out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out, what="output folder ([run] out / --out)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock.acquire()
+    try:
+        return _run_stages(cfg, out, progress=progress, make_oracle=make_oracle)
+    finally:
+        lock.release()
+
+
+def _run_stages(
+    cfg: Config, out: Path, *, progress: bool, make_oracle: OracleFactory | None
+) -> dict[str, Any]:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     started = time.perf_counter()
@@ -469,13 +589,21 @@ def run_pipeline(
         model.forward = torch.compile(model.forward)
     flops = getattr(model, "flops_per_token", None)
     sizes = tuple(len(t.train) for t in tasks.values())
-    results: dict[str, Any] = {"config": asdict(cfg), "tasks": names, "sizes": sizes, "runs": {}}
+    data = {n: {split: a.to_dict() for split, a in tasks[n].audit.items()} for n in names}
+    results: dict[str, Any] = {
+        "config": asdict(cfg),
+        "tasks": names,
+        "sizes": sizes,
+        "data": data,
+        "runs": {},
+    }
     for method in cfg.run.methods:
         for seed in cfg.run.seeds:
             tick = time.perf_counter()
             if method in MERGES:  # no training, evaluated per seed
                 model.load_state_dict(merge(method, seed, tasks, reference_state))
-                record = evaluate(oracle, model, tokenizer, tasks, cfg) | {"steps": 0}
+                stage = f"{method} seed {seed}"
+                record = evaluate(oracle, model, tokenizer, tasks, cfg, stage) | {"steps": 0}
             else:
                 trained = generalist(
                     method,
@@ -491,24 +619,16 @@ def run_pipeline(
                     flops_per_token=flops(cfg.data.max_length) if flops else None,
                     progress=progress,
                 )
-                record = evaluate(oracle, model, tokenizer, tasks, cfg)
+                record = evaluate(oracle, model, tokenizer, tasks, cfg, f"{method} seed {seed}")
                 record |= {"steps": trained["steps"]}
             record |= {"seed": seed, "seconds": time.perf_counter() - tick}
             if method not in MERGES:
                 record["history"] = trained["history"]
             results["runs"].setdefault(method, []).append(record)
             say(f"{method} seed {seed}: worst-task excess {record['worst_task_excess']:.4f}")
-        results["seconds"] = time.perf_counter() - started
-        if rank == 0:
-            _write_json(out / "results.json", results)
+            results["seconds"] = time.perf_counter() - started
+            if rank == 0:  # every finished run at once: a later failure cannot lose it
+                write_results(out / "results.json", results)
     if rank == 0:
-        from llm.report import write_report
-
         write_report(results, out)
     return results
-
-
-def _write_json(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)

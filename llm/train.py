@@ -7,10 +7,13 @@ given the oracle's extra duties as capabilities:
   state, RNG state and data position (the oracle's ``state_dict``: the
   ``"checkpointing"`` capability); the loop's task draws are a pure function of the step,
   so a run killed mid-way and resumed gives the numbers of an uninterrupted one (bitwise
-  on CPU).  Saves are atomic.
+  on CPU).  Saves are atomic and checksummed; the last two are kept (``checkpoint.pt``,
+  ``checkpoint.prev.pt``) and a damaged newest one is skipped with a warning.
 * **divergence** — a non-finite loss stops training with
-  :class:`amasim.driver.TrainingDiverged` before the parameters change; the message names
-  the last checkpoint.
+  :class:`amasim.driver.TrainingDiverged` before the parameters change; a state holding a
+  NaN or an infinity (weights, optimizer, mixer) is never saved
+  (:class:`llm.checkpoint.NonFiniteStateError`, a ``FloatingPointError`` naming the key
+  and the last good checkpoint).
 * **metrics** — :class:`MetricsLog`: one JSON object per logged step (tokens/s from the
   ``"training_metrics"`` capability, the DPO reward metrics, the task weights and scores),
   MFU when ``peak_flops`` is given: FLOPs per token = 6N + 12·L·d·T (Kaplan et al. 2020;
@@ -22,6 +25,7 @@ given the oracle's extra duties as capabilities:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ from amasim.driver import TrainingDiverged, run
 from amasim.mixers import Mixer
 from amasim.result import RunResult
 from llm.checkpoint import CheckpointFile
+from llm.integrity import IntegrityWarning, write_text_atomic
 
 __all__ = ["LoopConfig", "TrainingDiverged", "MetricsLog", "train", "history"]
 
@@ -55,6 +60,12 @@ class MetricsLog:
 
     With ``flops_per_token`` and ``peak_flops`` each record with ``tokens_per_s`` also
     gets ``mfu`` = flops_per_token · tokens/s / peak.
+
+    The file stays one record per step, in step order, whatever happened before: a record
+    for step s first drops the records of steps >= s (a run redone from an earlier
+    checkpoint, or from the start), and a last line torn by a killed writer is dropped
+    with a warning (:class:`~llm.integrity.IntegrityWarning`).  A damaged line elsewhere is
+    an error naming ``path:line`` (the file was edited: remove that line, or the file).
     """
 
     def __init__(
@@ -68,6 +79,7 @@ class MetricsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self._last_step: int | None = None  # of the file, read at the first write
         self._writer = None
         if tensorboard_dir is not None:
             try:
@@ -79,23 +91,75 @@ class MetricsLog:
                 ) from err
             self._writer = SummaryWriter(str(tensorboard_dir))
 
+    def records(self) -> list[dict[str, Any]]:
+        """The records in the file (a torn last line left out, with a warning)."""
+        return [record for _, record in self._read()]
+
+    def _read(self) -> list[tuple[str, dict[str, Any]]]:
+        if not self.path.exists():
+            return []
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        lines = text.splitlines(keepends=True)
+        out = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("not a record with an int step")
+            except ValueError as err:
+                if number == len(lines):  # a writer killed mid-line: drop it, say so
+                    warnings.warn(
+                        f"{self.path}:{number}: dropped a torn last line (a run was killed "
+                        f"while logging): {line[:60]!r}",
+                        IntegrityWarning,
+                        stacklevel=3,
+                    )
+                    break
+                raise ValueError(
+                    f"{self.path}:{number}: not a metrics record ({err}); the log was edited "
+                    f"or damaged. Fix: remove that line (or delete {self.path}, which only "
+                    "holds the log) and rerun"
+                ) from None
+            out.append((line if line.endswith("\n") else line + "\n", record))
+        return out
+
     def write(self, record: dict[str, Any]) -> None:
         if self.flops_per_token and self.peak_flops and "tokens_per_s" in record:
             record = {**record, "mfu": self.flops_per_token * record["tokens_per_s"]}
             record["mfu"] /= self.peak_flops
-        with self.path.open("a") as fh:
+        if self._last_step is None:
+            kept = self._read()
+            self._last_step = kept[-1][1]["step"] if kept else -1
+            if not kept or self._last_step >= record["step"] or self._torn():
+                self._rewrite([line for line, r in kept if r["step"] < record["step"]])
+        elif record["step"] <= self._last_step:
+            self.drop_from(record["step"])
+        with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        self._last_step = record["step"]
         if self._writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self._writer.add_scalar(key, value, record["step"])
 
+    def _torn(self) -> bool:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False
+        with self.path.open("rb") as fh:
+            fh.seek(-1, 2)
+            return fh.read(1) != b"\n"
+
+    def _rewrite(self, lines: list[str]) -> None:
+        if lines or self.path.exists():
+            write_text_atomic(self.path, "".join(lines), kind="metrics log")
+
     def drop_from(self, step: int) -> None:
-        """Forget records of steps >= ``step`` (a resumed run redoes them)."""
+        """Forget records of steps >= ``step`` (a resumed run redoes them); a torn last
+        line is dropped too (with a warning)."""
         if self.path.exists():
-            lines = self.path.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if json.loads(line)["step"] < step]
-            self.path.write_text("".join(kept))
+            kept = [(line, r) for line, r in self._read() if r["step"] < step]
+            self._rewrite([line for line, _ in kept])
+            self._last_step = kept[-1][1]["step"] if kept else -1
 
     def close(self) -> None:
         if self._writer is not None:
@@ -137,6 +201,7 @@ def train(
         apply=apply,
         score=score,
         record_every=1,
+        record_losses=True,
         evaluate=False,
         check=False,
         progress=progress or False,
