@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "check_config", "load_config", "resolve_paths"]
+__all__ = ["Config", "ConfigError", "check_config", "load_config", "mix_policy", "resolve_paths"]
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,27 @@ class StageSection:
 
 @dataclass(frozen=True)
 class MixSection:
-    """Mixer settings; ``examples`` is the generalists' equal example budget."""
+    """Mixer settings; ``examples`` is the generalists' equal example budget.
+
+    ``tuning = "fixed"``: every method's mixer step size is ``step_size`` and AMA-S's
+    exploration ``smoothing``.  ``tuning = "theory"``: the convex theory's 1/√T rule, the
+    same for every method at its own horizon T: step ``step_size``/√T, exploration
+    min(1, ``smoothing``·√(k ln k / T)) (:class:`amasim.registry.Theory`).
+    """
 
     examples: int = 9600
     step_size: float = 1.0
     smoothing: float = 0.1
+    tuning: str = "fixed"
+
+
+def mix_policy(mix: MixSection):
+    """The :mod:`amasim.registry` tuning policy of a ``[mix]`` section."""
+    from amasim.registry import Fixed, Theory
+
+    if mix.tuning == "theory":
+        return Theory(mix.step_size, mix.smoothing)
+    return Fixed(mix.step_size, mix.smoothing)
 
 
 @dataclass(frozen=True)
@@ -452,6 +468,8 @@ def _check_training(c: _Checks) -> None:
         c.at_least(name, "log_every", 1, " (a metrics record every log_every steps)")
     c.at_least("mix", "examples", 1)
     c.positive("mix", "step_size")
+    if cfg.mix.tuning not in ("fixed", "theory"):
+        c.bad("mix", "tuning", "is unknown", 'use "fixed" or "theory" (the 1/√T rule)')
     if not 0.0 <= cfg.mix.smoothing <= 1.0:
         c.bad("mix", "smoothing", "must lie in [0, 1] (AMA-S exploration)", "set smoothing = 0.1")
     c.at_least("eval", "generate", 0, " (0: no greedy decoding)")
@@ -476,7 +494,7 @@ def _task_count(cfg: Config) -> int | None:
 def _check_methods(c: _Checks, oracle: type | None, check_capabilities: bool) -> None:
     from amasim.capabilities import CAPABILITIES, capabilities_of
     from amasim.driver import check_horizon, requirements
-    from amasim.registry import MERGES, Fixed, build, check_method, describe, steps_for_budget
+    from amasim.registry import MERGES, build, check_method, describe, steps_for_budget
 
     cfg = c.cfg
     methods = cfg.run.methods
@@ -528,7 +546,7 @@ def _check_methods(c: _Checks, oracle: type | None, check_capabilities: bool) ->
     batch = cfg.generalist.batch_size
     if k is None or batch < 1 or cfg.mix.examples < 1:
         return  # reported above (an unreadable manifest, a bad batch or budget)
-    policy = Fixed(cfg.mix.step_size, cfg.mix.smoothing)
+    policy = mix_policy(cfg.mix)
     for name in known:
         try:
             steps = steps_for_budget(name, cfg.mix.examples, k, batch)

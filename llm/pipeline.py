@@ -55,10 +55,10 @@ import torch
 from amasim import mixers, prng
 from amasim.merging import merge as merge_models
 from amasim.oracle import Oracle
-from amasim.registry import MERGES, Fixed, build, steps_for_budget
+from amasim.registry import MERGES, build, steps_for_budget
 from llm.cache import cache_key, load_or_compute
 from llm.checkpoint import CheckpointFile, load, save_atomic
-from llm.config import Config, ConfigError, StageSection, check_config
+from llm.config import Config, ConfigError, StageSection, check_config, mix_policy
 from llm.data import (
     DataAudit,
     PreferencePair,
@@ -421,9 +421,10 @@ def generalist(
     every task) at the config's example budget; returns its steps and history."""
     k, batch = len(tasks), cfg.generalist.batch_size
     steps = steps_for_budget(method, cfg.mix.examples, k, batch)
-    policy = Fixed(cfg.mix.step_size, cfg.mix.smoothing)
     sizes = tuple(len(t.train) for t in tasks.values())
+    policy = mix_policy(cfg.mix)
     mixer = build(method, steps=steps, sizes=sizes, policy=policy)
+    step_size, smoothing = policy(steps, k)  # what the tuning set (the method may fix some)
     run_key = key | {"mix": asdict(cfg.mix), "stage": asdict(cfg.generalist), "driver": 1}
     folder = out / "generalists" / f"{method}-seed{seed}-{cache_key(run_key)[:12]}" / f"rank{rank}"
     log = MetricsLog(
@@ -443,7 +444,8 @@ def generalist(
         progress=f"{method} seed {seed}" if progress and rank == 0 else None,
     )
     log.close()
-    return {"steps": steps, "history": history(result)}
+    tuned = {"step_size": step_size, "smoothing": smoothing, "tuning": cfg.mix.tuning}
+    return {"steps": steps, "history": history(result), "tuned": tuned}
 
 
 def merge(method: str, seed: int, tasks: dict[str, Task], reference_state: dict) -> dict:
@@ -620,7 +622,7 @@ def _run_stages(
                     progress=progress,
                 )
                 record = evaluate(oracle, model, tokenizer, tasks, cfg, f"{method} seed {seed}")
-                record |= {"steps": trained["steps"]}
+                record |= {"steps": trained["steps"], "tuned": trained["tuned"]}
             record |= {"seed": seed, "seconds": time.perf_counter() - tick}
             if method not in MERGES:
                 record["history"] = trained["history"]
