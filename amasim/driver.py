@@ -195,12 +195,19 @@ class Mixing:
 
     Shared by :func:`run`, the LLM backend and the TRL integration, so all apply weights
     identically.  Refuses an oracle that lacks a capability the mixer requires.
-    ``reduce(means, counts) -> (means, counts)``, when given, combines the per-task scores
-    of data-parallel ranks before the mixer update (every rank then holds the same mixer
-    state); each rank's loss weights assume gradients are averaged over ranks, as
-    DistributedDataParallel does.  ``stream`` selects the random stream of the task draws
-    (data-parallel ranks use one each).  ``step(..., observe=False)`` trains on α_t
-    without updating the mixer (signals other than the batch are observed by :func:`run`).
+    ``step(..., observe=False)`` trains on α_t without updating the mixer (signals other
+    than the batch are observed by :func:`run`).
+
+    Data parallelism (``shard=(rank, world)``): every rank draws the same *global* batch —
+    ``world × batch_size`` examples (per task when reweighting) from the same streams, the
+    oracle's example draws included — and keeps its own share of it (its contiguous block;
+    when reweighting, its block of every task), which must be possible by slicing the
+    batch's ``task_ids``, ``reference_losses`` and ``data`` along their second axis.
+    ``reduce(means, counts) -> (means, counts)`` then combines the ranks' per-task scores
+    before the mixer update, so every rank applies the update of the global batch; each
+    rank's loss weights assume gradients are averaged over ranks (DDP, FSDP).  One rank
+    with ``world × batch_size`` gives the same batch, updates and (up to summation order)
+    gradients.  ``stream`` selects the random stream of the task draws.
     """
 
     def __init__(
@@ -214,19 +221,28 @@ class Mixing:
         score: str,
         reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
         stream: int = prng.LOOP_STREAM,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         require_capabilities(oracle, mixer.requires, f"mixer {mixer.name!r}")
         self.mixer, self.oracle, self.reduce = mixer, oracle, reduce
         self.batch_size, self.score = batch_size, check_score(score)
         self.resample = apply != "reweight"  # resample, importance: the batch is drawn
         self.importance = apply == "importance"
-        self.num_tasks = len(oracle.task_names)
+        self.num_tasks = k = len(oracle.task_names)
+        rank, world = (0, 1) if shard is None else shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard={shard!r}: need 0 <= rank < world")
+        total = batch_size * world  # the global batch: per task when reweighting
         keys = prng.replicate_keys(list(seeds), stream=stream)
-        self.uniforms = prng.UniformStream(keys, batch_size)
-        every_task = np.repeat(np.arange(self.num_tasks), batch_size)  # task i at i·B…(i+1)·B−1
+        self.uniforms = prng.UniformStream(keys, total)
+        every_task = np.repeat(np.arange(k), total)  # task i at i·B…(i+1)·B−1
         self.fixed_ids = np.tile(every_task, (len(keys), 1))
-        self.fixed_counts = np.full((len(keys), self.num_tasks), batch_size)
+        self.fixed_counts = np.full((len(keys), k), batch_size)
         self.fixed_counts.flags.writeable = False
+        self.local = None  # this rank's positions in the global batch
+        if world > 1:
+            block = np.arange(rank * batch_size, (rank + 1) * batch_size)
+            self.local = block if self.resample else (block + total * np.arange(k)[:, None]).ravel()
 
     def step(self, state: Any, t: int, learning_rate: float, observe: bool = True) -> StepResult:
         """Draw a batch, score it, update the mixer (if ``observe``), take the oracle's step."""
@@ -239,6 +255,8 @@ class Mixing:
         else:
             task_ids = self.fixed_ids
         batch = self.oracle.sample(task_ids)
+        if self.local is not None:  # keep this rank's share of the global batch
+            batch, task_ids = _shard(batch, self.local), task_ids[:, self.local]
         losses = self.oracle.losses(batch)
         values, dvalues = example_scores(self.score, losses, batch.reference_losses)
         if self.resample:
@@ -275,6 +293,22 @@ class Mixing:
         return StepResult(state, alpha, means, counts, losses)
 
 
+def _shard(batch: Any, index: np.ndarray) -> Any:
+    """``batch`` restricted to positions ``index`` (its second axis)."""
+    data = batch.data
+    if not isinstance(data, np.ndarray) or data.shape[:2] != batch.task_ids.shape:
+        raise TypeError(
+            f"sharding a batch needs Batch.data as an array indexed like task_ids "
+            f"{batch.task_ids.shape}, got {type(data).__name__}: give the oracle array data, "
+            "or train without shard"
+        )
+    return batch._replace(
+        task_ids=batch.task_ids[:, index],
+        reference_losses=batch.reference_losses[:, index],
+        data=data[:, index],
+    )
+
+
 # --------------------------------------------------------------------------- the driver
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -309,6 +343,7 @@ def run(
     log_every: int = 10,
     reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
     stream: int = prng.LOOP_STREAM,
+    shard: tuple[int, int] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train with ``mixer`` on ``oracle`` for ``steps`` steps and measure (:class:`RunResult`).
@@ -324,7 +359,8 @@ def run(
     ``progress`` shows a progress bar (a string labels it).  ``checkpoint``,
     ``checkpoint_every``, ``log``, ``log_every``: see the module docstring; ``on_step(t)``
     is called after each step the driver takes.
-    ``reduce`` and ``stream`` are :class:`Mixing`'s (data parallelism).
+    ``reduce``, ``stream`` and ``shard`` are :class:`Mixing`'s (data parallelism: every
+    rank runs the same call with its ``shard=(rank, world)``).
     """
     loop = _Loop(
         mixer,
@@ -347,6 +383,7 @@ def run(
         log_every=log_every,
         reduce=reduce,
         stream=stream,
+        shard=shard,
         on_step=on_step,
     )
     if check:
@@ -451,6 +488,12 @@ class _Loop:
         self.log_every = _positive_int("log_every", kw["log_every"])
         self.metrics = "training_metrics" in capabilities_of(oracle)
         self.reduce, self.stream, self.progress = kw["reduce"], kw["stream"], kw["progress"]
+        self.shard = kw["shard"]
+        if self.shard is not None and self.shard[1] > 1 and self.reduce is None:
+            raise ValueError(
+                f"shard={self.shard}: ranks that keep shares of one batch must combine their "
+                "task scores; pass reduce (llm.distributed.reduce_task_scores under torchrun)"
+            )
         self.r = len(self.seeds)
         self.sweep_steps, self.probe = self._sweep_size()
         self.saved_at: int | None = None
@@ -597,6 +640,7 @@ class _Loop:
             score=score if batch_signal else "loss",  # alignment: train on the plain loss
             reduce=self.reduce,
             stream=self.stream,
+            shard=self.shard,
         )
         record.batch_sizes[:] = self.batch_size * (self.k if apply == "reweight" else 1)
         record_losses = self.record_losses

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from amasim.studies.compare import SUITES, _verdict, compare, compare_markdown, write_compare
 from amasim.registry import METHODS
+from amasim.studies.compare import SUITES, _verdict, compare, compare_markdown, write_compare
 
 
 def test_verdict_reports_direction_and_significance():
@@ -48,7 +48,8 @@ def test_transfer_suite_marks_missing_capabilities_and_online_protocol(monkeypat
         inst = result["instances"]["balanced"]
         assert inst["methods"]["dga"]["na"] == "needs target_set"
         assert "dga" not in inst["tables"]["mean group loss"]
-        assert inst["methods"]["ama-r"]["protocol"] == {"per-batch": "batch"}.get(online, "validation")
+        expected = "batch" if online == "per-batch" else "validation"
+        assert inst["methods"]["ama-r"]["protocol"] == expected
         text = compare_markdown(result)
         assert "| dga | alignment | n/a — needs target_set |" in text
         assert "aioli beats stratified" in text

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from amasim import mixers
+from amasim.driver import SCHEDULES, RunResult, learning_rate_at, run
 from amasim.oracle import OracleError
 from amasim.problems import make_problem
 from amasim.simulator import SimulatedOracle
-from amasim.driver import SCHEDULES, RunResult, learning_rate_at, run
 
 SIZES = (60, 20, 20)
 K = len(SIZES)
@@ -38,7 +38,8 @@ ADAPTIVE = {"ama_r": lambda: mixers.ama_r(1.0), "ama_s": lambda: mixers.ama_s(1.
 
 # ----------------------------------------------------------------- result record
 def test_result_arrays_have_documented_shapes(oracle):
-    """weights/scores (M, R, k), task_scores (R, k), worst_task (R,), task_examples (R, k), examples (R,)."""
+    """weights/scores (M, R, k), task_scores (R, k), worst_task (R,), task_examples (R, k),
+    examples (R,)."""
     result = _run(mixers.ama_r(1.0), oracle, steps=50, seeds=[0, 1, 2])
     assert result.weights.shape == (50, 3, K)
     assert result.scores.shape == (50, 3, K)
@@ -484,3 +485,89 @@ def test_broken_oracle_raises_oracle_error(problem):
 
     with pytest.raises(OracleError, match=r"step\(\)"):
         _run(mixers.ama_r(1.0), Frozen(problem))
+
+
+# ------------------------------------------------------------------- data parallelism
+class _Ranks:
+    """Two "ranks" as threads: an all-reduce of task scores and of gradients, in step."""
+
+    def __init__(self, world: int) -> None:
+        import threading
+
+        self.world, self.barrier = world, threading.Barrier(world)
+        self.slots: list = [None] * world
+
+    def all_sum(self, rank: int, value: np.ndarray) -> np.ndarray:
+        self.slots[rank] = value
+        self.barrier.wait()
+        total = sum(self.slots)
+        self.barrier.wait()
+        return total
+
+
+class _DataParallelOracle(SimulatedOracle):
+    """The simulator with DDP's gradient averaging over the threads."""
+
+    def __init__(self, problem, ranks: _Ranks, rank: int) -> None:
+        super().__init__(problem)
+        self.ranks, self.rank = ranks, rank
+
+    def step(self, batch, loss_weights, learning_rate):
+        if self._cache is None or self._cache[0] is not batch:
+            self.losses(batch)
+        _, x, slope = self._cache
+        grad = np.vecmat(loss_weights * slope, x)
+        grad = self.ranks.all_sum(self.rank, grad) / self.ranks.world  # DDP's mean
+        self.theta = self.problem.project(self.theta - learning_rate * grad)
+        self.theta_sum += self.theta
+        self.iterations += 1
+
+
+@pytest.mark.parametrize("mixer", [mixers.ama_r(1.0), mixers.ama_s(1.0, 0.2)], ids=["r", "s"])
+def test_two_ranks_sharing_one_global_batch_equal_one_rank(mixer):
+    """shard=(rank, 2) with batch B per rank trains what one rank does with 2B: the same
+    global batch, the same mixer updates, gradients equal up to summation order."""
+    import threading
+
+    problem = make_problem("quadratic", sizes=(60, 20, 20), dim=4)
+    whole = run(mixer, SimulatedOracle(problem), steps=30, learning_rate=0.1, batch_size=8)
+    ranks, results, thetas = _Ranks(2), [None, None], [None, None]
+
+    def rank_run(rank: int) -> None:
+        def reduce(means, counts):
+            sums = ranks.all_sum(rank, np.concatenate([means * counts, counts], axis=-1))
+            k = means.shape[-1]
+            return sums[..., :k] / np.maximum(sums[..., k:], 1), sums[..., k:].astype(int)
+
+        oracle = _DataParallelOracle(problem, ranks, rank)
+        results[rank] = run(
+            mixer,
+            oracle,
+            steps=30,
+            learning_rate=0.1,
+            batch_size=4,
+            reduce=reduce,
+            shard=(rank, 2),
+            check=False,
+        )
+        thetas[rank] = oracle.average_theta
+
+    threads = [threading.Thread(target=rank_run, args=(r,)) for r in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for result in results:
+        np.testing.assert_allclose(result.weights, whole.weights, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(result.task_examples, whole.task_examples)
+        np.testing.assert_allclose(result.task_scores, whole.task_scores, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(thetas[0], thetas[1])  # every rank holds the same model
+
+
+def test_sharding_needs_a_reduce_and_array_data():
+    with pytest.raises(ValueError, match="pass reduce"):
+        run(
+            mixers.ama_r(1.0),
+            SimulatedOracle(make_problem("quadratic", sizes=(20, 20), dim=2)),
+            steps=2,
+            learning_rate=0.1,
+            shard=(0, 2),
+        )

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from amasim import mixers
+from amasim.driver import run
 from amasim.optimum import Optimum, minimax_optimum
 from amasim.problems import PROBLEMS, make_problem
 from amasim.simulator import SimulatedOracle
-from amasim.driver import run
 
 SIZES = (60, 20, 20)
 

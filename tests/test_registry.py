@@ -114,7 +114,8 @@ def test_tuning_policies_are_apart_from_the_factories():
     rounds = build("ama-s", steps=10_000, sizes=(100, 10, 10), signal=Signal("validation"))
     eta, c = Theory(3.0, 1.0)(10_000, 3)
     assert (eta, c) == (0.03, pytest.approx(np.sqrt(3 * np.log(3) / 10_000)))
-    for mixer, (step, smoothing) in ((theory, (eta, c)), (fixed, (0.5, 0.2)), (rounds, (0.2, 0.05))):
+    cases = ((theory, (eta, c)), (fixed, (0.5, 0.2)), (rounds, (0.2, 0.05)))
+    for mixer, (step, smoothing) in cases:
         state = mixer.init(3)
         w, _ = mixer.update(state, np.array([1.0, 0.0, 0.0]), np.array([1, 1, 1]))
         expected, _ = mixers.ama_s(step, smoothing).update(state, np.array([1.0, 0, 0]), [1, 1, 1])
