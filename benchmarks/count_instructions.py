@@ -44,9 +44,9 @@ def child(kind: str, name: str, replicates: int, count: int) -> None:
         for _ in range(count):
             _, state = mixer.update(state, scores, counts)
         return
+    from amasim.driver import run
     from amasim.problems import make_problem
     from amasim.simulator import SimulatedOracle
-    from amasim.driver import run
 
     oracle = SimulatedOracle(make_problem("quadratic", sizes=SIZES, dim=DIM))
     mixer = mixer_factories(len(SIZES))[name]

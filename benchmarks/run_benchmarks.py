@@ -125,8 +125,8 @@ def mixer_sampler(mixer: mixers.Mixer, k: int, number: int):
 def step_sampler(problem, name: str, replicates: int, steps: int):
     """A function timing one run of ``steps`` steps: µs per step, wall (the loop's own clock,
     ``RunResult.wall_time``) and CPU (the whole ``run`` call, set-up included)."""
-    from amasim.simulator import SimulatedOracle
     from amasim.driver import run
+    from amasim.simulator import SimulatedOracle
 
     mixer = mixer_factories(len(SIZES))[name]
     oracle = SimulatedOracle(problem)

@@ -65,8 +65,8 @@ def problem():
 @pytest.mark.parametrize("replicates", [1, 16])
 @pytest.mark.parametrize("name", ["ama_r", "ama_s"])
 def test_simulated_steps(benchmark, problem, name: str, replicates: int) -> None:
-    from amasim.simulator import SimulatedOracle
     from amasim.driver import run
+    from amasim.simulator import SimulatedOracle
 
     mixer = mixer_factories(len(SIZES))[name]
     oracle = SimulatedOracle(problem)
