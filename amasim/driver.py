@@ -653,7 +653,7 @@ class _Loop:
                 aligned = observe.alignment_scores(self.oracle, target)
                 _, state = mixer.update(state, aligned)
             if log is not None:
-                tick, tokens = time.perf_counter(), self.oracle.tokens_seen if self.metrics else 0
+                tick, tokens = time.perf_counter(), self._tokens()
             try:
                 out = mixing.step(state, t, self._rate(t), batch_signal)
             except FloatingPointError as err:
@@ -767,14 +767,23 @@ class _Loop:
             return f"Last good checkpoint: none was saved yet ({self.checkpoint})"
         return f"Last good checkpoint: {self.checkpoint} (step {self.saved_at})"
 
-    def _log(self, t: int, out: StepResult, seconds: float, tokens_before: int) -> None:
+    def _tokens(self) -> tuple[int, int | None]:
+        """(tokens seen, tokens computed — fewer when shared prompts run once — or None)."""
+        if not self.metrics:
+            return 0, None
+        return self.oracle.tokens_seen, getattr(self.oracle, "tokens_computed", None)
+
+    def _log(self, t: int, out: StepResult, seconds: float, tokens_before) -> None:
         names = self.oracle.task_names
         record: dict[str, Any] = {"step": t, "lr": self._rate(t), "seconds": seconds}
         record["loss"] = float(out.losses.mean())
         if self.metrics:
-            tokens = self.oracle.tokens_seen - tokens_before
-            record["tokens"] = tokens
-            record["tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
+            (seen, computed), (seen_before, computed_before) = self._tokens(), tokens_before
+            record["tokens"] = seen - seen_before
+            record["tokens_per_s"] = record["tokens"] / seconds if seconds > 0 else 0.0
+            if computed is not None:  # what the FLOPs were spent on (MFU)
+                done = computed - computed_before
+                record["computed_tokens_per_s"] = done / seconds if seconds > 0 else 0.0
         record.update({f"weight/{n}": float(w) for n, w in zip(names, out.weights[0])})
         record.update({f"score/{n}": float(s) for n, s in zip(names, out.scores[0])})
         if self.metrics:

@@ -4,7 +4,7 @@
 
 Builds the built-in GPT (``tiny``: the tiny-cpu config's model; ``small``: the
 gpu-small config's ~100M-parameter model) over the built-in task suite, takes warm-up
-steps, then times steps of AMA-S and AMA-R through :class:`amasim.train.Mixing` — the
+steps, then times steps of AMA-S and AMA-R through :class:`amasim.driver.Mixing` — the
 step the pipeline runs — and reports examples/s, tokens/s, the time share of
 ``mixer.update``, MFU when ``--peak-flops`` is given and peak memory on CUDA.  Writes
 ``benchmarks/results/llm_<device>_<size>.json``.
@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from amasim import mixers
-from amasim.train import Mixing
+from amasim.driver import Mixing
 from llm.data import load_manifest, read_preference_jsonl, tokenize_pairs
 from llm.dpo import dpo_loss
 from llm.model import GPT, GPTConfig
-from llm.oracle import DPOOracle, TaskData, reference_logps
+from llm.oracle import DPOOracle, TaskData, numerics, reference_logps
+from llm.precision import Precision
 from llm.synth import write_suite
 from llm.tokenizer import CharTokenizer
 
@@ -75,17 +76,19 @@ def main() -> None:
     ).to(device)
     if args.compile:
         model.forward = torch.compile(model.forward)
-    autocast = torch.bfloat16 if args.dtype == "bfloat16" else None
+    # one policy for the reference log-probs and the policy's losses (llm.precision)
+    precision = Precision.parse(device, args.dtype)
     tasks = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, files in load_manifest(write_suite(tmp)).items():
             pairs = tokenize_pairs(read_preference_jsonl(files.train), tok, max_length=48)
-            ref = reference_logps(model, pairs, pad_id=0, average=False, device=device)
-            tasks.append(TaskData(name, pairs, ref, np.zeros(len(pairs))))
+            ref = reference_logps(model, pairs, pad_id=0, average=False, precision=precision)
+            key = numerics(model, precision)
+            tasks.append(TaskData(name, pairs, ref, np.zeros(len(pairs)), numerics=key))
     z = torch.zeros(1)
     dpo_loss(z, z, z, z, beta=0.1)
     dpo = {"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0}
-    oracle = DPOOracle(model, tasks, pad_id=0, dpo=dpo, device=device, autocast_dtype=autocast)
+    oracle = DPOOracle(model, tasks, pad_id=0, dpo=dpo, precision=precision)
     flops_per_token = model.flops_per_token(48)
     results = {}
     for name, mixer in (("ama_s", mixers.ama_s(1.0, 0.1)), ("ama_r", mixers.ama_r(1.0))):
@@ -106,7 +109,7 @@ def main() -> None:
                 timed.seconds = 0.0
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-            before = oracle.tokens_seen
+            before = oracle.tokens_computed  # tokens the forward passes process
             if device.type == "cuda":
                 torch.cuda.synchronize()
             tick = time.perf_counter()
@@ -116,7 +119,7 @@ def main() -> None:
             state = out.state
             if t >= args.warmup:
                 step_seconds.append(time.perf_counter() - tick)
-                tokens += oracle.tokens_seen - before
+                tokens += oracle.tokens_computed - before
                 examples += int(out.counts.sum())
         total = sum(step_seconds)
         row = {

@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "check_config", "load_config", "mix_policy", "resolve_paths"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "check_config",
+    "load_config",
+    "mix_policy",
+    "numerics_policy",
+    "resolve_paths",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class RunSection:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     tensorboard: bool = False
     peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 = no MFU
+    prefix_sharing: bool = True  # one row per pair, the prompt once (Wang & Hegde 2024)
+    bucket: int = 16  # pad each row to a multiple of this many tokens (0: the batch's longest)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,8 @@ class StageSection:
     grad_clip: float = 1.0
     weight_decay: float = 0.0
     micro_batch_size: int = 0  # 0: no gradient accumulation
+    accumulate: str = "recompute"  # or "by_task": no extra forward, k gradient buffers
+    adamw: str = "fused"  # "fused" | "foreach" | "loop"
     checkpoint_every: int = 50
     log_every: int = 10
 
@@ -114,6 +126,16 @@ class MixSection:
     step_size: float = 1.0
     smoothing: float = 0.1
     tuning: str = "fixed"
+
+
+def numerics_policy(cfg: Config):
+    """(precision, layout): where and how every DPO number of a run is computed — the
+    reference log-probs, the specialists' losses, training and evaluation alike."""
+    from llm.packing import Layout
+    from llm.precision import Precision
+
+    precision = Precision.parse(cfg.run.device, cfg.run.dtype)
+    return precision, Layout(prefix_sharing=cfg.run.prefix_sharing, bucket=cfg.run.bucket)
 
 
 def mix_policy(mix: MixSection):
@@ -464,8 +486,11 @@ def _check_training(c: _Checks) -> None:
                     f"does not divide batch_size = {stage.batch_size}",
                     "use a divisor of batch_size, or 0 for no accumulation",
                 )
+        c.choice(name, "accumulate", ("recompute", "by_task"), "a gradient accumulation")
+        c.choice(name, "adamw", ("fused", "foreach", "loop"), "an AdamW implementation")
         c.at_least(name, "checkpoint_every", 1, " (a checkpoint every checkpoint_every steps)")
         c.at_least(name, "log_every", 1, " (a metrics record every log_every steps)")
+    c.at_least("run", "bucket", 0, " (0: pad to the batch's longest row)")
     c.at_least("mix", "examples", 1)
     c.positive("mix", "step_size")
     if cfg.mix.tuning not in ("fixed", "theory"):

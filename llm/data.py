@@ -640,8 +640,6 @@ class DataAudit:
 def _unknown_id(tokenizer: Tokenizer) -> int | None:
     """The tokenizer's unknown-token id, when it is distinct from its other specials."""
     unk = getattr(tokenizer, "unk_id", None)
-    if unk is None:  # a Hugging Face tokenizer behind llm.hf.HFTokenizer
-        unk = getattr(getattr(tokenizer, "tokenizer", None), "unk_token_id", None)
     specials = {tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id}
     return unk if isinstance(unk, int) and unk not in specials else None
 

@@ -15,11 +15,16 @@ are masked out). Variants, all per example (no reduction), selected by `loss_typ
 
 At initialisation (policy = reference) Δ = 0 and the sigmoid loss is exactly log 2 ≈ 0.6931.
 
-Memory: we never materialise the full log-softmax, only the log-probs of the observed tokens
-(logit − logsumexp). float32 logits are used in place; bf16/fp16 logits are cast to float32 one
-sequence at a time, over the span of labelled positions only. Under torch.no_grad() (the
-reference) that is one sequence's copy at a time; with autograd the copies are kept for backward,
-at most one (N, L, V) float32 tensor in all.
+Two ways to get sequence log-probs from a model:
+
+* :func:`packed_logps` (what the oracle, the reference and the specialists use): a
+  :class:`llm.packing.PackedBatch` — plain or prefix-shared rows, bucketed — through a model
+  that returns hidden states (GPT, HFCausalLM); only the completion positions go through the
+  LM head, chunked (:mod:`llm.chunked_head`): the (N, L, V) logits are never built.
+* :func:`concatenated_forward` / :func:`sequence_logps`: from a model's full logits (any
+  model). We never materialise the full log-softmax, only the log-probs of the observed tokens
+  (logit − logsumexp); bf16/fp16 logits are cast to float32 one sequence at a time, over the
+  span of labelled positions only.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from llm.chunked_head import label_logps
+from llm.packing import PAD, Layout, PackedBatch, attention_mask_4d
+from llm.precision import Precision
+
 __all__ = [
     "LOSS_TYPES",
     "DPOOutput",
@@ -39,6 +48,9 @@ __all__ = [
     "dpo_loss",
     "dpo_metrics",
     "concatenated_forward",
+    "packed_logps",
+    "resolve_layout",
+    "max_length_of",
 ]
 
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "robust", "hinge", "ipo")
@@ -375,3 +387,105 @@ def concatenated_forward(
         )
     logps = sequence_logps(logits, input_ids, loss_mask, average=average_logps)
     return logps[: rows // 2], logps[rows // 2 :]
+
+
+# -----------------------------------------------------------------------------
+# packed forward: the log-probs of a PackedBatch (llm.packing), the LM head chunked
+
+
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel (or similar ``.module``) wrapper."""
+    return getattr(model, "module", model)
+
+
+def _head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The output layer when the model can return hidden states (GPT, HFCausalLM), else None."""
+    get = getattr(_bare(model), "output_head", None)
+    return get() if callable(get) else None
+
+
+def max_length_of(model: torch.nn.Module) -> int | None:
+    """The longest sequence ``model`` takes: GPT's ``config.block_size``, HFCausalLM's
+    ``block_size``, else None (unknown)."""
+    bare = _bare(model)
+    size = getattr(bare, "block_size", None)
+    if size is None:
+        size = getattr(getattr(bare, "config", None), "block_size", None)
+    return size if isinstance(size, int) else None
+
+
+def resolve_layout(model: torch.nn.Module, layout: Layout) -> Layout:
+    """``layout``, with prefix sharing turned off for a model that takes no packed inputs (a
+    4-D mask and position ids: models without ``accepts_packed_inputs``, or whose probe says
+    no, e.g. flash-attention HF models), which are then scored in the plain layout."""
+    if layout.prefix_sharing and not (
+        _head(model) is not None and getattr(_bare(model), "accepts_packed_inputs", False)
+    ):
+        return Layout(prefix_sharing=False, bucket=layout.bucket)
+    return layout
+
+
+def packed_logps(
+    model: torch.nn.Module,
+    batch: PackedBatch,
+    precision: Precision,
+    *,
+    average: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Sequence log-probs (chosen (B,), rejected (B,)), float32, of a packed batch.
+
+    Runs each piece of ``batch`` on ``precision.device`` under ``precision.autocast()``. A
+    model with an ``output_head`` (GPT, HFCausalLM) returns hidden states and only the scored
+    positions go through the head, chunked (:func:`llm.chunked_head.label_logps`): the full
+    logits are never built. Any other model is called as ``model(input_ids, attention_mask)``
+    → logits (plain layout only). Token log-probs are float32, summed per sequence in float64
+    and rounded once; ``average`` divides by the number of scored tokens (IPO).
+
+    >>> from llm.model import GPT, GPTConfig
+    >>> from llm.data import TokenizedPairs
+    >>> from llm.packing import pack_pairs
+    >>> import numpy as np
+    >>> model = GPT(GPTConfig(8, 8, 1, 1, 4), generator=torch.Generator().manual_seed(0))
+    >>> seq = lambda *ids: np.array(ids, dtype=np.int32)
+    >>> pairs = TokenizedPairs(chosen=[seq(1, 2, 3)], rejected=[seq(1, 2, 5, 6)],
+    ...     prompt_lengths=np.array([2]), chosen_truncated=0, rejected_truncated=0,
+    ...     sources=["x"], fingerprint="x")
+    >>> batch = pack_pairs(pairs, [0], 0, Layout(), max_length=max_length_of(model))
+    >>> chosen, rejected = packed_logps(model, batch, Precision())
+    >>> chosen.shape, rejected.dtype
+    (torch.Size([1]), torch.float32)
+    """
+    if batch.prefix_sharing and resolve_layout(model, Layout(True, 0)).prefix_sharing is False:
+        raise ValueError(
+            "this model takes no prefix-shared batch (no hidden-state output or no 4-D mask): "
+            "pack with layout = resolve_layout(model, layout)"
+        )
+    device = precision.device
+    head = _head(model)
+    pairs = batch.counts.shape[0] // 2
+    totals = torch.zeros(2 * pairs, dtype=torch.float64, device=device)
+    with precision.autocast():
+        for piece in batch.pieces:
+            padded = bool((piece.segments == PAD).any())  # on the host: no device sync
+            piece = piece.to(device)
+            if batch.prefix_sharing:
+                mask = attention_mask_4d(piece.segments)
+                position_ids = piece.position_ids
+            else:
+                mask = (piece.segments != PAD).long() if padded or head is None else None
+                position_ids = None
+            if head is not None:
+                hidden = model(piece.input_ids, mask, position_ids=position_ids, return_hidden=True)
+                rows = hidden.reshape(-1, hidden.shape[-1])[piece.source]
+                tokens = label_logps(rows, head.weight, head.bias, piece.labels)
+            else:
+                logits = model(piece.input_ids, (piece.segments != PAD).long())
+                logits = getattr(logits, "logits", logits)  # also accept HF-style outputs
+                rows = logits.reshape(-1, logits.shape[-1])[piece.source]
+                rows = rows.to(torch.promote_types(rows.dtype, torch.float32))
+                tokens = rows.gather(1, piece.labels[:, None]).squeeze(1) - rows.logsumexp(-1)
+            totals = totals.index_add(0, piece.target, tokens.double())
+    logps = totals.float()
+    if average:
+        logps = logps / batch.counts.to(device)
+    return logps[:pairs], logps[pairs:]

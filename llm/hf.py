@@ -84,31 +84,86 @@ class HFCausalLM(nn.Module):
         self.block_size: int | None = _config_int(
             self._text_config(), "max_position_embeddings", "n_positions", "n_ctx", "seq_length"
         )
+        self._probed: dict[str, Any] | None = None
 
     def _text_config(self) -> Any:
         config = self.model.config
         return config.get_text_config() if hasattr(config, "get_text_config") else config
 
-    def _check(self, input_ids: torch.Tensor) -> None:
+    def _check(self, input_ids: torch.Tensor, positions_given: bool = False) -> None:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
-        if self.block_size is not None and T > self.block_size:
+        if self.block_size is not None and T > self.block_size and not positions_given:
             raise ValueError(
                 f"sequence length {T} exceeds block_size={self.block_size} (the model's "
                 f"max_position_embeddings); crop the input to its last {self.block_size} tokens"
             )
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
-        """Logits (B, T, V) as float32 for ``input_ids`` (B, T); ``attention_mask`` (B, T) marks
-        real tokens with 1/True and (right) padding with 0/False."""
-        self._check(input_ids)
+        """Logits (B, T, V) as float32 for ``input_ids`` (B, T).
+
+        ``attention_mask``: (B, T), real tokens 1/True and (right) padding 0/False, or a
+        boolean (B, 1, T, T) mask (True: query i may attend to key j) for packed layouts,
+        handed to the model as its attention implementation wants it (check
+        :attr:`accepts_packed_inputs` first). ``position_ids`` (B, T) go to the model (then T may
+        exceed block_size, the positions may not).
+        ``return_hidden``: the base model's last hidden state (B, T, d) instead of the logits
+        (check :meth:`output_head` first: some models transform their logits)."""
+        self._check(input_ids, position_ids is not None)
         if attention_mask is not None:
-            attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return out.logits.float()
+            if attention_mask.dim() == 4:
+                attention_mask = self._mask_4d(attention_mask)
+            else:
+                attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        if return_hidden:
+            return self.model.base_model(**inputs).last_hidden_state
+        return self.model(**inputs).logits.float()
+
+    def _mask_4d(self, mask: torch.Tensor) -> torch.Tensor:
+        """A boolean 4-D mask as the attention implementation reads it: boolean for SDPA,
+        additive (0 / dtype min) for eager; other implementations take no 4-D mask."""
+        impl = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        if mask.dtype != torch.bool:
+            raise ValueError(f"a 4-D attention_mask must be boolean, got {mask.dtype}")
+        if impl == "sdpa":
+            return mask
+        if impl == "eager":
+            dtype = next(self.model.parameters()).dtype
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(dtype).min
+            )
+        raise ValueError(
+            f"attention implementation {impl!r} takes no 4-D mask: use the plain layout "
+            "(llm.packing.Layout(prefix_sharing=False))"
+        )
+
+    def output_head(self) -> nn.Module | None:
+        """The output layer when ``logits = output_head()(forward(..., return_hidden=True))``
+        holds exactly, else None (logit soft-capping or scaling, no output embedding, or a
+        mismatch found by a probe on the first call)."""
+        return self._probe()["head"]
+
+    @property
+    def accepts_packed_inputs(self) -> bool:
+        """Whether a 4-D mask and position ids give what the plain layout gives (a probe on
+        the first call: one pair scored both ways, against a run that ignores the mask)."""
+        return self._probe()["packed"]
+
+    def _probe(self) -> dict[str, Any]:
+        if self._probed is None:
+            self._probed = _probe_model(self)
+        return self._probed
 
     @torch.no_grad()
     def generate(
@@ -162,13 +217,76 @@ class HFCausalLM(nn.Module):
         return estimate_flops_per_token(self.num_parameters(), n_layer, n_embd, seq_len)
 
 
+# Config fields with which a model transforms lm_head's output before returning logits.
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier",
+    "lm_head_multiplier",
+)
+
+
+@torch.no_grad()
+def _probe_model(lm: HFCausalLM) -> dict[str, Any]:
+    """What an HF model supports, found by running it (eval mode, its own dtype and device):
+
+    ``head``: the output layer if logits == head(last hidden state) on a probe input;
+    ``packed``: whether prompt + chosen + rejected with a 4-D mask and restarted position ids
+    gives the rejected tokens the hidden states of the plain row prompt + rejected — closer to
+    them, by 20×, than the same packed row under a plain causal mask (the answer of a model that
+    ignores the mask).
+    """
+    from llm.packing import CHOSEN, PROMPT, REJECTED, attention_mask_4d
+
+    model = lm.model
+    text = lm._text_config()
+    head = model.get_output_embeddings()
+    if any(getattr(text, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS):
+        head = None
+    was_training = lm.training
+    lm.eval()
+    try:
+        device = next(model.parameters()).device
+        vocab = head.weight.shape[0] if head is not None else _config_int(text, "vocab_size")
+        ids = (torch.arange(1, 9, device=device) * 7919 % max(vocab or 2, 2))[None]
+        prompt, chosen = 3, 3  # prompt ids[:3], chosen ids[3:6], rejected ids[6:8]
+        if head is not None:
+            logits = lm(ids)
+            again = head(lm(ids, return_hidden=True)).float()
+            scale = logits.abs().max().clamp_min(1.0)
+            if not torch.allclose(logits, again, rtol=0, atol=1e-3 * float(scale)):
+                head = None
+        packed = False
+        if lm.block_size is None or lm.block_size >= ids.shape[1]:
+            plain = torch.cat([ids[:, :prompt], ids[:, prompt + chosen :]], dim=1)
+            want = lm(plain, return_hidden=True)[:, prompt:]
+            seg = torch.tensor([[PROMPT] * 3 + [CHOSEN] * 3 + [REJECTED] * 2], device=device)
+            pos = torch.tensor([[0, 1, 2, 3, 4, 5, 3, 4]], device=device)
+            try:
+                got = lm(ids, attention_mask_4d(seg), position_ids=pos, return_hidden=True)
+                blind = lm(ids, position_ids=pos, return_hidden=True)
+            except (ValueError, TypeError, RuntimeError):
+                got = blind = None
+            if got is not None:
+                error = (got[:, prompt + chosen :] - want).abs().max().float()
+                blind_error = (blind[:, prompt + chosen :] - want).abs().max().float()
+                packed = bool(error * 20 <= blind_error)
+        return {"head": head, "packed": packed}
+    finally:
+        lm.train(was_training)
+
+
 class HFTokenizer:
     """A transformers tokenizer behind a small interface: ids of the special tokens, ``encode``
-    without special tokens, ``decode``, a ``fingerprint`` and ``apply_chat_template``.
+    without special tokens, ``decode``, a ``fingerprint`` and ``apply_chat_template``; and, for
+    ``tokenization="trl"`` (:class:`llm.tokenizer.ModelInputTokenizer`), the tokenizer's own
+    call ``encode_input``, the tokenized chat template ``encode_chat`` and ``eos_token``.
 
     ``vocab_size`` is ``len(tokenizer)`` (added tokens included); the model's logit width may be
     larger. ``pad_id`` falls back to ``eos_id`` when the tokenizer has no pad token; ``eos_id``
-    falls back to the ``eos_id`` argument (load_local passes the model config's).
+    falls back to the ``eos_id`` argument (load_local passes the model config's); ``unk_id`` is
+    ``None`` unless the unknown token is distinct from the other specials.
     """
 
     def __init__(self, tokenizer: Any, *, eos_id: int | None = None) -> None:
@@ -185,10 +303,37 @@ class HFTokenizer:
         self.eos_id: int = eos
         pad = _first_int(tokenizer.pad_token_id)
         self.pad_id: int = pad if pad is not None else self.eos_id
+        eos_token = getattr(tokenizer, "eos_token", None)
+        self.eos_token: str | None = eos_token if isinstance(eos_token, str) else None
+        unk = _first_int(getattr(tokenizer, "unk_token_id", None))
+        # the unknown-token id, when it is a token of its own (data audits count it)
+        specials = (self.bos_id, self.eos_id, self.pad_id)
+        self.unk_id: int | None = unk if unk not in specials else None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, no special tokens added."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_input(self, text: str) -> list[int]:
+        """``tokenizer(text)["input_ids"]``: with the special tokens the tokenizer inserts
+        (e.g. a Llama-style BOS), as TRL tokenizes plain-text rows."""
+        return list(self.tokenizer(text=text)["input_ids"])
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool, **template_kwargs: Any
+    ) -> list[int] | None:
+        """``apply_chat_template(messages, tokenize=True, **template_kwargs)``'s ids, as TRL
+        tokenizes conversational rows; None when the tokenizer has no chat template."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        out = self.tokenizer.apply_chat_template(
+            messages,
+            tokenize=True,
+            return_dict=True,
+            add_generation_prompt=add_generation_prompt,
+            **template_kwargs,
+        )
+        return list(out["input_ids"])
 
     def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` (a list or a 1-D tensor); ``decode(encode(s)) == s`` for byte-level

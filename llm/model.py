@@ -122,6 +122,9 @@ def estimate_flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: 
 class GPT(nn.Module):
     """GPT language model: token ids (B, T) → next-token logits (B, T, vocab_size)."""
 
+    #: forward takes a boolean (B, 1, T, T) mask and position ids (prefix-shared batches)
+    accepts_packed_inputs = True
+
     def __init__(self, config: GPTConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config
@@ -158,37 +161,70 @@ class GPT(nn.Module):
                 p.fill_(1.0)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
-        """Logits (B, T, V) for ``input_ids`` (B, T); ``attention_mask`` (B, T) marks real tokens
-        with 1/True, padding with 0/False (padding keys are hidden from every query)."""
+        """Logits (B, T, V) for ``input_ids`` (B, T).
+
+        ``attention_mask`` is either (B, T), real tokens 1/True and padding 0/False (padding keys
+        are hidden from every query; the causal mask is added), or a boolean (B, 1, T, T) mask
+        used as given (True: query i may attend to key j), as packed layouts need
+        (:mod:`llm.packing`). ``position_ids`` (B, T) index the position table (default
+        0..T-1; when given, T may exceed block_size, the positions may not).
+        ``return_hidden`` returns the final LayerNorm's output (B, T, n_embd) instead of the
+        logits, for heads that never build them (:mod:`llm.chunked_head`)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
-        T = input_ids.shape[1]
-        if T > self.config.block_size:
+        B, T = input_ids.shape
+        if T > self.config.block_size and position_ids is None:
             raise ValueError(
                 f"sequence length {T} exceeds block_size={self.config.block_size}; "
                 f"crop the input to its last {self.config.block_size} tokens "
                 f"or build the model with GPTConfig(block_size>={T})"
             )
+        device = input_ids.device
         mask = None
-        if attention_mask is not None:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if tuple(attention_mask.shape) != (B, 1, T, T) or attention_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"a 4-D attention_mask must be boolean of shape {(B, 1, T, T)}, got "
+                    f"{attention_mask.dtype} {tuple(attention_mask.shape)}"
+                )
+            # Each query keeps itself in view: no all-masked row (softmax over nothing is NaN).
+            mask = attention_mask | torch.eye(T, dtype=torch.bool, device=device)
+        elif attention_mask is not None:
             if attention_mask.shape != input_ids.shape:
                 raise ValueError(
-                    f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}"
+                    f"attention_mask must have input_ids' shape {tuple(input_ids.shape)} "
+                    f"or be a boolean (B, 1, T, T) mask, got {tuple(attention_mask.shape)}"
                 )
-            real = attention_mask.to(device=input_ids.device, dtype=torch.bool)
-            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+            real = attention_mask.to(device=device, dtype=torch.bool)
+            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
             # Query i sees key j iff j <= i and j is real; each query also keeps itself in view,
             # so a padding query never meets an all-masked row (softmax over nothing is NaN).
-            mask = causal & (
-                real[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=causal.device)
+            mask = causal & (real[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=device))
+        if position_ids is None:
+            position_ids = torch.arange(T, device=device)
+        elif position_ids.shape not in ((T,), (B, T)):
+            raise ValueError(
+                f"position_ids must have shape (B, T) = {(B, T)} or (T,), "
+                f"got {tuple(position_ids.shape)}"
             )
-        pos = torch.arange(T, device=input_ids.device)
-        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
+        x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, mask)
-        return self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
+        return x if return_hidden else self.lm_head(x)
+
+    def output_head(self) -> nn.Linear:
+        """The unembedding (V, n_embd), no bias, tied to the token embedding: ``logits =
+        output_head()(forward(..., return_hidden=True))``."""
+        return self.lm_head
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         """Parameter count. ``non_embedding`` drops the position table, a lookup; the token

@@ -1,7 +1,7 @@
 """The multi-task DPO oracle: the amasim oracle protocol over a PyTorch policy.
 
 Every amasim mixer drives it unchanged (see :mod:`amasim.oracle` for the protocol).  One
-training step, as the loop in :mod:`amasim.train` calls it:
+training step, as the loop in :mod:`amasim.driver` calls it:
 
 1. ``sample(task_ids)`` draws one pair of task ``task_ids[0, n]`` per entry (counter-based,
    seeded, so a resumed run draws the same pairs) and returns the cached specialist
@@ -12,15 +12,26 @@ training step, as the loop in :mod:`amasim.train` calls it:
 3. ``step(batch, w, lr)`` back-propagates Σ_z w_z L_z — a reweighting mixer puts α_i/n_i
    in w, a resampling one 1/B — clips the gradient norm and takes an AdamW step.
 
-With ``micro_batch_size`` smaller than the batch, ``losses`` runs the micro-batches
-without a graph and ``step`` runs forward + backward per micro-batch (gradient
-accumulation: one extra forward pass for bounded memory).  A non-finite loss raises
-``FloatingPointError`` before any parameter changes.
+With ``micro_batch_size`` smaller than the batch, the gradient is accumulated over
+micro-batches (bounded memory), in one of two ways (``accumulate``):
+
+* ``"recompute"``: ``losses`` runs the micro-batches without a graph and ``step`` runs
+  forward + backward per micro-batch with the weights: one extra forward pass per step;
+* ``"by_task"``: ``losses`` runs forward + backward per micro-batch of ONE task, keeping one
+  gradient per task, and ``step`` combines them, Σ_i c_i G_i, with the weight c_i that
+  every example of task i gets (both AMA modes give task-constant weights: α_i/n_i or 1/B):
+  no extra forward, k gradient buffers.  Weights that differ within a task fall back to
+  ``"recompute"`` for that step.
+
+Every number — the reference log-probs, the specialists' per-pair losses, the training and
+the evaluation losses — is made under one :class:`llm.precision.Precision` (device, autocast)
+and one :class:`llm.packing.Layout`, by :func:`llm.dpo.packed_logps`; :func:`numerics` is the
+cache key of that policy.  A non-finite loss raises ``FloatingPointError`` before any
+parameter changes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,10 +43,23 @@ from amasim import prng
 from amasim.capabilities import MixtureRoundsFromSteps
 from amasim.oracle import Batch
 from amasim.scores import example_scores
-from llm.data import TokenizedPairs, collate_pairs
-from llm.dpo import concatenated_forward, dpo_loss, dpo_metrics
+from llm.data import TokenizedPairs
+from llm.dpo import dpo_loss, dpo_metrics, max_length_of, packed_logps, resolve_layout
+from llm.packing import Layout, pack_pairs
+from llm.precision import Precision
 
-__all__ = ["TaskData", "DPOOracle", "dpo_settings", "reference_logps", "pair_losses"]
+__all__ = [
+    "TaskData",
+    "DPOOracle",
+    "dpo_settings",
+    "numerics",
+    "reference_logps",
+    "pair_losses",
+    "ACCUMULATE",
+]
+
+#: gradient accumulation modes of DPOOracle (see the module docstring)
+ACCUMULATE = ("recompute", "by_task")
 
 
 @dataclass
@@ -44,13 +68,16 @@ class TaskData:
 
     ``reference_logps``: (n, 2) reference log-probs of (chosen, rejected) — sums, or
     length-averaged for IPO.  ``specialist_losses``: (n,) DPO loss of the task's
-    specialist on each pair (zeros before specialists exist).
+    specialist on each pair (zeros before specialists exist).  ``numerics``: the
+    :func:`numerics` key they were made under, if known; an oracle under another policy
+    refuses them (its excess losses would compare numbers made in different precisions).
     """
 
     name: str
     pairs: TokenizedPairs
     reference_logps: np.ndarray
     specialist_losses: np.ndarray
+    numerics: dict | None = None
 
 
 def dpo_settings(beta: float, loss_type: str, label_smoothing: float) -> dict:
@@ -58,12 +85,6 @@ def dpo_settings(beta: float, loss_type: str, label_smoothing: float) -> dict:
     z = torch.zeros(1)
     dpo_loss(z, z, z, z, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
     return {"beta": beta, "loss_type": loss_type, "label_smoothing": label_smoothing}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _merge(tasks: Sequence[TaskData]) -> tuple[TokenizedPairs, np.ndarray, np.ndarray, np.ndarray]:
@@ -83,6 +104,19 @@ def _merge(tasks: Sequence[TaskData]) -> tuple[TokenizedPairs, np.ndarray, np.nd
     return merged, offsets, ref, spec
 
 
+def numerics(
+    model: torch.nn.Module, precision: Precision | None = None, layout: Layout | None = None
+) -> dict[str, object]:
+    """The cache key of the numbers ``model`` makes under ``precision`` and ``layout`` (the
+    defaults of :func:`reference_logps`): device, hardware, autocast dtype, layout, and on a
+    CPU the intra-op thread count (it splits reductions, so it sets the last bits)."""
+    precision = precision or Precision.of(model)
+    key: dict[str, object] = precision.key() | resolve_layout(model, layout or Layout()).key()
+    if precision.device.type == "cpu":
+        key["threads"] = torch.get_num_threads()
+    return key
+
+
 @torch.no_grad()
 def reference_logps(
     model: torch.nn.Module,
@@ -90,23 +124,32 @@ def reference_logps(
     *,
     pad_id: int,
     average: bool,
+    precision: Precision | None = None,
+    layout: Layout | None = None,
     batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
-    """(n, 2) log-probs of (chosen, rejected) under ``model`` (eval mode, no dropout)."""
-    device = torch.device(device)
+    """(n, 2) log-probs of (chosen, rejected) under ``model`` (eval mode, no dropout).
+
+    Computed as the oracle computes its training losses: under ``precision`` (default: where
+    the model is, no autocast) and ``layout`` (default ``Layout()``, resolved for the model).
+    The model must already be on the precision's device.
+    """
+    precision = precision or Precision.of(model)
+    precision.check(model)
+    layout = resolve_layout(model, layout or Layout())
+    max_length = max_length_of(model)
     was_training = model.training
     model.eval()
     out = []
-    for lo in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs, np.arange(lo, min(lo + batch_size, len(pairs))), pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with _autocast(device, autocast_dtype):
-            c, r = concatenated_forward(model, batch, average_logps=average)
-        out.append(torch.stack([c, r], dim=1).double().cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy()
+    try:
+        for lo in range(0, len(pairs), batch_size):
+            index = np.arange(lo, min(lo + batch_size, len(pairs)))
+            batch = pack_pairs(pairs, index, pad_id, layout, max_length=max_length)
+            c, r = packed_logps(model, batch, precision, average=average)
+            out.append(torch.stack([c, r], dim=1).double().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 2))
 
 
 def pair_losses(
@@ -116,24 +159,30 @@ def pair_losses(
     *,
     pad_id: int,
     dpo: dict,
+    precision: Precision | None = None,
+    layout: Layout | None = None,
     batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-pair DPO loss and reward margin of ``model`` (no gradient): ``loss``, ``margin``."""
+    """Per-pair DPO loss and reward margin of ``model`` (no gradient): ``loss``, ``margin``.
+
+    The same float32 arithmetic as the oracle's training loss, on log-probs made as
+    :func:`reference_logps` makes them: a model scored against its own reference log-probs
+    gets exactly log 2 (sigmoid loss), and against its own cached losses an excess of 0.
+    """
     logps = reference_logps(
         model,
         pairs,
         pad_id=pad_id,
         average=dpo["loss_type"] == "ipo",
+        precision=precision,
+        layout=layout,
         batch_size=batch_size,
-        device=device,
-        autocast_dtype=autocast_dtype,
     )
-    p, r = torch.from_numpy(logps), torch.from_numpy(reference)
+    p = torch.from_numpy(logps).float()
+    r = torch.from_numpy(np.asarray(reference, dtype=np.float64)).float()
     out = dpo_loss(p[:, 0], p[:, 1], r[:, 0], r[:, 1], **dpo)
     margin = out.chosen_rewards - out.rejected_rewards
-    return {"loss": out.losses.numpy(), "margin": margin.numpy()}
+    return {"loss": out.losses.double().numpy(), "margin": margin.double().numpy()}
 
 
 class DPOOracle(MixtureRoundsFromSteps):
@@ -144,6 +193,12 @@ class DPOOracle(MixtureRoundsFromSteps):
     to the training tasks.  Optional capabilities (:mod:`amasim.capabilities`):
     ``"group_validation"`` (:meth:`evaluate_groups`: held-out DPO loss per eval task)
     and ``"mixture_rounds"`` (``train_on_mixture``: AdamW steps through ``step``).
+
+    ``precision`` (or the older pair ``device``, ``autocast_dtype``) and ``layout`` set how
+    every number is made (see the module docstring); give the TaskData reference log-probs
+    and specialist losses made under the same policy (:func:`reference_logps`,
+    :func:`pair_losses` with the same ``precision`` and ``layout``).  ``adamw``: the AdamW
+    implementation, "fused" (one kernel for all parameters), "foreach" or "loop".
     """
 
     max_replicates = 1
@@ -158,9 +213,13 @@ class DPOOracle(MixtureRoundsFromSteps):
         eval_tasks: Sequence[TaskData] | None = None,
         weight_decay: float = 0.0,
         grad_clip: float = 1.0,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
         autocast_dtype: torch.dtype | None = None,
+        precision: Precision | None = None,
+        layout: Layout | None = None,
         micro_batch_size: int | None = None,
+        accumulate: str = "recompute",
+        adamw: str = "fused",
         eval_batch_size: int = 64,
         sample_stream: int = prng.SAMPLE_STREAM,
     ) -> None:
@@ -169,23 +228,72 @@ class DPOOracle(MixtureRoundsFromSteps):
         for t in tasks:
             if len(t.pairs) == 0:
                 raise ValueError(f"task {t.name!r} has no pairs (an empty task)")
-        self.device = torch.device(device)
+        if precision is None:
+            precision = Precision(torch.device(device or "cpu"), autocast_dtype)
+        elif device is not None or autocast_dtype is not None:
+            raise ValueError(
+                "give either precision or device/autocast_dtype, not both "
+                "(precision = Precision(device, autocast_dtype))"
+            )
+        if accumulate not in ACCUMULATE:
+            raise ValueError(f"accumulate={accumulate!r}: use one of {list(ACCUMULATE)}")
+        if adamw not in ("fused", "foreach", "loop"):
+            raise ValueError(f"adamw={adamw!r}: use 'fused', 'foreach' or 'loop'")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size={micro_batch_size} must be >= 1 (or None)")
+        self.precision = precision
+        self.device = precision.device
+        self.autocast_dtype = precision.dtype
         self.policy = policy.to(self.device)
+        self.layout = resolve_layout(self.policy, layout or Layout())
+        self.numerics = numerics(self.policy, precision, self.layout)
+        if accumulate == "by_task" and self.policy is not _bare_module(self.policy):
+            raise ValueError(
+                "accumulate='by_task' runs a different number of backward passes per rank, "
+                "which DistributedDataParallel cannot synchronise: use 'recompute'"
+            )
+        for t in [*tasks, *(eval_tasks or [])]:
+            if t.numerics is not None and t.numerics != self.numerics:
+                raise ValueError(
+                    f"task {t.name!r} holds numbers made under {t.numerics}, but this oracle "
+                    f"computes under {self.numerics}: recompute them with reference_logps / "
+                    "pair_losses under the oracle's precision and layout"
+                )
         self.dpo = dpo
         self.pad_id = pad_id
         self.task_names = tuple(t.name for t in tasks)
         self.task_sizes = tuple(len(t.pairs) for t in tasks)
         self.eval_tasks = list(eval_tasks or tasks)
         self.weight_decay, self.grad_clip = weight_decay, grad_clip
-        self.autocast_dtype = autocast_dtype
         self.micro_batch_size = micro_batch_size
+        self.accumulate = accumulate
+        self.adamw = adamw
         self.eval_batch_size = eval_batch_size
         self.sample_stream = sample_stream  # data-parallel ranks draw from one stream each
         self._pairs, self._offsets, self._ref, self._spec = _merge(tasks)
+        # float32 on the device once: a step indexes it there (the DPO loss is float32)
+        self._ref_device = torch.from_numpy(self._ref).to(self.device, torch.float32)
+        self._max_length = max_length_of(self.policy)
+        self._average = dpo["loss_type"] == "ipo"
         self._initial = copy.deepcopy(policy.state_dict())
         self._keys: np.ndarray | None = None
+        self._metrics_of: tuple | None = None
+        self._metrics: dict[str, float] = {}
         self.tokens_seen = 0
-        self.last_metrics: dict[str, float] = {}
+        self.tokens_computed = 0
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """Metrics of the last batch (:func:`llm.dpo.dpo_metrics`), made when first read: a
+        step that nobody logs pays no device-to-host copies."""
+        if self._metrics_of is not None:
+            self._metrics = dpo_metrics(*self._metrics_of)
+            self._metrics_of = None
+        return self._metrics
+
+    @last_metrics.setter
+    def last_metrics(self, value: dict[str, float]) -> None:
+        self._metrics, self._metrics_of = value, None
 
     # ------------------------------------------------------------------ protocol
     def reset(self, seeds: Sequence[int]) -> None:
@@ -201,12 +309,18 @@ class DPOOracle(MixtureRoundsFromSteps):
         # losses are reproducible; gradients flow in eval mode all the same.
         self.policy.eval()
         self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=1e-3, weight_decay=self.weight_decay
+            self.policy.parameters(),
+            lr=1e-3,
+            weight_decay=self.weight_decay,
+            **{"fused": {"fused": True}, "foreach": {"foreach": True}}.get(
+                self.adamw, {"foreach": False}
+            ),
         )
         self._keys = prng.replicate_keys(seeds, stream=self.sample_stream)
         self.draws = 0
         self.tokens_seen = 0
-        self._pending: tuple[Batch, torch.Tensor | None] | None = None
+        self.tokens_computed = 0
+        self._pending: tuple[Batch, object] | None = None
         # the rank's shift of the sample stream (llm.distributed.rank_streams) applies too
         rank_shift = self.sample_stream - prng.SAMPLE_STREAM
         self.reset_mixture_rounds(seeds, prng.MIXTURE_STREAM + rank_shift)
@@ -221,16 +335,16 @@ class DPOOracle(MixtureRoundsFromSteps):
         return Batch(task_ids, self._spec[index], index)
 
     def _forward(self, index: np.ndarray) -> torch.Tensor:
-        batch = collate_pairs(self._pairs, index, self.pad_id)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        self.tokens_seen += int(batch["attention_mask"].sum())
-        with _autocast(self.device, self.autocast_dtype):
-            chosen, rejected = concatenated_forward(
-                self.policy, batch, average_logps=self.dpo["loss_type"] == "ipo"
-            )
-        ref = torch.from_numpy(self._ref[index]).to(self.device, torch.float32)
-        out = dpo_loss(chosen.float(), rejected.float(), ref[:, 0], ref[:, 1], **self.dpo)
-        self.last_metrics = dpo_metrics(out, chosen.detach(), rejected.detach())
+        """Per-pair DPO losses (float32, on the device, with a graph unless no_grad)."""
+        batch = pack_pairs(
+            self._pairs, index, self.pad_id, self.layout, max_length=self._max_length
+        )
+        self.tokens_seen += batch.tokens
+        self.tokens_computed += batch.computed
+        chosen, rejected = packed_logps(self.policy, batch, self.precision, average=self._average)
+        ref = self._ref_device[torch.from_numpy(np.asarray(index)).to(self.device)]
+        out = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], **self.dpo)
+        self._metrics_of = (out, chosen.detach(), rejected.detach())
         return out.losses
 
     def _chunks(self, n: int) -> list[slice]:
@@ -244,27 +358,54 @@ class DPOOracle(MixtureRoundsFromSteps):
             losses = self._forward(index)
             self._pending = (batch, losses)
             values = losses.detach()
+        elif self.accumulate == "by_task":
+            values, grads = self._losses_by_task(batch)
+            self._pending = (batch, grads)
         else:  # gradient accumulation: no graph now, forward + backward per chunk in step()
             with torch.no_grad():
                 values = torch.cat([self._forward(index[c]) for c in chunks])
             self._pending = (batch, None)
         if not torch.isfinite(values).all():  # the protocol promises finite losses
             self._pending = None
+            self.policy.zero_grad(set_to_none=True)
             raise FloatingPointError(
                 "non-finite DPO loss on this batch: lower the learning rate, check the data, or "
                 "use bf16 instead of fp16; no parameter was changed"
             )
         return values.double().cpu().numpy()[None, :]
 
+    def _losses_by_task(self, batch: Batch) -> tuple[torch.Tensor, dict[int, list]]:
+        """Forward + backward per one-task micro-batch with unit weights: the losses, and
+        G_i = Σ_{z in task i} ∇L_z per task i (the parameters' .grad is left empty)."""
+        index, task_ids = batch.data[0], np.asarray(batch.task_ids)[0]
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        size = self.micro_batch_size or len(index)
+        values = torch.empty(len(index), dtype=torch.float32, device=self.device)
+        grads: dict[int, list] = {}
+        for task in np.unique(task_ids):
+            where = np.flatnonzero(task_ids == task)
+            for lo in range(0, where.size, size):
+                chunk = where[lo : lo + size]
+                losses = self._forward(index[chunk])
+                values[torch.from_numpy(chunk).to(self.device)] = losses.detach()
+                losses.sum().backward()  # accumulates this task's chunks in .grad
+            grads[int(task)] = [p.grad for p in params]
+            for p in params:  # park G_i; the next task starts from empty gradients
+                p.grad = None
+        return values, grads
+
     def step(self, batch: Batch, loss_weights: np.ndarray, learning_rate: float) -> None:
         if self._pending is None or self._pending[0] is not batch:
             self.losses(batch)
         weights = torch.as_tensor(loss_weights[0], dtype=torch.float32, device=self.device)
-        _, losses = self._pending
+        _, pending = self._pending
         self._pending = None
-        if losses is not None:
-            self._backward((weights * losses).sum())
+        if isinstance(pending, torch.Tensor):
+            self._backward((weights * pending).sum())
+        elif isinstance(pending, dict) and self._combine_task_grads(batch, loss_weights, pending):
+            pass
         else:
+            self.policy.zero_grad(set_to_none=True)
             index = batch.data[0]
             try:
                 for c in self._chunks(len(index)):
@@ -272,12 +413,51 @@ class DPOOracle(MixtureRoundsFromSteps):
             except FloatingPointError:
                 self.optimizer.zero_grad(set_to_none=True)  # drop the partial accumulation
                 raise
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.grad_clip)
+        # The gradient norm (clipped or not) is checked before the parameters move: a finite
+        # loss can still give inf/NaN gradients, and AdamW would spread them to every weight.
+        max_norm = self.grad_clip if self.grad_clip else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"non-finite gradient norm ({norm.item()}): lower the learning rate or check "
+                "the data; no parameter was changed by this step"
+            )
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _combine_task_grads(
+        self, batch: Batch, loss_weights: np.ndarray, grads: dict[int, list]
+    ) -> bool:
+        """.grad = Σ_i c_i G_i when every example of task i has the weight c_i; else False."""
+        task_ids = np.asarray(batch.task_ids)[0]
+        w = np.asarray(loss_weights, dtype=np.float64)[0]
+        coef = {}
+        for task in grads:
+            values = w[task_ids == task]
+            if not np.all(values == values[0]):
+                return False
+            coef[task] = float(values[0])
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        for i, p in enumerate(params):
+            total = None
+            for task, g in grads.items():
+                if g[i] is None:
+                    continue
+                total = (
+                    g[i].mul_(coef[task]) if total is None else total.add_(g[i], alpha=coef[task])
+                )
+            p.grad = total
+        total_norm_check = [p.grad for p in params if p.grad is not None]
+        if total_norm_check and not all(torch.isfinite(g).all() for g in total_norm_check):
+            self.policy.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                "non-finite gradient: lower the learning rate or check the data; "
+                "no parameter was changed by this step"
+            )
+        return True
 
     @staticmethod
     def _backward(loss: torch.Tensor) -> None:
@@ -312,9 +492,9 @@ class DPOOracle(MixtureRoundsFromSteps):
                 task.reference_logps,
                 pad_id=self.pad_id,
                 dpo=self.dpo,
+                precision=self.precision,
+                layout=self.layout,
                 batch_size=self.eval_batch_size,
-                device=self.device,
-                autocast_dtype=self.autocast_dtype,
             )
             row = {"loss": float(res["loss"].mean()), "accuracy": float((res["margin"] > 0).mean())}
             for name in ("excess", "clipped"):
@@ -346,3 +526,8 @@ class DPOOracle(MixtureRoundsFromSteps):
         # checkpoints written before mixture rounds existed never trained on one
         self.mixture_draws = int(state.get("mixture_draws", 0))
         self._pending = None
+
+
+def _bare_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel (``.module``) wrapper, else the model."""
+    return getattr(model, "module", model)

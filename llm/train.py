@@ -58,8 +58,9 @@ class LoopConfig:
 class MetricsLog:
     """Append-only JSONL metrics (one object per line, flushed), optional TensorBoard.
 
-    With ``flops_per_token`` and ``peak_flops`` each record with ``tokens_per_s`` also
-    gets ``mfu`` = flops_per_token · tokens/s / peak.
+    With ``flops_per_token`` and ``peak_flops`` each record also gets ``mfu`` =
+    flops_per_token · tokens computed per second / peak (the tokens the model ran: a prompt
+    shared by chosen and rejected counts once).
 
     The file stays one record per step, in step order, whatever happened before: a record
     for step s first drops the records of steps >= s (a run redone from an earlier
@@ -124,9 +125,9 @@ class MetricsLog:
         return out
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.flops_per_token and self.peak_flops and "tokens_per_s" in record:
-            record = {**record, "mfu": self.flops_per_token * record["tokens_per_s"]}
-            record["mfu"] /= self.peak_flops
+        rate = record.get("computed_tokens_per_s", record.get("tokens_per_s"))
+        if self.flops_per_token and self.peak_flops and rate is not None:
+            record = {**record, "mfu": self.flops_per_token * rate / self.peak_flops}
         if self._last_step is None:
             kept = self._read()
             self._last_step = kept[-1][1]["step"] if kept else -1

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from amasim import mixers
-from amasim.simulator import SimulatedOracle
 from amasim.driver import run as train_run
+from amasim.simulator import SimulatedOracle
 from proofs_check import bounds
 from proofs_check.base import Z_SCORE, Budget, Measurement
 from proofs_check.instances import Instance, adversarial, draw_instances

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from amasim.registry import build
-from amasim.studies import Tuning
-from amasim.simulator import SimulatedOracle
 from amasim.driver import run as train_run
+from amasim.registry import build
+from amasim.simulator import SimulatedOracle
+from amasim.studies import Tuning
 from proofs_check.base import Budget, Measurement
 from proofs_check.convexity import task_values
 from proofs_check.instances import Instance, draw_instances

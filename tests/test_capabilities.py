@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from amasim import lmo, mixers, prng
 from amasim.capabilities import (
-    CAPABILITIES,
     MissingCapabilityError,
     capabilities_of,
     require_capabilities,

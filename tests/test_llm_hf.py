@@ -260,3 +260,74 @@ def test_model_fingerprint(saved, loaded):
     with torch.no_grad():
         changed.model.lm_head.weight[0, 0] += 1.0
     assert fingerprint(changed) != first
+
+
+# ----------------------------------------------------------------- hidden states, packing
+def test_hidden_states_through_the_output_head_are_the_logits(loaded):
+    model, _ = loaded
+    ids = torch.tensor([[5, 9, 3, 7, 11]])
+    head = model.output_head()
+    assert head is model.model.get_output_embeddings()
+    hidden = model(ids, return_hidden=True)
+    assert hidden.shape == (1, 5, 32)
+    torch.testing.assert_close(head(hidden), model(ids), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_prefix_sharing_equals_the_plain_layout(saved, attn):
+    import numpy as np
+
+    from llm.data import TokenizedPairs
+    from llm.dpo import resolve_layout
+    from llm.oracle import reference_logps
+    from llm.packing import Layout
+
+    original = transformers.GPT2LMHeadModel.from_pretrained(saved[0], attn_implementation=attn)
+    model = HFCausalLM(original.eval())
+    assert model.accepts_packed_inputs
+    assert resolve_layout(model, Layout()).prefix_sharing
+    rng = np.random.default_rng(0)
+    rows = [
+        (rng.integers(3, 300, 4), rng.integers(3, 300, n), rng.integers(3, 300, m))
+        for n, m in ((3, 5), (6, 2), (1, 1), (4, 4))
+    ]
+    pairs = TokenizedPairs(
+        chosen=[np.concatenate([p, c]).astype(np.int32) for p, c, _ in rows],
+        rejected=[np.concatenate([p, r]).astype(np.int32) for p, _, r in rows],
+        prompt_lengths=np.full(len(rows), 4),
+        chosen_truncated=0,
+        rejected_truncated=0,
+        sources=["x"] * len(rows),
+        fingerprint="x",
+    )
+    shared = reference_logps(model, pairs, pad_id=2, average=False, layout=Layout(True, 8))
+    plain = reference_logps(model, pairs, pad_id=2, average=False, layout=Layout(False, 0))
+    np.testing.assert_allclose(shared, plain, rtol=0, atol=2e-5)
+
+
+class MaskBlind(HFCausalLM):
+    """An HF model that drops 4-D masks (as flash-attention implementations take none)."""
+
+    def _mask_4d(self, mask):
+        return None
+
+
+def test_a_model_that_ignores_4d_masks_is_scored_plainly(saved):
+    from llm.dpo import resolve_layout
+    from llm.packing import Layout
+
+    model = MaskBlind(transformers.GPT2LMHeadModel.from_pretrained(saved[0]).eval())
+    assert model.output_head() is not None
+    assert not model.accepts_packed_inputs
+    assert resolve_layout(model, Layout(True, 16)) == Layout(False, 16)
+
+
+def test_transformed_logits_are_never_rebuilt_from_hidden_states(saved):
+    original = transformers.GPT2LMHeadModel.from_pretrained(saved[0]).eval()
+    original.config.final_logit_softcapping = 30.0  # as Gemma 2 has
+    model = HFCausalLM(original)
+    assert model.output_head() is None  # the full logits (soft-capped by the model) are used
+    from llm.dpo import resolve_layout
+    from llm.packing import Layout
+
+    assert resolve_layout(model, Layout(True, 16)) == Layout(False, 16)

@@ -202,3 +202,56 @@ def test_fingerprint_sees_config_and_non_float_dtypes():
     other.config = GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=4, n_embd=16)
     assert fingerprint(other) != fingerprint(model)  # same weights, another function
     assert len(fingerprint(model.to(torch.bfloat16))) == 64
+
+
+# ----------------------------------------------------------------- packed inputs, hidden states
+def test_hidden_states_through_the_output_head_are_the_logits():
+    model = make()
+    x = torch.randint(0, 32, (2, 9))
+    hidden = model(x, return_hidden=True)
+    assert hidden.shape == (2, 9, 16)
+    assert torch.equal(model.output_head()(hidden), model(x))
+    assert model.accepts_packed_inputs
+
+
+def test_a_4d_mask_equal_to_the_padding_mask_gives_the_same_logits():
+    model = make()
+    padded = ids([5, 9, 3, 7, 0, 0], [1, 2, 3, 4, 5, 6])
+    mask = ids([1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1])
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    four_d = (causal & mask.bool()[:, None, :])[:, None]
+    torch.testing.assert_close(model(padded, four_d), model(padded, mask), rtol=0, atol=1e-6)
+
+
+def test_packed_row_with_restarted_positions_equals_two_rows():
+    """prompt + chosen + rejected in one row, the rejected part hidden from the chosen one and
+    its positions restarting after the prompt: the rejected tokens' logits are those of the
+    plain row prompt + rejected."""
+    model = make()
+    prompt, chosen, rejected = [3, 8, 1], [4, 4], [9, 2, 7]
+    row = ids(prompt + chosen + rejected)
+    pos = torch.tensor([[0, 1, 2, 3, 4, 3, 4, 5]])
+    role = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    mask = torch.ones(8, 8, dtype=torch.bool).tril() & ~((role[:, None] == 2) & (role == 1))
+    packed = model(row, mask[None, None], position_ids=pos)
+    plain = model(ids(prompt + rejected))
+    torch.testing.assert_close(packed[0, 5:], plain[0, 3:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(packed[0, :5], model(ids(prompt + chosen))[0], rtol=0, atol=1e-5)
+
+
+def test_positions_may_exceed_the_width_limit_only_when_given():
+    model = make()  # block_size 16
+    row = torch.randint(0, 32, (1, 20))
+    with pytest.raises(ValueError, match="block_size=16"):
+        model(row)
+    pos = torch.arange(20).remainder(10)[None]
+    assert model(row, position_ids=pos).shape == (1, 20, 32)
+
+
+def test_bad_packed_inputs_are_named():
+    model = make()
+    x = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="boolean of shape"):
+        model(x, torch.ones(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="position_ids must have shape"):
+        model(x, position_ids=torch.zeros(3, 4, dtype=torch.long))

@@ -21,7 +21,7 @@ from llm_helpers import (
     parameters,
     task_data,
     tiny_gpt,
-    write_suite_small,
+    unwrap,
 )
 
 import amasim
@@ -138,7 +138,7 @@ def test_every_amasim_mixer_drives_it(oracle, make):
     assert shapes == [(1, per_step)] * steps
     assert result.examples.sum() == steps * per_step
     if mixer.apply == "reweight":  # every task in every batch
-        np.testing.assert_array_equal(result.examples, [[steps * batch_size] * K])
+        np.testing.assert_array_equal(result.task_examples, [[steps * batch_size] * K])
 
 
 def test_sample_is_seeded(oracle):
@@ -256,30 +256,6 @@ def test_sample_before_reset_is_an_error(oracle):
         oracle.sample(every_task(1))
 
 
-def test_pipeline_rejects_mismatched_tokenizers(tmp_path, monkeypatch):
-    from llm import pipeline
-    from llm.config import Config, DataSection, RunSection
-    from llm.tokenizer import CharTokenizer
-
-    class OtherTokenizer(CharTokenizer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fingerprint = "not-the-policy-tokenizer"
-
-    def fake_reference(cfg, out, tasks):
-        return tiny_gpt(0), OtherTokenizer()
-
-    monkeypatch.setattr(pipeline, "_reference", fake_reference)
-    manifest = write_suite_small(tmp_path / "data")
-    cfg = Config(
-        run=RunSection(out=str(tmp_path / "out"), seeds=(0,)),
-        data=DataSection(manifest=str(manifest)),
-    )
-    with pytest.raises(ValueError, match="tokenizers"):
-        pipeline.run_pipeline(cfg, progress=False)
-    assert not (tmp_path / "out" / "cache").exists()  # nothing computed with the wrong ids
-
-
 def test_eval_tasks_default_to_training_tasks(oracle):
     oracle.reset([0])
     details = oracle.evaluate_tasks()
@@ -301,9 +277,11 @@ def test_char_tasks_have_the_requested_sizes():
 def test_offers_validation_and_mixture_rounds(oracle):
     """The DPO oracle passes the capability checks; a round on one task alone lowers that
     task's held-out loss and moves the policy only through step()."""
-    from amasim.capabilities import capabilities_of, check_capabilities
+    from amasim.capabilities import capabilities_of
+    from amasim.checker import check_capabilities
 
-    assert capabilities_of(oracle) == {"group_validation", "mixture_rounds"}
+    offered = {"group_validation", "mixture_rounds", "checkpointing", "training_metrics"}
+    assert capabilities_of(oracle) == offered
     check_capabilities(oracle, ["group_validation", "mixture_rounds"], seeds=(0,))
     oracle.reset([0])
     before = oracle.evaluate_groups()
@@ -328,3 +306,95 @@ def test_resume_continues_mixture_rounds_where_they_stopped():
     resumed.load_state_dict(checkpoint)
     resumed.train_on_mixture(mixture, 2, learning_rate=1e-2)
     assert_same_parameters(straight.policy.state_dict(), resumed.policy.state_dict())
+
+
+# ------------------------------------------------------------------- faster step
+def recording_gradients(oracle: DPOOracle) -> list[dict[str, torch.Tensor]]:
+    """Make the oracle's optimizer record the (clipped) gradients it steps on."""
+    seen: list[dict[str, torch.Tensor]] = []
+    step = oracle.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append({k: p.grad.clone() for k, p in unwrap(oracle).named_parameters()})
+        return step(*args, **kwargs)
+
+    oracle.optimizer.step = recording_step
+    return seen
+
+
+@pytest.mark.parametrize("micro", [2, 3])
+def test_accumulation_by_task_matches_one_batch(micro):
+    """One gradient per task, combined with the task weights: the gradient of the whole batch
+    (to float rounding), without the extra forward pass of 'recompute'. (Gradients are
+    compared: AdamW's first step, g/(|g| + ε), magnifies the rounding of tiny components.)"""
+    ids = np.array([[0, 0, 1, 1, 2, 2, 0, 1]])
+    weights = np.array([[{0: 0.3, 1: 0.5, 2: 0.2}[t] for t in ids[0]]]) / 3  # task-constant
+    results = {}
+    for mode, size in (("whole", None), ("recompute", micro), ("by_task", micro)):
+        accumulate = "by_task" if mode == "by_task" else "recompute"
+        oracle = build_oracle(micro_batch_size=size, accumulate=accumulate)
+        oracle.reset([0])
+        grads = recording_gradients(oracle)
+        batch = oracle.sample(ids)
+        losses = oracle.losses(batch)
+        oracle.step(batch, weights, 1e-2)
+        results[mode] = (losses, grads[0])
+    whole_losses, whole = results["whole"]
+    assert max(g.abs().max().item() for g in whole.values()) > 1e-3
+    for mode in ("recompute", "by_task"):
+        losses, grads = results[mode]
+        np.testing.assert_allclose(losses, whole_losses, rtol=0, atol=1e-6)
+        for name in whole:
+            torch.testing.assert_close(grads[name], whole[name], rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_accumulation_by_task_falls_back_when_weights_vary_within_a_task():
+    ids = np.array([[0, 0, 1, 1]])
+    weights = np.array([[0.1, 0.4, 0.2, 0.3]])  # not task-constant
+    seen = []
+    for accumulate in ("recompute", "by_task"):
+        oracle = build_oracle(micro_batch_size=2, accumulate=accumulate)
+        oracle.reset([0])
+        grads = recording_gradients(oracle)
+        batch = oracle.sample(ids)
+        oracle.losses(batch)
+        oracle.step(batch, weights, 1e-2)
+        seen.append(grads[0])
+    for name in seen[0]:
+        torch.testing.assert_close(seen[1][name], seen[0][name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("adamw", ["foreach", "loop"])
+def test_adamw_implementations_take_the_same_step(adamw):
+    out = []
+    for impl in ("fused", adamw):
+        oracle = build_oracle(adamw=impl)
+        oracle.reset([0])
+        for _ in range(2):
+            batch = oracle.sample(every_task(2))
+            oracle.losses(batch)
+            oracle.step(batch, np.full((1, 2 * K), 0.1), 1e-2)
+        out.append(parameters(oracle))
+    for name in out[0]:
+        torch.testing.assert_close(out[1][name], out[0][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_metrics_are_made_when_read_and_match_dpo_metrics(oracle):
+    oracle.reset([0])
+    batch = oracle.sample(every_task(2))
+    oracle.losses(batch)
+    first = oracle.last_metrics
+    assert set(first) >= {"loss", "rewards/accuracies", "rewards/margins", "logps/chosen"}
+    assert oracle.last_metrics is first  # made once
+    oracle.step(batch, np.full((1, 2 * K), 0.1), 1e-2)
+    oracle.losses(oracle.sample(every_task(2)))
+    assert oracle.last_metrics["loss"] != first["loss"]
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="accumulate="):
+        build_oracle(accumulate="sometimes")
+    with pytest.raises(ValueError, match="adamw="):
+        build_oracle(adamw="sgd")
+    with pytest.raises(ValueError, match="micro_batch_size=0"):
+        build_oracle(micro_batch_size=0)
