@@ -2,8 +2,9 @@
 # The prepared GPU check: run it whenever a GPU machine is lent.  From the source tree, no
 # install (PYTHONPATH=.); what needs a missing package is skipped with a line saying so.
 #
-#   bash benchmarks/gpu_check.sh            # CUDA: the cuda-marked tests, then the ~0.5B
-#                                           # DPO step benchmark (≤ 8 min on one H100/H200)
+#   bash benchmarks/gpu_check.sh            # CUDA: the cuda-marked tests, the ~0.5B DPO step
+#                                           # benchmark (≤ 8 min on one H100/H200), then the
+#                                           # tiny pipeline under torchrun with FSDP2 (1 GPU)
 #   bash benchmarks/gpu_check.sh --smoke    # the same steps on the CPU at a tiny size (< 2 min;
 #                                           # .ci/run runs it so the script cannot rot)
 #
@@ -65,6 +66,55 @@ if has numpy; then
     fi
 else
     echo "skip: the benchmark needs numpy (missing here)"
+fi
+
+echo "== FSDP2 on one device (torchrun, 1 process; the whole pipeline, sharded)"
+fsdp_dir="$(mktemp -d)"
+if [[ $SMOKE -eq 1 ]]; then device=cpu; dtype=float32; else device=cuda; dtype=bfloat16; fi
+"$PY" - "$fsdp_dir" "$device" "$dtype" <<'PY' || status=1
+import sys
+from pathlib import Path
+
+from llm.synth import write_suite
+
+folder, device, dtype = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+sizes = {"arithmetic": (48, 16), "safety": (24, 16), "format": (96, 16)}
+manifest = write_suite(folder / "data", seed=0, sizes=sizes)
+(folder / "fsdp.toml").write_text(f"""
+[run]
+out = "{folder / 'out'}"
+seeds = [0]
+methods = ["stratified", "ama-r", "ama-s"]
+device = "{device}"
+dtype = "{dtype}"
+parallel = "fsdp"
+[data]
+manifest = "{manifest}"
+max_length = 48
+[model]
+n_layer = 2
+n_head = 2
+n_embd = 64
+block_size = 64
+[sft]
+steps = 50
+batch_size = 16
+[specialist]
+steps = 20
+batch_size = 8
+[generalist]
+batch_size = 8
+[mix]
+examples = 240
+[eval]
+generate = 4
+max_new_tokens = 8
+""")
+PY
+if ! timeout 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 \
+        -m llm run --config "$fsdp_dir/fsdp.toml" | tail -8; then
+    echo "FSDP run failed"
+    status=1
 fi
 
 exit $status

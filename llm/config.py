@@ -54,17 +54,38 @@ class RunSection:
     peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 = no MFU
     prefix_sharing: bool = True  # one row per pair, the prompt once (Wang & Hegde 2024)
     bucket: int = 16  # pad each row to a multiple of this many tokens (0: the batch's longest)
+    parallel: str = "ddp"  # under torchrun: "ddp" | "fsdp" (llm.parallel); "none": one process
 
 
 @dataclass(frozen=True)
 class DataSection:
     manifest: str = ""  # empty: the built-in suite (llm.synth) written to OUT/data
+    suite: str = "classic"  # the built-in suite's version (llm.synth.SUITES): "learnable"
     synth_seed: int = 0
     max_length: int = 48
     max_prompt_length: int = 24
     truncate_prompt: str = "error"
     tokenization: str = "exact"  # "exact" (prompt | completion boundary) or "trl" (TRL 1.16)
     strict: bool = False  # data warnings (duplicates, chosen = rejected, ...) become errors
+
+
+@dataclass(frozen=True)
+class LoRASection:
+    """``[model] lora = { r = 16, alpha = 32, ... }``: LoRA adapters (:mod:`llm.lora`); the
+    specialists are adapters, the generalist an adapter or the base fully fine-tuned.
+
+    ``r = 0`` turns LoRA off.  ``target_modules``: names of the layers to adapt (a module
+    whose name ends with one), or ``["all-linear"]``: every linear layer of the transformer
+    blocks.  ``dropout`` is PEFT's LoRA dropout, active only in training mode — the DPO
+    policy runs in eval mode (dropout off, as TRL's ``disable_dropout``), so it has no
+    effect there.
+    """
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("all-linear",)
+    generalist: str = "adapter"  # or "full": the generalist fine-tunes the base itself
 
 
 @dataclass(frozen=True)
@@ -77,6 +98,8 @@ class ModelSection:
     n_embd: int = 64
     dropout: float = 0.0
     init_seed: int = 0
+    gradient_checkpointing: bool = False  # recompute each block's activations in backward
+    lora: LoRASection = field(default_factory=LoRASection)
 
 
 @dataclass(frozen=True)
@@ -176,6 +199,13 @@ def _section(cls: type, values: dict[str, Any], where: str) -> Any:
     for name, value in values.items():
         default = getattr(cls(), name)
         expected = type(default)
+        if dataclasses.is_dataclass(expected):  # a table, e.g. [model] lora = { r = 8 }
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"{where}.{name} must be a table like {name} = {{ ... }}, got {value!r}"
+                )
+            out[name] = _section(expected, value, f"{where}.{name}")
+            continue
         if expected is tuple:
             item = type(default[0])
             if not isinstance(value, list) or not all(
@@ -355,6 +385,31 @@ def _check_run(c: _Checks) -> None:
     if not _DEVICE.match(run.device):
         c.bad("run", "device", "is not a device", "use 'cpu', 'cuda', 'cuda:N' or 'mps'")
     c.choice("run", "dtype", DTYPES, "a supported dtype")
+    if c.choice("run", "parallel", ("none", "ddp", "fsdp"), "a way to run the ranks"):
+        if run.parallel == "fsdp":
+            if run.device == "mps":
+                c.bad(
+                    "run",
+                    "parallel",
+                    "needs collectives on the device; MPS has none",
+                    'use device = "cuda" (NCCL) or "cpu" (gloo), or parallel = "none"',
+                )
+            if run.compile:
+                c.bad(
+                    "run",
+                    "compile",
+                    'is not supported with parallel = "fsdp" here',
+                    'set compile = false, or parallel = "ddp"',
+                )
+            for stage in ("specialist", "generalist"):
+                if getattr(c.cfg, stage).accumulate == "by_task":
+                    c.bad(
+                        stage,
+                        "accumulate",
+                        "runs a different number of backward passes per rank, which FSDP "
+                        "cannot synchronise",
+                        'use accumulate = "recompute"',
+                    )
     c.at_least("run", "threads", 0, " (0 keeps torch's default)")
     c.non_negative("run", "peak_flops", " (0 turns the MFU estimate off)")
 
@@ -372,6 +427,9 @@ def _check_data(c: _Checks) -> None:
                 "does not exist (relative paths resolve against the config file's folder)",
                 "fix the path, or leave it empty for the built-in suite",
             )
+    from llm.synth import SUITES
+
+    c.choice("data", "suite", SUITES, "a built-in suite (llm.synth.SUITES)")
     c.at_least("data", "synth_seed", 0)
     if c.at_least("data", "max_length", 2, " (a prompt token and a completion token)"):
         bos = 1 if model.kind == "gpt" else 0  # the character tokenizer adds BOS
@@ -425,6 +483,7 @@ def _check_model(c: _Checks) -> None:
                 "has no config.json, so it is not a Hugging Face model folder",
                 "save the model there with model.save_pretrained(path)",
             )
+    _check_lora(c)
     if ok and model.kind == "gpt":
         for key in ("block_size", "n_layer", "n_head", "n_embd"):
             c.at_least("model", key, 1)
@@ -445,6 +504,41 @@ def _check_model(c: _Checks) -> None:
                 f"raise block_size to at least {data.max_length}, or lower max_length",
             )
         c.at_least("model", "init_seed", 0)
+
+
+def _check_lora(c: _Checks) -> None:
+    lora = c.cfg.model.lora
+    where = "[model] lora"
+
+    def bad(key: str, problem: str, fix: str) -> None:
+        value = getattr(lora, key)
+        shown = list(value) if isinstance(value, tuple) else value
+        c.problems.append(f"{c.source} {where}.{key} = {shown!r}: {problem}. Fix: {fix}")
+
+    if lora.r < 0:
+        bad("r", "must be >= 0 (0 turns LoRA off)", "set r = 0, or a rank such as 16")
+    if lora.r <= 0:
+        return
+    if not (math.isfinite(lora.alpha) and lora.alpha > 0):
+        bad(
+            "alpha",
+            "must be a finite number > 0 (the update is scaled by alpha / r)",
+            "set alpha = 2 * r",
+        )
+    if not 0.0 <= lora.dropout < 1.0:
+        bad("dropout", "must lie in [0, 1)", "set dropout = 0.0")
+    if not lora.target_modules or any(not t for t in lora.target_modules):
+        bad(
+            "target_modules",
+            "is empty or holds an empty name",
+            'name layers to adapt, e.g. ["q_proj", "v_proj"], or ["all-linear"]',
+        )
+    if lora.generalist not in ("adapter", "full"):
+        bad("generalist", "is not 'adapter' or 'full'", 'use "adapter" (an adapter) or "full"')
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        bad("r", "needs the peft package, which is not installed", "pip install 'amasim[hf]'")
 
 
 def _check_training(c: _Checks) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm.model import estimate_flops_per_token, greedy_decode
+from llm.model import checkpoint_activations, estimate_flops_per_token, greedy_decode
 
 __all__ = ["HFCausalLM", "HFTokenizer", "load_local"]
 
@@ -86,6 +86,33 @@ class HFCausalLM(nn.Module):
         )
         self._probed: dict[str, Any] | None = None
 
+    def blocks(self) -> list[nn.Module]:
+        """The decoder layers, in order (the units of FSDP and of activation checkpointing):
+        the model's ``GradientCheckpointingLayer`` modules (transformers >= 4.52), else the
+        children of its longest ``ModuleList``."""
+        try:
+            from transformers.modeling_layers import GradientCheckpointingLayer
+        except ImportError:  # older transformers: the layer stack is the longest ModuleList
+            GradientCheckpointingLayer = None
+        if GradientCheckpointingLayer is not None:
+            layers = [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+            if layers:
+                return layers
+        lists = [m for m in self.model.modules() if isinstance(m, nn.ModuleList)]
+        return list(max(lists, key=len)) if lists else []
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute each decoder layer's activations in the backward pass, in any mode
+        (:func:`llm.model.checkpoint_activations`; transformers' own switch acts in training
+        mode only, and the DPO policy runs in eval mode); the results are unchanged."""
+        layers = self.blocks()
+        if not layers:
+            raise ValueError(
+                f"{type(self.model).__name__} has no layer stack to checkpoint: set [model] "
+                "gradient_checkpointing = false"
+            )
+        checkpoint_activations(layers, enabled)
+
     def _text_config(self) -> Any:
         config = self.model.config
         return config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -127,8 +154,12 @@ class HFCausalLM(nn.Module):
         if position_ids is not None:
             inputs["position_ids"] = position_ids
         if return_hidden:
-            return self.model.base_model(**inputs).last_hidden_state
-        return self.model(**inputs).logits.float()
+            out = self.model.base_model(**inputs).last_hidden_state
+        else:
+            out = self.model(**inputs).logits.float()
+        # FSDP2 hooks its backward onto this output and warns when it is a view (an in-place
+        # op on a view would drop the hook): give it a tensor of its own
+        return out.clone() if callable(getattr(self, "reshard", None)) else out
 
     def _mask_4d(self, mask: torch.Tensor) -> torch.Tensor:
         """A boolean 4-D mask as the attention implementation reads it: boolean for SDPA,
@@ -175,6 +206,9 @@ class HFCausalLM(nn.Module):
         generation_config apply (no repetition penalty, temperature, ...)."""
         window = self.block_size or input_ids.shape[1] + max(max_new_tokens, 0)
         past = None
+        unshard = getattr(self, "unshard", None)  # FSDP2: the layers outside the blocks are
+        if callable(unshard):  # gathered by this module's forward, which decoding bypasses
+            unshard()
 
         def next_logits(ids: torch.Tensor) -> torch.Tensor:
             nonlocal past

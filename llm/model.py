@@ -15,16 +15,26 @@ torch.Size([1, 5])
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import types
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["GPTConfig", "GPT", "estimate_flops_per_token", "fingerprint"]
+__all__ = [
+    "GPTConfig",
+    "GPT",
+    "checkpoint_activations",
+    "estimate_flops_per_token",
+    "fingerprint",
+]
 
 
 @dataclass
@@ -104,6 +114,39 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
+
+
+def checkpoint_activations(layers: Iterable[nn.Module], enabled: bool = True) -> None:
+    """Activation checkpointing: each layer keeps only its input for the backward pass and
+    recomputes the rest there (Chen et al. 2016, "Training deep nets with sublinear memory
+    cost") — activation memory of one layer instead of all, for about one more forward.
+
+    Non-reentrant :func:`torch.utils.checkpoint.checkpoint` (the RNG state is restored for
+    the recompute, so dropout masks and results are unchanged), in any mode while gradients
+    are on: the DPO policy runs in eval mode (dropout off), where Hugging Face's own switch
+    would not checkpoint.  The ``forward`` of each layer is wrapped on the instance, so module
+    hooks (FSDP2's gather) stay outside the checkpoint and state-dict keys do not change;
+    ``enabled=False`` restores the class's ``forward``.
+
+    >>> block = nn.Linear(2, 2)
+    >>> checkpoint_activations([block])
+    >>> block(torch.ones(1, 2, requires_grad=True)).sum().backward()
+    >>> checkpoint_activations([block], enabled=False)
+    >>> "forward" in vars(block)
+    False
+    """
+    for layer in layers:
+        if enabled:
+            layer.forward = types.MethodType(_checkpointed_forward, layer)
+        else:
+            vars(layer).pop("forward", None)
+
+
+def _checkpointed_forward(self: nn.Module, *args, **kwargs):
+    forward = type(self).forward
+    if not torch.is_grad_enabled():
+        return forward(self, *args, **kwargs)
+    return checkpoint(functools.partial(forward, self, **kwargs), *args, use_reentrant=False)
 
 
 def estimate_flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
@@ -221,6 +264,15 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         return x if return_hidden else self.lm_head(x)
 
+    def blocks(self) -> list[Block]:
+        """The transformer blocks, in order (the units of FSDP and of activation checkpointing)."""
+        return list(self.transformer.h)
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward pass
+        (:func:`checkpoint_activations`); the results are unchanged."""
+        checkpoint_activations(self.blocks(), enabled)
+
     def output_head(self) -> nn.Linear:
         """The unembedding (V, n_embd), no bias, tied to the token embedding: ``logits =
         output_head()(forward(..., return_hidden=True))``."""
@@ -307,7 +359,8 @@ def fingerprint(model: nn.Module) -> str:
     """sha256 hex digest of a model's class, config and weights (state dict, in name order).
 
     Equal digests mean the same function, so it serves as a cache key; any change to a weight
-    changes it. Works for any ``nn.Module`` (GPT, HFCausalLM, a bare transformers model).
+    changes it. Works for any ``nn.Module`` (GPT, HFCausalLM, a bare transformers model); a
+    model sharded by FSDP2 has the digest of the whole model (a collective: every rank calls it).
 
     >>> import torch
     >>> layer = torch.nn.Linear(2, 2)
@@ -317,14 +370,17 @@ def fingerprint(model: nn.Module) -> str:
     64
     """
     h = hashlib.sha256()
-    header = {
-        "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "config": _config_of(model),
-    }
+    cls = type(model)
+    while cls.__module__.startswith("torch.distributed.fsdp"):  # FSDP2's class over the model's
+        cls = cls.__bases__[-1]
+    header = {"class": f"{cls.__module__}.{cls.__qualname__}", "config": _config_of(model)}
     h.update(json.dumps(header, sort_keys=True, default=str).encode())
     state = model.state_dict()
     for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
+        t = state[name].detach()
+        if hasattr(t, "full_tensor"):  # a DTensor shard: the whole tensor (every rank calls this)
+            t = t.full_tensor()
+        t = t.to("cpu").contiguous()
         h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         # Raw bytes of any dtype (bfloat16 included) through a uint8 view.
         h.update(t.reshape(-1).view(torch.uint8).numpy())

@@ -27,7 +27,14 @@ Every number — the reference log-probs, the specialists' per-pair losses, the 
 the evaluation losses — is made under one :class:`llm.precision.Precision` (device, autocast)
 and one :class:`llm.packing.Layout`, by :func:`llm.dpo.packed_logps`; :func:`numerics` is the
 cache key of that policy.  A non-finite loss raises ``FloatingPointError`` before any
-parameter changes.
+parameter changes (on every rank of a data-parallel group at once, :func:`llm.parallel.any_rank`).
+
+What trains is what requires a gradient — every parameter, or with ``adapter`` one LoRA
+adapter (:mod:`llm.lora`); ``reset`` restores, and ``state_dict`` saves, those parameters
+only (with the optimizer), so a LoRA run keeps no second copy of the frozen base.  A policy
+sharded by FSDP2 (:mod:`llm.parallel`) is saved with
+:func:`torch.distributed.checkpoint.state_dict.get_state_dict` (sharded, keyed by parameter
+name: what :mod:`llm.dcp` writes and reads back on any world size).
 """
 
 from __future__ import annotations
@@ -43,9 +50,11 @@ from amasim import prng
 from amasim.capabilities import MixtureRoundsFromSteps
 from amasim.oracle import Batch
 from amasim.scores import example_scores
+from llm import lora
 from llm.data import TokenizedPairs
 from llm.dpo import dpo_loss, dpo_metrics, max_length_of, packed_logps, resolve_layout
-from llm.packing import Layout, pack_pairs
+from llm.packing import PAD, PROMPT, Layout, Packed, PackedBatch, pack_pairs
+from llm.parallel import any_rank, is_sharded, numerics_of, shard_of
 from llm.precision import Precision
 
 __all__ = [
@@ -55,6 +64,7 @@ __all__ = [
     "numerics",
     "reference_logps",
     "pair_losses",
+    "load_policy",
     "ACCUMULATE",
 ]
 
@@ -108,10 +118,12 @@ def numerics(
     model: torch.nn.Module, precision: Precision | None = None, layout: Layout | None = None
 ) -> dict[str, object]:
     """The cache key of the numbers ``model`` makes under ``precision`` and ``layout`` (the
-    defaults of :func:`reference_logps`): device, hardware, autocast dtype, layout, and on a
-    CPU the intra-op thread count (it splits reductions, so it sets the last bits)."""
+    defaults of :func:`reference_logps`): device, hardware, autocast dtype, layout, FSDP's
+    bfloat16 parameters (:func:`llm.parallel.numerics_of`), and on a CPU the intra-op thread
+    count (it splits reductions, so it sets the last bits)."""
     precision = precision or Precision.of(model)
     key: dict[str, object] = precision.key() | resolve_layout(model, layout or Layout()).key()
+    key |= numerics_of(model)
     if precision.device.type == "cpu":
         key["threads"] = torch.get_num_threads()
     return key
@@ -199,6 +211,10 @@ class DPOOracle(MixtureRoundsFromSteps):
     and specialist losses made under the same policy (:func:`reference_logps`,
     :func:`pair_losses` with the same ``precision`` and ``layout``).  ``adamw``: the AdamW
     implementation, "fused" (one kernel for all parameters), "foreach" or "loop".
+    ``adapter``: on a model with LoRA adapters (:mod:`llm.lora`), the adapter this oracle
+    trains, or None for the base with every adapter off (full fine-tuning); it is selected
+    at every ``reset``.  A policy wrapped for data parallelism (DDP, FSDP) trains as one
+    rank of its group (:mod:`llm.parallel`).
     """
 
     max_replicates = 1
@@ -222,6 +238,7 @@ class DPOOracle(MixtureRoundsFromSteps):
         adamw: str = "fused",
         eval_batch_size: int = 64,
         sample_stream: int = prng.SAMPLE_STREAM,
+        adapter: str | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("tasks is empty: the oracle needs at least one task")
@@ -244,13 +261,22 @@ class DPOOracle(MixtureRoundsFromSteps):
         self.precision = precision
         self.device = precision.device
         self.autocast_dtype = precision.dtype
-        self.policy = policy.to(self.device)
+        # an FSDP2 module stays where its shards are (moving it would re-create them)
+        self.policy = policy if is_sharded(policy) else policy.to(self.device)
+        self.adapter = adapter
+        self.lora = lora.has_adapters(policy)
+        if adapter is not None and not self.lora:
+            raise ValueError(
+                f"adapter={adapter!r} but the policy holds no LoRA adapters: add them with "
+                "llm.lora.add_adapters, or pass adapter=None"
+            )
         self.layout = resolve_layout(self.policy, layout or Layout())
         self.numerics = numerics(self.policy, precision, self.layout)
-        if accumulate == "by_task" and self.policy is not _bare_module(self.policy):
+        self.shard = shard_of(self.policy)  # (rank, world) of a data-parallel policy
+        if accumulate == "by_task" and self.shard is not None:
             raise ValueError(
                 "accumulate='by_task' runs a different number of backward passes per rank, "
-                "which DistributedDataParallel cannot synchronise: use 'recompute'"
+                "which DDP and FSDP cannot synchronise: use 'recompute'"
             )
         for t in [*tasks, *(eval_tasks or [])]:
             if t.numerics is not None and t.numerics != self.numerics:
@@ -269,13 +295,14 @@ class DPOOracle(MixtureRoundsFromSteps):
         self.accumulate = accumulate
         self.adamw = adamw
         self.eval_batch_size = eval_batch_size
-        self.sample_stream = sample_stream  # data-parallel ranks draw from one stream each
+        self.sample_stream = sample_stream
         self._pairs, self._offsets, self._ref, self._spec = _merge(tasks)
         # float32 on the device once: a step indexes it there (the DPO loss is float32)
         self._ref_device = torch.from_numpy(self._ref).to(self.device, torch.float32)
         self._max_length = max_length_of(self.policy)
         self._average = dpo["loss_type"] == "ipo"
-        self._initial = copy.deepcopy(policy.state_dict())
+        self._select()
+        self._initial = copy.deepcopy(self._policy_state())
         self._keys: np.ndarray | None = None
         self._metrics_of: tuple | None = None
         self._metrics: dict[str, float] = {}
@@ -296,11 +323,49 @@ class DPOOracle(MixtureRoundsFromSteps):
         self._metrics, self._metrics_of = value, None
 
     # ------------------------------------------------------------------ protocol
+    def _select(self) -> None:
+        """Make this oracle's parameters the trainable ones (its LoRA adapter, or the base)."""
+        if self.lora:
+            lora.use(self.policy, self.adapter)
+        if is_sharded(self.policy):  # after a forward the root holds whole tensors: the shards
+            self.policy.reshard()
+        names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
+        if not names:
+            raise ValueError("the policy has no trainable parameter (every one is frozen)")
+        self._partial = len(names) < len(list(self.policy.parameters()))
+        self._trainable = [p for p in self.policy.parameters() if p.requires_grad]
+
+    def _policy_state(self) -> dict:
+        """The trained part of the policy: its whole state dict, or (some parameters frozen:
+        LoRA) the trainable parameters only; sharded, keyed by name, under FSDP."""
+        if is_sharded(self.policy):
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            self.policy.reshard()  # the state-dict API reads the parameters as registered
+            options = StateDictOptions(ignore_frozen_params=self._partial)
+            state = get_model_state_dict(self.policy, options=options)
+            if self._partial:  # a frozen tied weight's second name (lm_head) stays: drop it
+                named = self.policy.named_parameters(remove_duplicate=False)
+                keep = {name for name, p in named if p.requires_grad}
+                state = {k: v for k, v in state.items() if k in keep}
+            return state
+        state = self.policy.state_dict(keep_vars=True)
+        if self._partial:
+            state = {k: v for k, v in state.items() if getattr(v, "requires_grad", False)}
+        return {k: v.detach() for k, v in state.items()}
+
+    def _load_policy_state(self, state: dict) -> None:
+        load_policy(self.policy, state, partial=self._partial)
+
     def reset(self, seeds: Sequence[int]) -> None:
         seeds = list(seeds)
         if len(seeds) != 1:
             raise ValueError(f"DPOOracle runs one replicate at a time, got {len(seeds)} seeds")
-        self.policy.load_state_dict(self._initial)
+        self._select()  # another oracle on this model may have trained another adapter
+        self._load_policy_state(self._initial)
         # Gradients left on the parameters by whoever trained the model before (the SFT that
         # made the reference, say) would be added to the first step's: drop them, so a run
         # starts the same whether its policy was just trained in this process or loaded.
@@ -309,7 +374,7 @@ class DPOOracle(MixtureRoundsFromSteps):
         # losses are reproducible; gradients flow in eval mode all the same.
         self.policy.eval()
         self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(),
+            self._trainable,
             lr=1e-3,
             weight_decay=self.weight_decay,
             **{"fused": {"fused": True}, "foreach": {"foreach": True}}.get(
@@ -339,6 +404,8 @@ class DPOOracle(MixtureRoundsFromSteps):
         batch = pack_pairs(
             self._pairs, index, self.pad_id, self.layout, max_length=self._max_length
         )
+        if self.shard is not None and is_sharded(self.policy):
+            batch = _same_pieces(batch, self.pad_id)
         self.tokens_seen += batch.tokens
         self.tokens_computed += batch.computed
         chosen, rejected = packed_logps(self.policy, batch, self.precision, average=self._average)
@@ -365,7 +432,10 @@ class DPOOracle(MixtureRoundsFromSteps):
             with torch.no_grad():
                 values = torch.cat([self._forward(index[c]) for c in chunks])
             self._pending = (batch, None)
-        if not torch.isfinite(values).all():  # the protocol promises finite losses
+        bad = not bool(torch.isfinite(values).all())
+        if self.shard is not None:  # every rank raises, or none: a lone one would hang the rest
+            bad = any_rank(bad, self.device)
+        if bad:  # the protocol promises finite losses
             self._pending = None
             self.policy.zero_grad(set_to_none=True)
             raise FloatingPointError(
@@ -416,7 +486,9 @@ class DPOOracle(MixtureRoundsFromSteps):
         # The gradient norm (clipped or not) is checked before the parameters move: a finite
         # loss can still give inf/NaN gradients, and AdamW would spread them to every weight.
         max_norm = self.grad_clip if self.grad_clip else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self._trainable, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP: the norm over every rank's shards
+            norm = norm.full_tensor()
         if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(
@@ -504,10 +576,18 @@ class DPOOracle(MixtureRoundsFromSteps):
         return out
 
     def state_dict(self) -> dict:
-        """Everything a resumed run needs from the oracle (model, optimizer, data position)."""
+        """Everything a resumed run needs from the oracle: the trained parameters (all, or
+        the adapter's), the optimizer, the data position."""
+        if is_sharded(self.policy):
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            self.policy.reshard()  # parameters ↔ names as the optimizer holds them: the shards
+            optimizer = get_optimizer_state_dict(self.policy, self.optimizer)
+        else:
+            optimizer = self.optimizer.state_dict()
         return {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "policy": self._policy_state(),
+            "optimizer": optimizer,
             "draws": self.draws,
             "keys": self._keys.copy(),
             "tokens_seen": self.tokens_seen,
@@ -516,9 +596,15 @@ class DPOOracle(MixtureRoundsFromSteps):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
+        self._load_policy_state(state["policy"])
         self.policy.zero_grad(set_to_none=True)  # a checkpoint is taken after zero_grad
-        self.optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(self.policy):
+            from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+            self.policy.reshard()
+            set_optimizer_state_dict(self.policy, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.draws = int(state["draws"])
         self._keys = np.asarray(state["keys"], dtype=np.uint64)
         self.tokens_seen = int(state["tokens_seen"])
@@ -528,6 +614,57 @@ class DPOOracle(MixtureRoundsFromSteps):
         self._pending = None
 
 
-def _bare_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DistributedDataParallel (``.module``) wrapper, else the model."""
-    return getattr(model, "module", model)
+def _same_pieces(batch: PackedBatch, pad_id: int) -> PackedBatch:
+    """``batch`` with a piece of every width any rank runs, in width order: FSDP gathers the
+    parameters in every forward call, so the ranks must make the same calls.  A width this
+    rank lacks gets a one-row piece of padding after one prompt token, which scores nothing
+    (its gradient is zero) but takes part in every collective, forward and backward."""
+    import torch.distributed as dist
+
+    widths = [int(p.input_ids.shape[1]) for p in batch.pieces]
+    every: list[list[int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, widths)
+    union = sorted({w for ws in every for w in ws})
+    if union == widths:
+        return batch
+    have = {w: p for w, p in zip(widths, batch.pieces)}
+    empty = torch.zeros(0, dtype=torch.long)
+    pieces = []
+    for width in union:
+        if width in have:
+            pieces.append(have[width])
+            continue
+        segments = torch.full((1, width), PAD, dtype=torch.int8)
+        segments[0, 0] = PROMPT  # one real token: no row of the mask is empty
+        ids = torch.full((1, width), pad_id, dtype=torch.long)
+        pieces.append(Packed(ids, torch.zeros_like(ids), segments, empty, empty, empty))
+    computed = batch.computed + sum(union) - sum(widths)
+    return batch._replace(pieces=pieces, computed=computed)
+
+
+def load_policy(model: torch.nn.Module, state: dict, *, partial: bool | None = None) -> None:
+    """Load a policy state as :meth:`DPOOracle.state_dict` saves it into ``model`` (plain,
+    DDP or FSDP; sharded or whole tensors): the whole state dict, or with ``partial`` the
+    trained parameters alone (default: when every entry belongs to a LoRA adapter).  A
+    state of one adapter makes that adapter the active one, so a specialist's checkpoint
+    loaded for generation computes as that specialist."""
+    adapter_entries = bool(state) and all(".lora_" in k for k in state)
+    partial = adapter_entries if partial is None else partial
+    if adapter_entries:
+        names = {k.split(".lora_", 1)[1].split(".")[1] for k in state}  # lora_A.<name>.weight
+        if len(names) == 1 and lora.active(model) not in names:
+            lora.use(model, names.pop())
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        model.reshard()  # after a forward the root holds whole tensors: load into the shards
+        whole = not any(hasattr(v, "full_tensor") for v in state.values())
+        options = StateDictOptions(full_state_dict=whole, strict=not partial)
+        set_model_state_dict(model, state, options=options)
+        return
+    result = model.load_state_dict(state, strict=not partial)
+    if result.unexpected_keys:
+        raise KeyError(
+            f"policy state keys {result.unexpected_keys[:3]} are not in the model: a state of "
+            "another model (or of other LoRA adapters)"
+        )

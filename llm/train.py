@@ -18,8 +18,16 @@ given the oracle's extra duties as capabilities:
   ``"training_metrics"`` capability, the DPO reward metrics, the task weights and scores),
   MFU when ``peak_flops`` is given: FLOPs per token = 6N + 12·L·d·T (Kaplan et al. 2020;
   PaLM, Chowdhery et al. 2022, App. B).
-* **data parallel** — under ``torchrun``, ``reduce`` sums per-task scores across ranks
-  before the mixer update (:mod:`llm.distributed`), so every rank holds the same α.
+* **data parallel** — an oracle whose policy is wrapped for data parallelism (DDP, or
+  sharded by FSDP2: :mod:`llm.parallel`) trains as one rank of its group: every rank draws
+  the same global batch of ``config.batch_size`` examples (per task when reweighting) from
+  the same streams and trains on its block of ``batch_size / world`` (``shard=(rank,
+  world)`` of :func:`amasim.driver.run`), the per-task scores are reduced across ranks before
+  each mixer update (:func:`llm.distributed.reduce_task_scores`) and the gradients averaged —
+  so a run on N ranks is the run on one with the same batch, up to summation order.
+* **sharded checkpoints** — a sharded policy is saved with :class:`llm.dcp.ShardedCheckpoint`
+  (``out_dir/checkpoint``: every rank writes its shards) and resumes on any world size with
+  the same global batch.
 """
 
 from __future__ import annotations
@@ -36,14 +44,18 @@ from amasim.driver import TrainingDiverged, run
 from amasim.mixers import Mixer
 from amasim.result import RunResult
 from llm.checkpoint import CheckpointFile
+from llm.dcp import ShardedCheckpoint
+from llm.distributed import reduce_task_scores
 from llm.integrity import IntegrityWarning, write_text_atomic
+from llm.parallel import is_sharded, shard_of
 
 __all__ = ["LoopConfig", "TrainingDiverged", "MetricsLog", "train", "history"]
 
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """How long and how fast to train one model."""
+    """How long and how fast to train one model; ``batch_size`` is the global batch (over
+    every rank of a data-parallel run)."""
 
     steps: int
     batch_size: int
@@ -183,11 +195,38 @@ def train(
     on_step: Callable[[int], None] | None = None,
     progress: str | None = None,
     rounds: int = 10,
+    shard: tuple[int, int] | None = None,
 ) -> RunResult:
     """Train ``oracle``'s policy with ``mixer`` for ``config.steps`` steps; the record of
-    every step (:func:`history`).  ``out_dir/checkpoint.pt`` is resumed when it exists
-    (unless ``resume=False``); ``on_step(t)`` is called after each step (tests use it to
-    interrupt a run); ``progress``, when given, labels a progress bar."""
+    every step (:func:`history`).  ``out_dir/checkpoint.pt`` (a sharded policy:
+    ``out_dir/checkpoint``) is resumed when it exists (unless ``resume=False``);
+    ``on_step(t)`` is called after each step (tests use it to interrupt a run);
+    ``progress``, when given, labels a progress bar.  ``shard=(rank, world)`` (default: the
+    policy's data-parallel group, see the module docstring) trains this rank's block of the
+    global batch; a sharded run's metrics are logged by rank 0 alone (one shared folder)."""
+    policy = getattr(oracle, "policy", None)
+    shard = shard if shard is not None else shard_of(policy)
+    rank, world = shard if shard is not None else (0, 1)
+    if config.batch_size % world:
+        raise ValueError(
+            f"batch_size = {config.batch_size} is the global batch and must split evenly over "
+            f"{world} ranks. Fix: make it a multiple of {world}"
+        )
+    if world > 1 and reduce is None:
+        reduce = reduce_task_scores
+    folder = Path(out_dir)
+    if is_sharded(policy):
+        seeds = [config.seed]
+
+        def template() -> dict[str, Any]:  # this run's shards, to read a checkpoint into
+            oracle.reset(seeds)  # copies: the driver resets the oracle again before loading
+            return {"oracle": _copied(oracle.state_dict())}
+
+        checkpoint = ShardedCheckpoint(folder / "checkpoint", resume=resume, template=template)
+        if rank != 0:
+            log = None
+    else:
+        checkpoint = CheckpointFile(folder / "checkpoint.pt", resume=resume)
     if log is not None and flops_per_token and config.peak_flops:
         log.flops_per_token, log.peak_flops = flops_per_token, config.peak_flops
     return run(
@@ -196,7 +235,7 @@ def train(
         steps=config.steps,
         learning_rate=config.learning_rate,
         schedule=config.schedule,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size // world,
         seeds=[config.seed],
         rounds=rounds,
         apply=apply,
@@ -206,14 +245,23 @@ def train(
         evaluate=False,
         check=False,
         progress=progress or False,
-        checkpoint=CheckpointFile(Path(out_dir) / "checkpoint.pt", resume=resume),
+        checkpoint=checkpoint,
         checkpoint_every=config.checkpoint_every,
         log=log,
         log_every=config.log_every,
         reduce=reduce,
         stream=stream,
+        shard=shard,
         on_step=on_step,
     )
+
+
+def _copied(state: Any) -> Any:
+    """``state`` with every tensor in its nested dicts cloned (the model's state dict holds
+    views of the live parameters)."""
+    if isinstance(state, dict):
+        return {key: _copied(value) for key, value in state.items()}
+    return state.detach().clone() if hasattr(state, "detach") else state
 
 
 def history(result: RunResult) -> dict[str, list]:

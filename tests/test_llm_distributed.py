@@ -1,7 +1,8 @@
-"""llm.distributed: per-task score all-reduce and data-parallel training on a 2-process gloo group.
+"""llm.distributed: per-task score all-reduce and data-parallel training (DDP) on a
+2-process gloo group, every rank training on its block of one global batch.
 
 One spawn per module (process start-up and DDP set-up cost seconds): the worker in
-``llm_helpers`` joins the group through a file in a temporary folder (no port to pick),
+``scale_helpers`` joins the group through a file in a temporary folder (no port to pick),
 runs both checks and writes what each rank saw to files that the tests below read.
 """
 
@@ -15,8 +16,8 @@ import torch.distributed as dist
 if not dist.is_available():  # pragma: no cover - the CPU wheels ship gloo
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
-import torch.multiprocessing as mp
-from llm_helpers import build_oracle, distributed_worker, reduce_inputs, tiny_gpt
+from llm_helpers import build_oracle, flat_state, parameters, reduce_inputs, tiny_gpt
+from scale_helpers import ddp_worker, spawn
 
 from llm.distributed import init_from_env, rank_streams
 
@@ -28,8 +29,7 @@ STEPS = 3
 def ranks(tmp_path_factory):
     """The folder the two ranks wrote to (they ran reduce_task_scores, then training)."""
     out = tmp_path_factory.mktemp("distributed")
-    args = (WORLD, str(out / "store"), str(out), STEPS)
-    mp.spawn(distributed_worker, args=args, nprocs=WORLD, join=True)
+    spawn(ddp_worker, WORLD, out, str(out), STEPS)
     return out
 
 
@@ -59,9 +59,27 @@ def test_data_parallel_training_keeps_ranks_in_step(ranks):
         np.testing.assert_array_equal(a, b)
     assert first["history"]["weights"] == second["history"]["weights"]
     assert first["history"]["scores"] == second["history"]["scores"]
-    # ... while each rank draws its own examples.
+    # ... and every rank drew the same global batch (each trained on its own block of it).
     assert len(first["drawn"]) == len(second["drawn"]) == STEPS
-    assert any(not np.array_equal(a, b) for a, b in zip(first["drawn"], second["drawn"]))
+    for a, b in zip(first["drawn"], second["drawn"], strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == (1, 8)  # the global batch of 8: 4 per rank
+
+
+def test_two_ddp_ranks_equal_one_process_of_the_global_batch(ranks, tmp_path):
+    from amasim import mixers
+    from llm.train import LoopConfig, history, train
+
+    oracle = build_oracle()
+    config = LoopConfig(steps=STEPS, batch_size=8, learning_rate=1e-2, checkpoint_every=100)
+    result = train(oracle, mixers.ama_s(1.0, 0.2), config, out_dir=tmp_path)
+    got = torch.load(ranks / "train0.pt", weights_only=False)
+    np.testing.assert_allclose(got["history"]["weights"], history(result)["weights"], atol=1e-6)
+    np.testing.assert_allclose(got["history"]["scores"], history(result)["scores"], atol=1e-6)
+    for a, b in zip(got["mixer"], flat_state(result.mixer_state), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for name, value in parameters(oracle).items():  # 1% of an AdamW step (test_llm_fsdp)
+        torch.testing.assert_close(got["params"][name], value, atol=1e-4, rtol=0)
 
 
 def test_rank_streams_are_distinct_and_rank0_is_the_single_process_run():
