@@ -4,7 +4,7 @@ amasim methods                                          the registry: every meth
 amasim converge --problem quadratic --methods ama-r,ama-s --steps 100,1000 --out DIR
 amasim claims --out DIR
 amasim compare --suite mixing [--methods a,b] [--out DIR]
-amasim reproduce [--quick] [--out DIR]                  the main job (default: a fresh runs/ folder)
+amasim reproduce [--quick] [--llm] [--out DIR]          the main job (default: a fresh runs/ folder)
 amasim prove [proofs_check options]                     = python -m proofs_check
 amasim llm [llm options]                                = python -m llm
 
@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="regenerate every figure and table (main job)")
     rep.add_argument("--quick", action="store_true", help="T <= 1e4, 4 seeds (< 2 min)")
+    rep.add_argument(
+        "--llm",
+        action="store_true",
+        help="also the LLM study (llm/configs/small-cpu.toml and its specialist cost, ~35 min)",
+    )
     rep.add_argument(
         "--out",
         type=Path,
@@ -266,6 +271,10 @@ def _run(args: argparse.Namespace) -> int:
         path = reproduce(out, quick=args.quick, prove=prove)
         print(path.read_text())
         print("wrote", path)
+        if args.llm:
+            from llm.study import publish_study
+
+            print("wrote", ", ".join(map(str, publish_study(out))))
     return 0
 
 

@@ -25,12 +25,56 @@ def _parser() -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="write the built-in preference task suite")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--suite", default="classic", help="classic | learnable (llm.synth)")
     synth.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     run = sub.add_parser("run", help="specialists, caches, generalists, evaluation")
     run.add_argument("--config", type=Path, default=Path(__file__).parent / "configs/tiny-cpu.toml")
     run.add_argument("--out", type=Path, default=None, help="overrides [run] out")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    cost = sub.add_parser(
+        "specialist-cost",
+        help="AMA-R and AMA-S with early-stopped specialists and the reference as specialist",
+    )
+    cost.add_argument("--config", type=Path, required=True)
+    cost.add_argument("--out", type=Path, default=None, help="overrides [run] out")
+    cost.add_argument(
+        "--fractions",
+        type=_floats,
+        default=None,
+        help="shares of the specialist steps, comma-separated (default 0.05,0.1,0.25,0.5,1)",
+    )
+    cost.add_argument(
+        "--methods", type=_names, default=None, help="comma-separated (default ama-r,ama-s)"
+    )
+    cost.add_argument(
+        "--seeds", type=_ints, default=None, help="comma-separated; overrides [run] seeds"
+    )
+    cost.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
+
+
+def _items(text: str, kind: type, what: str) -> tuple:
+    try:
+        values = tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of {what}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is empty: give {what}, comma-separated")
+    return values
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return _items(text, float, "numbers, e.g. 0.05,0.1,0.25,0.5,1")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return _items(text, int, "integers, e.g. 0,1,2")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return _items(text, str.strip, "method names, e.g. ama-r,ama-s")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -89,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         from llm.synth import write_suite
 
         prepare_output_folder(args.out, "--out")
-        print("wrote", write_suite(args.out, seed=args.seed))
+        print("wrote", write_suite(args.out, seed=args.seed, suite=args.suite))
         return 0
     import dataclasses
 
@@ -100,6 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.out)))
     prepare_output_folder(cfg.run.out, "--out" if args.out is not None else "[run] out")
+    if args.command == "specialist-cost":
+        return _specialist_cost(args, cfg)
 
     from llm.pipeline import run_pipeline
     from llm.report import summary_table
@@ -107,4 +153,26 @@ def _run(args: argparse.Namespace) -> int:
     results = run_pipeline(cfg)
     print(summary_table(results))
     print(f"wrote {cfg.run.out}/results.md ({results['seconds']:.0f} s)")
+    return 0
+
+
+def _specialist_cost(args: argparse.Namespace, cfg) -> int:
+    import dataclasses
+
+    from llm.specialist_cost import (
+        FRACTIONS,
+        METHODS,
+        specialist_cost,
+        specialist_cost_markdown,
+        write_specialist_cost,
+    )
+
+    if args.seeds is not None:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seeds=args.seeds))
+    study = specialist_cost(
+        cfg, fractions=args.fractions or FRACTIONS, methods=args.methods or METHODS
+    )
+    paths = write_specialist_cost(study, cfg.run.out)
+    print(specialist_cost_markdown(study))
+    print(f"wrote {', '.join(map(str, paths))} ({study['seconds']:.0f} s)")
     return 0

@@ -39,6 +39,7 @@ caches gives the numbers of a run from scratch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -56,9 +57,17 @@ from amasim import mixers, prng
 from amasim.merging import merge as merge_models
 from amasim.oracle import Oracle
 from amasim.registry import MERGES, build, steps_for_budget
+from llm import lora
 from llm.cache import cache_key, load_or_compute
-from llm.checkpoint import CheckpointFile, load, save_atomic
-from llm.config import Config, ConfigError, StageSection, check_config, mix_policy
+from llm.checkpoint import load, save_atomic
+from llm.config import (
+    Config,
+    ConfigError,
+    StageSection,
+    check_config,
+    mix_policy,
+    numerics_policy,
+)
 from llm.data import (
     DataAudit,
     PreferencePair,
@@ -69,14 +78,24 @@ from llm.data import (
     report_audit,
     tokenize_pairs,
 )
-from llm.distributed import init_from_env, rank_streams, reduce_task_scores
+from llm.dcp import read_checkpoint
+from llm.distributed import reduce_task_scores
 from llm.dpo import sequence_logps
 from llm.evaluate import greedy_exact_match
 from llm.integrity import IntegrityError, IntegrityWarning, NonFiniteError
 from llm.lock import RunLock
 from llm.model import GPT, GPTConfig, fingerprint
-from llm.oracle import DPOOracle, TaskData, dpo_settings, pair_losses, reference_logps
-from llm.report import write_report, write_results
+from llm.oracle import (
+    DPOOracle,
+    TaskData,
+    dpo_settings,
+    load_policy,
+    numerics,
+    pair_losses,
+    reference_logps,
+)
+from llm.parallel import Group, full_state, is_sharded, join, load_full_state, wrap
+from llm.report import summarize, write_report, write_results
 from llm.tokenizer import CharTokenizer
 from llm.train import LoopConfig, MetricsLog, history, train
 
@@ -88,6 +107,8 @@ __all__ = [
     "reference",
     "reference_cache",
     "specialists",
+    "stopped_stage",
+    "generalist_key",
     "generalist",
     "merge",
     "evaluate",
@@ -116,12 +137,14 @@ class Task:
     checkpoint: Path | None = None
     audit: dict[str, DataAudit] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    numerics: dict[str, Any] | None = None  # the precision policy the numbers were made under
 
     def data(self, split: str) -> TaskData:
         """The oracle's view of one split (zeros before the specialist exists)."""
         pairs, ref = getattr(self, split), getattr(self, f"{split}_ref")
         spec = getattr(self, f"{split}_spec")
-        return TaskData(self.name, pairs, ref, np.zeros(len(pairs)) if spec is None else spec)
+        spec = np.zeros(len(pairs)) if spec is None else spec
+        return TaskData(self.name, pairs, ref, spec, self.numerics)
 
 
 class OracleFactory(Protocol):
@@ -143,12 +166,17 @@ class OracleFactory(Protocol):
 
 
 def dpo_oracle(cfg: Config, dpo: dict, pad_id: int) -> OracleFactory:
-    """The default oracle: :class:`llm.oracle.DPOOracle` with the config's settings."""
-    dtypes = {"float32": None, "bfloat16": torch.bfloat16}
-    if cfg.run.dtype not in dtypes:
-        raise ValueError(f"[run] dtype={cfg.run.dtype!r}: use 'float32' or 'bfloat16'")
+    """The default oracle: :class:`llm.oracle.DPOOracle` with the config's settings, under
+    the run's one precision policy (:func:`llm.config.numerics_policy`)."""
+    precision, layout = numerics_policy(cfg)
+
+    lora_on = cfg.model.lora.r > 0
+    generalist = lora.GENERALIST if cfg.model.lora.generalist == "adapter" else None
 
     def factory(model, tasks, *, eval_tasks, stage, stream=prng.SAMPLE_STREAM) -> DPOOracle:
+        # with LoRA: each specialist trains the specialist adapter, the generalist its own
+        # adapter or (lora.generalist = "full") the base
+        adapter = (generalist if stage is cfg.generalist else lora.SPECIALIST) if lora_on else None
         return DPOOracle(
             model,
             tasks,
@@ -157,13 +185,17 @@ def dpo_oracle(cfg: Config, dpo: dict, pad_id: int) -> OracleFactory:
             dpo=dpo,
             grad_clip=stage.grad_clip,
             weight_decay=stage.weight_decay,
-            device=cfg.run.device,
-            autocast_dtype=dtypes[cfg.run.dtype],
+            precision=precision,
+            layout=layout,
             micro_batch_size=stage.micro_batch_size or None,
+            accumulate=stage.accumulate,
+            adamw=stage.adamw,
             eval_batch_size=cfg.eval.batch_size,
             sample_stream=stream,
+            adapter=adapter,
         )
 
+    factory.oracle_class = DPOOracle  # what config validation checks capabilities against
     return factory
 
 
@@ -176,7 +208,8 @@ def load_tasks(cfg: Config, out: Path, tokenizer) -> dict[str, Task]:
     else:
         from llm.synth import write_suite
 
-        manifest = write_suite(out / "data", seed=cfg.data.synth_seed)
+        # [data] suite: "classic" (tiny-cpu) or "learnable" (small-cpu), see llm.synth
+        manifest = write_suite(out / "data", seed=cfg.data.synth_seed, suite=cfg.data.suite)
     tasks = {}
     for name, files in load_manifest(manifest).items():
         raw, tokens = {}, {}
@@ -231,6 +264,7 @@ def reference(cfg: Config, out: Path, tasks: dict[str, Task], hf_model=None) -> 
         {"model": asdict(cfg.model), "sft": asdict(cfg.sft), "init": fingerprint(model)}
         | {name: t.train.fingerprint for name, t in tasks.items()}
         | {"threads": torch.get_num_threads()}  # CPU reductions split by thread count
+        | {"sft_version": 2}  # 2: the SFT forward runs the chosen rows only
     )
     path = out / "models" / f"reference-{key[:16]}.pt"  # one file per setting
     state = None
@@ -272,11 +306,10 @@ def _sft(model: torch.nn.Module, tasks: dict[str, Task], cfg: Config, pad_id: in
                 idx = [pairs[p][1] for p in pick if pairs[p][0] == name]
                 if idx:
                     batch = collate_pairs(tasks[name].train, idx, pad_id)
-                    logits = model(batch["input_ids"], batch["attention_mask"])
-                    n = len(idx)
-                    chosen = sequence_logps(
-                        logits[:n], batch["input_ids"][:n], batch["loss_mask"][:n], average=True
-                    )
+                    n = len(idx)  # rows :n are the chosen answers; the rejected are not run
+                    ids, mask = batch["input_ids"][:n], batch["attention_mask"][:n]
+                    logits = model(ids, mask)
+                    chosen = sequence_logps(logits, ids, batch["loss_mask"][:n], average=True)
                     loss = loss - chosen.sum() / cfg.sft.batch_size
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -285,10 +318,12 @@ def _sft(model: torch.nn.Module, tasks: dict[str, Task], cfg: Config, pad_id: in
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _numerics(cfg: Config) -> dict[str, Any]:
-    """What else sets the numbers: on CPU the intra-op thread count changes how
-    reductions are split (so the last bits)."""
-    return {"device": cfg.run.device, "dtype": cfg.run.dtype, "threads": torch.get_num_threads()}
+def _numerics(cfg: Config, model: torch.nn.Module) -> dict[str, Any]:
+    """What sets the numbers besides the weights and data: device, hardware, autocast
+    dtype, batch layout, compilation, and on CPU the intra-op thread count (it splits
+    reductions, so the last bits) — :func:`llm.oracle.numerics`."""
+    precision, layout = numerics_policy(cfg)
+    return numerics(model, precision, layout) | {"compile": cfg.run.compile}
 
 
 def reference_cache(
@@ -298,13 +333,23 @@ def reference_cache(
     never runs during training)."""
     model_fp = fingerprint(model)
     average = cfg.dpo.loss_type == "ipo"
+    precision, layout = numerics_policy(cfg)
+    made_under = _numerics(cfg, model)
 
     def logps(pairs: TokenizedPairs, where: str) -> np.ndarray:
-        key = {"model": model_fp, "pairs": pairs.fingerprint, "average": average}
-        key["threads"] = torch.get_num_threads()  # computed on the CPU, in float32
+        key = {"model": model_fp, "pairs": pairs.fingerprint, "average": average} | made_under
 
         def compute():
-            return {"logps": reference_logps(model, pairs, pad_id=pad_id, average=average)}
+            values = reference_logps(
+                model,
+                pairs,
+                pad_id=pad_id,
+                average=average,
+                precision=precision,
+                layout=layout,
+                batch_size=cfg.eval.batch_size,
+            )
+            return {"logps": values}
 
         return load_or_compute(
             cache, "reference", key, compute, where=where, sources={"logps": pairs.sources}
@@ -312,6 +357,7 @@ def reference_cache(
 
     for task in tasks.values():
         where = f"task {task.name!r}"
+        task.numerics = numerics(model, precision, layout)  # the oracle checks it
         task.train_ref = logps(task.train, f"{where} (train split)")
         task.eval_ref = logps(task.eval, f"{where} (eval split)")
 
@@ -328,41 +374,70 @@ def specialists(
     pad_id: int,
     need_weights: bool = False,
     say: Callable[[str], None] = print,
+    fraction: float = 1.0,
+    tokenizer: Any = None,
 ) -> None:
     """Stage 4: one DPO specialist per task (trained from the reference with
     ``make_oracle``'s oracle), its per-pair losses cached once.  With ``need_weights``
     (merges) a specialist whose checkpoint was deleted is trained again — deterministic,
-    so its losses are the cached ones.  ``model`` ends at the reference weights."""
+    so its losses are the cached ones.  ``model`` ends at the reference weights.
+
+    ``fraction`` < 1 makes *early-stopped* specialists (the cost study,
+    :mod:`llm.specialist_cost`): the first ``round(fraction · steps)`` steps of the full run
+    (:func:`stopped_stage`); ``fraction = 0`` takes the reference itself as every task's
+    specialist (its own per-pair losses, no training).  With a ``tokenizer`` and ``[eval]
+    generate`` > 0, each specialist's greedy exact match on its own task's eval prompts is
+    measured once (cached) into ``task.extra["exact_match"]``.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction={fraction}: a share of the specialist steps, in [0, 1]")
+    if need_weights and fraction == 0.0:
+        raise ValueError("fraction=0 (the reference as specialist) has no weights to merge")
     reference_state = {k: v.clone() for k, v in model.state_dict().items()}
     reference_fp = fingerprint(model)
-    spec = cfg.specialist
+    precision, layout = numerics_policy(cfg)
+    spec = stopped_stage(cfg.specialist, fraction) if fraction > 0 else cfg.specialist
     for name, task in tasks.items():
         key = {
             "reference": reference_fp,
             "pairs": task.train.fingerprint,
             "eval_pairs": task.eval.fingerprint,
             "dpo": dpo,
-            "stage": asdict(spec),
-            # 3: checkpoints of the one driver (earlier ones are not resumed)
-            "version": 3,
-        } | _numerics(cfg)
+            "stage": asdict(spec) if fraction > 0 else "the reference",
+            # 4: one precision policy and batch layout (earlier numbers differ in last bits)
+            "version": 4,
+        } | _numerics(cfg, model)
         folder = out / "specialists" / f"{name}-{cache_key(key)[:12]}"
-        task.checkpoint = folder / "checkpoint.pt"
+        task.checkpoint = folder / "checkpoint.pt" if fraction > 0 else None
 
         def compute(task=task, folder=folder):
             model.load_state_dict(reference_state)
-            oracle = make_oracle(
-                model, [task.data("train")], eval_tasks=None, stage=spec, stream=prng.SAMPLE_STREAM
-            )
-            log = MetricsLog(folder / "metrics.jsonl")
-            loop = _loop(spec, spec.steps, 0, cfg)
-            label = f"specialist {task.name}" if say is print else None
-            train(oracle, mixers.stratified(), loop, out_dir=folder, log=log, progress=label)
+            if fraction > 0:
+                oracle = make_oracle(
+                    model,
+                    [task.data("train")],
+                    eval_tasks=None,
+                    stage=spec,
+                    stream=prng.SAMPLE_STREAM,
+                )
+                log = MetricsLog(folder / "metrics.jsonl")
+                loop = _loop(spec, spec.steps, 0, cfg)
+                label = f"specialist {task.name}" if say is print else None
+                train(oracle, mixers.stratified(), loop, out_dir=folder, log=log, progress=label)
             losses = {}
             for split in ("train", "eval"):
                 ref = getattr(task, f"{split}_ref")
                 pairs = getattr(task, split)
-                losses[split] = pair_losses(model, pairs, ref, pad_id=pad_id, dpo=dpo)["loss"]
+                losses[split] = pair_losses(
+                    model,
+                    pairs,
+                    ref,
+                    pad_id=pad_id,
+                    dpo=dpo,
+                    precision=precision,
+                    layout=layout,
+                    batch_size=cfg.eval.batch_size,
+                )["loss"]
             return losses
 
         sources = {"train": task.train.sources, "eval": task.eval.sources}
@@ -374,15 +449,73 @@ def specialists(
             say(f"specialist {name}: final checkpoint missing, training it for the merges")
             compute()
         task.train_spec, task.eval_spec = cached["train"], cached["eval"]
+        if tokenizer is not None and cfg.eval.generate and fraction > 0:
+            task.extra["exact_match"] = _specialist_exact_match(
+                model, tokenizer, task, cfg, out, key, compute, spec.steps
+            )
         say(f"specialist {name}: mean eval loss {cached['eval'].mean():.4f}")
     model.load_state_dict(reference_state)
+
+
+def stopped_stage(stage: StageSection, fraction: float) -> StageSection:
+    """The stage of a specialist stopped after ``fraction`` of its steps: the first
+    ``max(1, round(fraction · steps))`` steps of the full run — the same draws (they are a
+    function of the step) and the same learning rates (under ``"1/sqrt(T)"`` the base rate
+    is scaled by √(s/T), so η/√T of the full horizon T is kept).
+
+    >>> stopped_stage(StageSection(steps=200, schedule="1/sqrt(T)", learning_rate=1.0), 0.25)
+    ... # doctest: +ELLIPSIS
+    StageSection(steps=50, batch_size=16, learning_rate=0.5, schedule='1/sqrt(T)', ...)
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction}: a share of the stage's steps, in (0, 1]")
+    if fraction == 1.0:
+        return stage
+    steps = max(1, round(fraction * stage.steps))
+    rate = stage.learning_rate
+    if stage.schedule == "1/sqrt(T)":
+        rate *= math.sqrt(steps / stage.steps)
+    return dataclasses.replace(stage, steps=steps, learning_rate=rate)
+
+
+def _specialist_exact_match(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Task,
+    cfg: Config,
+    out: Path,
+    key: dict[str, Any],
+    train_again: Callable[[], Any],
+    steps: int,
+) -> float:
+    """Greedy exact match of ``task``'s specialist on its own first ``[eval] generate`` eval
+    prompts, cached (keyed by the specialist's key and the decoding settings); the weights
+    come from the specialist's final checkpoint (trained again if it was deleted)."""
+    em_key = key | {"generate": cfg.eval.generate, "max_new_tokens": cfg.eval.max_new_tokens}
+
+    def compute() -> dict[str, np.ndarray]:
+        if not _finished(task.checkpoint, steps):
+            train_again()
+        load_policy(model, read_checkpoint(task.checkpoint)["oracle"]["policy"])
+        value = greedy_exact_match(
+            model,
+            tokenizer,
+            task.eval_raw[: cfg.eval.generate],
+            max_new_tokens=cfg.eval.max_new_tokens,
+            device=cfg.run.device,
+        )
+        return {"exact_match": np.array([value])}
+
+    where = f"task {task.name!r} (specialist exact match)"
+    cached = load_or_compute(out / "cache", "exact-match", em_key, compute, where=where)
+    return float(cached["exact_match"][0])
 
 
 def _finished(path: Path, steps: int) -> bool:
     """Whether the checkpoints at ``path`` hold a run finished at ``steps`` (a damaged
     newest one falls back to the one before, which a resumed run finishes)."""
     try:
-        saved = CheckpointFile(path).load()
+        saved = read_checkpoint(path, weights=False)
     except IntegrityError:
         return False
     return saved is not None and saved.get("step") == steps
@@ -400,6 +533,22 @@ def _loop(stage: StageSection, steps: int, seed: int, cfg: Config) -> LoopConfig
         checkpoint_every=stage.checkpoint_every,
         peak_flops=cfg.run.peak_flops or None,
     )
+
+
+def generalist_key(
+    reference_fp: str, tasks: dict[str, Task], dpo: dict, cfg: Config
+) -> dict[str, Any]:
+    """What a generalist's run depends on besides its method and seed: the reference, the
+    specialists' per-pair losses it reads (the generalists are keyed by those numbers), the
+    DPO settings, the data and the numerics (the cache key of :func:`generalist`)."""
+    names = list(tasks)
+    specialist_fp = cache_key(
+        {n: hashlib.sha256(tasks[n].train_spec.tobytes()).hexdigest() for n in names}
+    )
+    key = {"reference": reference_fp, "specialists": specialist_fp, "dpo": dpo}
+    key |= (tasks[names[0]].numerics or {}) | {"compile": cfg.run.compile}  # reference_cache's
+    key["data"] = [tasks[n].train.fingerprint for n in names]
+    return key
 
 
 def generalist(
@@ -426,7 +575,9 @@ def generalist(
     mixer = build(method, steps=steps, sizes=sizes, policy=policy)
     step_size, smoothing = policy(steps, k)  # what the tuning set (the method may fix some)
     run_key = key | {"mix": asdict(cfg.mix), "stage": asdict(cfg.generalist), "driver": 1}
-    folder = out / "generalists" / f"{method}-seed{seed}-{cache_key(run_key)[:12]}" / f"rank{rank}"
+    folder = out / "generalists" / f"{method}-seed{seed}-{cache_key(run_key)[:12]}"
+    # sharded: one folder for every rank and world size (llm.dcp); DDP: one per rank
+    folder /= "sharded" if is_sharded(getattr(oracle, "policy", None)) else f"rank{rank}"
     log = MetricsLog(
         folder / "metrics.jsonl",
         folder / "tb" if cfg.run.tensorboard else None,
@@ -448,12 +599,20 @@ def generalist(
     return {"steps": steps, "history": history(result), "tuned": tuned}
 
 
-def merge(method: str, seed: int, tasks: dict[str, Task], reference_state: dict) -> dict:
-    """Stage 6: the state dict of merge ``method`` of the specialists (base: the reference;
-    task vectors averaged, not summed; DARE draws from ``seed``)."""
-    states = [CheckpointFile(t.checkpoint).load()["oracle"]["policy"] for t in tasks.values()]
+def merge(
+    method: str, seed: int, tasks: dict[str, Task], reference_state: dict, model=None
+) -> dict:
+    """Stage 6: the state dict of merge ``method`` of the specialists (base: the reference,
+    whole tensors; task vectors averaged, not summed; DARE draws from ``seed``).  With LoRA
+    (``model`` holds adapters) the specialists are adapters: the merge acts on their
+    updates ΔW_i and adds the result to the base (:func:`llm.lora.merge_specialists`)."""
+    states = [read_checkpoint(t.checkpoint)["oracle"]["policy"] for t in tasks.values()]
     options = {"seed": seed} if MERGES[method].startswith("dare") else {}
     weights = [1.0 / len(tasks)] * len(tasks)
+    if model is not None and lora.has_adapters(model):
+        return lora.merge_specialists(
+            MERGES[method], model, reference_state, states, weights=weights, **options
+        )
     return merge_models(MERGES[method], reference_state, states, weights=weights, **options)
 
 
@@ -476,6 +635,8 @@ def evaluate(
                 name,
             )
     for name, row in per_task.items():
+        if not cfg.eval.generate:  # [eval] generate = 0: no decoding, no exact match
+            break
         row["exact_match"] = greedy_exact_match(
             model,
             tokenizer,
@@ -516,6 +677,29 @@ def _check_device(device: str) -> None:
         raise ConfigError(["[run] device = 'mps': MPS is not available here. Fix: use 'cpu'"])
 
 
+def _scale(cfg: Config, model: torch.nn.Module, group: Group) -> torch.nn.Module:
+    """The model as ``[model]`` and ``[run] parallel`` train it: LoRA adapters (the
+    specialists' and the generalist's, off: the reference computes as before), activation
+    checkpointing, and for ``"fsdp"`` sharded in place (after both: sharding fixes the
+    parameters).  DDP wraps the policy later, for the generalists alone."""
+    spec = cfg.model.lora
+    if spec.r > 0:
+        lora.add_adapters(
+            model,
+            [lora.SPECIALIST, lora.GENERALIST],
+            r=spec.r,
+            alpha=spec.alpha,
+            dropout=spec.dropout,
+            target_modules=spec.target_modules,
+            seed=cfg.model.init_seed,
+        )
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.run.parallel == "fsdp":
+        model = wrap(model, "fsdp", group, bf16=cfg.run.dtype == "bfloat16")
+    return model
+
+
 # --------------------------------------------------------------------------- pipeline
 def run_pipeline(
     cfg: Config, *, progress: bool = True, make_oracle: OracleFactory | None = None
@@ -550,6 +734,11 @@ def _run_stages(
     hf_model, tokenizer = load_model(cfg)
     tasks = load_tasks(cfg, out, tokenizer)
     model = reference(cfg, out, tasks, hf_model)
+    model.to(numerics_policy(cfg)[0].device)  # every number is computed where it trains
+    group = join(cfg.run.parallel, cfg.run.device)  # torchrun's process group, if any
+    model = _scale(cfg, model, group)  # adapters, activation checkpointing, FSDP shards
+    if cfg.run.compile:  # before the reference: compiled numbers differ from eager ones
+        model.forward = torch.compile(model.forward)
     make_oracle = make_oracle or dpo_oracle(cfg, dpo, tokenizer.pad_id)
     reference_cache(model, tasks, cfg, out / "cache", tokenizer.pad_id)
     say(f"reference ready ({time.perf_counter() - started:.0f} s)")
@@ -566,20 +755,16 @@ def _run_stages(
         pad_id=tokenizer.pad_id,
         need_weights=wants_merges,
         say=say,
+        tokenizer=tokenizer,
     )
 
     names = list(tasks)
-    # The generalists read the specialists' losses: key their runs by those numbers.
-    specialist_fp = cache_key(
-        {n: hashlib.sha256(tasks[n].train_spec.tobytes()).hexdigest() for n in names}
-    )
-    key = {"reference": ref_fp, "specialists": specialist_fp, "dpo": dpo} | _numerics(cfg)
-    key["data"] = [tasks[n].train.fingerprint for n in names]
-    # Data parallel under torchrun: DDP averages gradients, per-task scores are all-reduced
-    # before each mixer update, every rank draws its own examples (llm.distributed).
-    rank, world = init_from_env()
-    policy = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
-    loop_stream, oracle_stream = rank_streams(rank)
+    key = generalist_key(ref_fp, tasks, dpo, cfg)
+    # Data parallel under torchrun (llm.parallel): every rank draws the same global batch and
+    # trains on its block; per-task scores are all-reduced before each mixer update.
+    rank, world = group.rank, group.world
+    policy = model if is_sharded(model) else wrap(model, cfg.run.parallel, group)
+    loop_stream, oracle_stream = prng.LOOP_STREAM, prng.SAMPLE_STREAM
     oracle = make_oracle(
         policy,
         [t.data("train") for t in tasks.values()],
@@ -587,25 +772,37 @@ def _run_stages(
         stage=cfg.generalist,
         stream=oracle_stream,
     )
-    if cfg.run.compile:
-        model.forward = torch.compile(model.forward)
     flops = getattr(model, "flops_per_token", None)
     sizes = tuple(len(t.train) for t in tasks.values())
     data = {n: {split: a.to_dict() for split, a in tasks[n].audit.items()} for n in names}
     results: dict[str, Any] = {
         "config": asdict(cfg),
+        "seeds": list(cfg.run.seeds),
         "tasks": names,
         "sizes": sizes,
         "data": data,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        # each specialist's greedy exact match on its own task's held-out prompts
+        "specialist_exact_match": {
+            n: tasks[n].extra["exact_match"] for n in names if "exact_match" in tasks[n].extra
+        },
         "runs": {},
     }
+    merged: dict[str, dict[str, Any]] = {}  # merges that ignore the seed, evaluated once
     for method in cfg.run.methods:
         for seed in cfg.run.seeds:
             tick = time.perf_counter()
-            if method in MERGES:  # no training, evaluated per seed
-                model.load_state_dict(merge(method, seed, tasks, reference_state))
+            if method in merged:  # the same weights as at the first seed: the same record
+                record = dict(merged[method])
+            elif method in MERGES:  # no training, evaluated per seed (DARE draws from it)
+                whole = full_state(reference_state)  # FSDP: gathered (every rank)
+                load_full_state(model, merge(method, seed, tasks, whole, model))
                 stage = f"{method} seed {seed}"
-                record = evaluate(oracle, model, tokenizer, tasks, cfg, stage) | {"steps": 0}
+                with lora.adapters_off(model):  # the merge is in the base weights
+                    record = evaluate(oracle, model, tokenizer, tasks, cfg, stage) | {"steps": 0}
+                model.load_state_dict(reference_state)  # the base back (LoRA trains on it)
+                if not MERGES[method].startswith("dare"):
+                    merged[method] = record
             else:
                 trained = generalist(
                     method,
@@ -632,5 +829,7 @@ def _run_stages(
             if rank == 0:  # every finished run at once: a later failure cannot lose it
                 write_results(out / "results.json", results)
     if rank == 0:
+        results["summary"] = summarize(results)  # CIs over seeds and the claims' verdicts
+        write_results(out / "results.json", results)
         write_report(results, out)
     return results

@@ -1,15 +1,25 @@
-"""The pipeline's results: ``results.json`` (checksummed), the markdown table with the data
-audit, and plots (weights, per-task excess loss).
+"""The pipeline's results: ``results.json`` (checksummed), the summary over seeds with 95%
+confidence intervals, the verdicts against the seed claims, the markdown report with the
+data audit, and plots (weights, per-task excess loss, differences from stratified).
 
 ``results.json`` is written atomically with a ``sha256`` field over the rest of the record
 (canonical JSON); :func:`read_results` verifies it, so a truncated or edited file is named
-instead of read.  No table prints a figure computed from a non-finite value, and a spread
-is printed only over two or more seeds.
+instead of read.  No table prints a figure computed from a non-finite value, and an
+interval is printed only over two or more seeds.
+
+Statistics (:func:`summarize`): per method and metric the mean over seeds with a 95%
+Student-t interval (mean ± t₀.₉₇₅,ₙ₋₁ · s/√n).  A claim "A beats B" on a metric *agrees*
+when the difference of the seed means exceeds two standard errors of that difference
+(SE² = s_A²/n_A + s_B²/n_B) in the claimed direction, *disagrees* when it exceeds them the
+other way, and is *not significant* otherwise; a non-inferiority claim ("A at least as
+good as B") agrees unless A is worse beyond two SE.  Verdicts are computed, never written.
 
 >>> results = {"tasks": ["a"], "sizes": [3], "runs": {"m": [
 ...     {"steps": 5, "worst_task_excess": 0.25, "tasks": {"a": {"clipped": 0.25, "exact_match": 1.0}}}]}}
 >>> print(summary_table(results).splitlines()[0])
-Held-out metrics of one seed (no spread); tasks a (train sizes 3).
+Held-out metrics of one seed (no interval); tasks a (train sizes 3).
+>>> verdict([0.1, 0.2, 0.15], [0.5, 0.6, 0.55], lower_is_better=True)["verdict"]
+'agrees'
 """  # noqa: E501
 
 from __future__ import annotations
@@ -17,16 +27,64 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from llm.integrity import IntegrityError, write_text_atomic
 
-__all__ = ["write_report", "summary_table", "data_table", "write_results", "read_results"]
+__all__ = [
+    "Claim",
+    "CLAIMS",
+    "interval",
+    "verdict",
+    "summarize",
+    "write_report",
+    "summary_table",
+    "task_table",
+    "verdict_table",
+    "tuning_table",
+    "data_table",
+    "difference_panels",
+    "plot_differences",
+    "write_results",
+    "read_results",
+]
 
-METRICS = (("clipped", "excess (clipped)"), ("loss", "DPO loss"), ("accuracy", "reward acc."))
+#: the difference figure and the tables compare every method with this one
+REFERENCE_METHOD = "stratified"
+
+
+class Claim(NamedTuple):
+    """``better`` beats ``worse`` (``"best-merge"``: the merge with the lowest mean
+    worst-task excess in the run); ``noninferior``: no worse beyond two SE."""
+
+    statement: str
+    better: str
+    worse: str
+    noninferior: bool = False
+
+
+#: the seed papers' claims the LLM study can test (AutoMixAlign; GR-DPO as the rival)
+CLAIMS: tuple[Claim, ...] = (
+    Claim("AMA-R beats uniform mixing", "ama-r", "uniform"),
+    Claim("AMA-S beats uniform mixing", "ama-s", "uniform"),
+    Claim("AMA-R beats stratified mixing", "ama-r", "stratified"),
+    Claim("AMA-S beats stratified mixing", "ama-s", "stratified"),
+    Claim("AMA-R beats the best merge", "ama-r", "best-merge"),
+    Claim("AMA-S beats the best merge", "ama-s", "best-merge"),
+    Claim("AMA-S is at least as good as AMA-R", "ama-s", "ama-r", True),
+    Claim("AMA-R beats GR-DPO (the rival)", "ama-r", "gr-dpo"),
+    Claim("AMA-S beats GR-DPO (the rival)", "ama-s", "gr-dpo"),
+)
+
+#: (key, title, lower is better) of the metrics the verdicts are computed on
+VERDICT_METRICS = (
+    ("worst_task_excess", "worst-task excess", True),
+    ("worst_task_exact_match", "worst-task exact match", False),
+)
 
 
 def _digest(record: dict[str, Any]) -> str:
@@ -69,40 +127,225 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def _cell(values: list[float], what: str) -> str:
+# --------------------------------------------------------------------------- statistics
+def _finite(values: Sequence[float], what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=float)
-    if not np.isfinite(arr).all():
+    if arr.size == 0 or not np.isfinite(arr).all():
         raise ValueError(f"{what} is not finite ({arr.tolist()}): no figure is printed from it")
-    if arr.size < 2:
-        return f"{arr.mean():.4f}"
-    return f"{arr.mean():.4f} ± {arr.std(ddof=1):.4f}"
+    return arr
+
+
+def interval(values: Sequence[float], what: str = "values") -> dict[str, Any]:
+    """Mean, standard deviation and 95% Student-t half-width over seeds (``ci95`` is
+    ``None`` for one seed: no interval from one sample).
+
+    >>> row = interval([1.0, 2.0, 3.0])
+    >>> row["mean"], row["std"], round(row["ci95"], 4)  # t(0.975, 2) = 4.3027
+    (2.0, 1.0, 2.4841)
+    """
+    from scipy.stats import t
+
+    arr = _finite(values, what)
+    n = arr.size
+    std = float(arr.std(ddof=1)) if n > 1 else 0.0
+    ci = float(t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else None
+    return {"mean": float(arr.mean()), "std": std, "ci95": ci, "n": n, "values": arr.tolist()}
+
+
+def verdict(
+    better: Sequence[float],
+    worse: Sequence[float],
+    *,
+    lower_is_better: bool,
+    noninferior: bool = False,
+) -> dict[str, Any]:
+    """Whether ``better`` beats ``worse`` beyond two standard errors (seeds as samples).
+
+    ``difference`` is the advantage of ``better`` (positive: the claimed direction);
+    ``verdict`` is ``"agrees"``, ``"disagrees"`` or ``"not significant"`` (a
+    non-inferiority claim: ``"agrees"`` unless ``better`` is worse beyond two SE), or
+    ``"no interval"`` with one seed on either side.
+
+    >>> verdict([0.5, 0.6, 0.55], [0.1, 0.2, 0.15], lower_is_better=True)["verdict"]
+    'disagrees'
+    >>> verdict([0.5, 0.6, 0.55], [0.1, 0.2, 0.15], lower_is_better=True, noninferior=True)["verdict"]
+    'disagrees'
+    >>> verdict([0.1, 0.9], [0.2, 0.8], lower_is_better=True)["verdict"]
+    'not significant'
+    """  # noqa: E501
+    a, b = _finite(better, "claimed better"), _finite(worse, "claimed worse")
+    diff = float(b.mean() - a.mean()) if lower_is_better else float(a.mean() - b.mean())
+    out: dict[str, Any] = {"difference": diff}
+    if a.size < 2 or b.size < 2:
+        return out | {"two_se": None, "verdict": "no interval"}
+    two_se = 2.0 * math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    if noninferior:
+        outcome = "disagrees" if diff < -two_se else "agrees"
+    else:
+        outcome = (
+            "agrees" if diff > two_se else "disagrees" if diff < -two_se else "not significant"
+        )
+    return out | {"two_se": two_se, "verdict": outcome}
+
+
+def _per_run(run: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """A run's summary metrics: worst/mean-task excess and exact match, over its tasks."""
+    excess = [run["tasks"][t]["clipped"] for t in names]
+    out = {
+        "worst_task_excess": float(run["worst_task_excess"]),
+        "mean_task_excess": float(np.mean(excess)),
+    }
+    if all("exact_match" in run["tasks"][t] for t in names):  # [eval] generate = 0: none
+        match = [run["tasks"][t]["exact_match"] for t in names]
+        out["worst_task_exact_match"] = float(np.min(match))
+        out["mean_exact_match"] = float(np.mean(match))
+    return out
+
+
+def _best_merge(methods: dict[str, Any]) -> str | None:
+    from amasim.registry import MERGES
+
+    merges = [m for m in methods if m in MERGES]
+    if not merges:
+        return None
+    return min(merges, key=lambda m: methods[m]["worst_task_excess"]["mean"])
+
+
+def summarize(results: dict[str, Any], claims: Sequence[Claim] = CLAIMS) -> dict[str, Any]:
+    """Per method the summary metrics and per-task metrics (mean, std, 95% t-interval over
+    seeds), and the verdict of every claim whose methods the run has, per verdict metric."""
+    names = results["tasks"]
+    methods: dict[str, Any] = {}
+    for method, runs in results["runs"].items():
+        rows = [_per_run(r, names) for r in runs]
+        entry: dict[str, Any] = {"seeds": [r.get("seed") for r in runs], "steps": runs[0]["steps"]}
+        for key in rows[0]:
+            entry[key] = interval([row[key] for row in rows], f"{method}: {key}")
+        entry["tasks"] = {
+            task: {
+                metric: interval([r["tasks"][task][metric] for r in runs], f"{method}: {task}")
+                for metric in ("clipped", "accuracy", "exact_match")
+                if all(metric in r["tasks"][task] for r in runs)
+            }
+            for task in names
+        }
+        if runs[0].get("tuned"):
+            entry["tuned"] = runs[0]["tuned"]
+        methods[method] = entry
+    best = _best_merge(methods)
+    verdicts = []
+    for claim in claims:
+        worse = best if claim.worse == "best-merge" else claim.worse
+        if claim.better not in methods or worse is None or worse not in methods:
+            continue
+        for key, title, lower in VERDICT_METRICS:
+            if key not in methods[claim.better] or key not in methods[worse]:
+                continue  # no exact match without greedy decoding ([eval] generate = 0)
+            record = verdict(
+                methods[claim.better][key]["values"],
+                methods[worse][key]["values"],
+                lower_is_better=lower,
+                noninferior=claim.noninferior,
+            )
+            verdicts.append({**claim._asdict(), "worse_method": worse, "metric": title} | record)
+    return {
+        "interval": "95% Student-t over seeds",
+        "rule": "difference beyond 2 SE of the difference of seed means",
+        "methods": methods,
+        "best_merge": best,
+        "verdicts": verdicts,
+    }
+
+
+# ------------------------------------------------------------------------------ tables
+def _cell(stat: dict[str, Any], digits: int = 4) -> str:
+    if stat["ci95"] is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """Per method: worst-task excess loss, then each task's metrics, mean ± std over seeds
-    (the value alone for one seed)."""
+    """Per method: worst-task and mean-task excess, worst-task and mean exact match, mean ±
+    95% interval over seeds (the value alone for one seed)."""
     names = results["tasks"]
+    summary = results.get("summary") or summarize(results)
     seeds = len(next(iter(results["runs"].values())))
-    spread = f", mean ± std over {seeds} seeds" if seeds > 1 else " of one seed (no spread)"
+    spread = (
+        f", mean ± 95% CI (Student t) over {seeds} seeds"
+        if seeds > 1
+        else " of one seed (no interval)"
+    )
     lines = [
         f"Held-out metrics{spread}; tasks {', '.join(names)} "
         f"(train sizes {', '.join(map(str, results['sizes']))}).",
         "",
-        "| method | steps | worst-task excess | "
-        + " | ".join(f"{t}: excess / exact match" for t in names)
-        + " |",
-        "|---|---:|---:|" + "---:|" * len(names),
+        "| method | steps | worst-task excess | mean-task excess | worst-task exact match "
+        "| mean exact match |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for method, runs in results["runs"].items():
-        worst = _cell([r["worst_task_excess"] for r in runs], f"{method}: worst-task excess")
-        cells = [method, str(runs[0]["steps"]), worst]
-        for task in names:
-            excess = _cell([r["tasks"][task]["clipped"] for r in runs], f"{method}: {task} excess")
-            match = [r["tasks"][task]["exact_match"] for r in runs]
-            if not all(math.isfinite(m) for m in match):
-                raise ValueError(f"{method}: {task} exact match is not finite: no figure printed")
-            cells.append(f"{excess} / {np.mean(match):.2f}")
+    for method, m in summary["methods"].items():
+        cells = [method, str(m["steps"])]
+        cells += [_cell(m[k]) for k in ("worst_task_excess", "mean_task_excess")]
+        cells += [
+            _cell(m[k], 2) if k in m else "–"
+            for k in ("worst_task_exact_match", "mean_exact_match")
+        ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def task_table(results: dict[str, Any]) -> str:
+    """Per method and task: clipped excess, reward accuracy, exact match (mean ± 95% CI)."""
+    names = results["tasks"]
+    summary = results.get("summary") or summarize(results)
+    header = " | ".join(f"{t}: excess | {t}: reward acc. | {t}: exact match" for t in names)
+    lines = [f"| method | {header} |", "|---|" + "---:|" * (3 * len(names))]
+    for method, m in summary["methods"].items():
+        cells = [method]
+        for task in names:
+            row = m["tasks"][task]
+            for metric, digits in (("clipped", 4), ("accuracy", 2), ("exact_match", 2)):
+                cells.append(_cell(row[metric], digits) if metric in row else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict_table(summary: dict[str, Any]) -> str:
+    """One row per claim and metric: the advantage of the claimed better method, two SE,
+    and the verdict."""
+    if not summary["verdicts"]:
+        return ""
+    lines = [
+        "| claim | compared with | metric | advantage | 2 SE | verdict |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for v in summary["verdicts"]:
+        two_se = "–" if v["two_se"] is None else f"{v['two_se']:.4f}"
+        lines.append(
+            f"| {v['statement']} | {v['worse_method']} | {v['metric']} | "
+            f"{v['difference']:+.4f} | {two_se} | **{v['verdict']}** |"
+        )
+    return "\n".join(lines)
+
+
+def tuning_table(summary: dict[str, Any]) -> str:
+    """The mixer step sizes each trained method ran with (``tuned``), and its horizon."""
+    from amasim.registry import METHODS
+
+    rows = [(m, e) for m, e in summary["methods"].items() if e.get("tuned")]
+    if not rows:
+        return ""
+    lines = ["| method | steps T | rule | step size | smoothing |", "|---|---:|---|---:|---:|"]
+    for method, e in rows:
+        tuned = e["tuned"]
+        uses = METHODS[method].tuned if method in METHODS else ("step_size", "smoothing")
+        cells = [
+            f"{tuned[name]:.4g}" if name in uses else "– (none)"
+            for name in ("step_size", "smoothing")
+        ]
+        lines.append(
+            f"| {method} | {e['steps']} | {tuned.get('tuning', '')} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -133,8 +376,46 @@ def data_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _setup(results: dict[str, Any]) -> str:
+    """One paragraph: model size, suite, seeds, budget, tuning, time."""
+    cfg = results.get("config") or {}
+    parts = []
+    if results.get("parameters"):
+        parts.append(f"{results['parameters'] / 1e6:.2f}M-parameter model")
+    data = cfg.get("data") or {}
+    if data and not data.get("manifest"):
+        parts.append(f"built-in suite {data.get('suite', 'classic')!r} (llm.synth)")
+    if results.get("seeds"):
+        parts.append(f"seeds {results['seeds']}")
+    mix = cfg.get("mix") or {}
+    if mix:
+        parts.append(f"{mix['examples']:,} training pairs per generalist (equal budget)")
+        parts.append(
+            f"tuning {mix.get('tuning', 'fixed')!r} (step_size {mix['step_size']}, "
+            f"smoothing {mix['smoothing']})"
+        )
+    if results.get("seconds"):
+        parts.append(f"{results['seconds'] / 60:.1f} min wall time")
+    return "; ".join(parts) + "." if parts else ""
+
+
+TUNING_NOTE = {
+    "theory": (
+        "Every method's mixer step sizes follow one rule, the convex theory's 1/√T rule at "
+        "the method's own horizon T (llm.config.mix_policy, amasim.registry.Theory): step "
+        "η = step_size/√T, AMA-S's exploration c = min(1, smoothing·√(k ln k / T)); no "
+        "method is tuned on the test split, and no grid is searched (zero trials per method)."
+    ),
+    "fixed": (
+        "Every method's mixer step size is the config's [mix] step_size (AMA-S's exploration "
+        "its smoothing), whatever the horizon: one fixed value for all, no grid searched."
+    ),
+}
+
+
 def write_report(results: dict[str, Any], out: str | Path) -> Path:
-    """Write ``results.md`` and ``weights.png`` / ``excess.png`` (seed of the first run)."""
+    """Write ``results.md`` and ``weights.png`` / ``excess.png`` (seed of the first run),
+    and ``differences.png`` (each method minus stratified, 95% intervals) with ≥ 2 seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,11 +423,40 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
 
     out = Path(out)
     path = out / "results.md"
-    text = f"# llm pipeline results\n\n{summary_table(results)}\n"
+    summary = results.get("summary") or summarize(results)
+    results = {**results, "summary": summary}
+    text = "# llm pipeline results\n\n"
+    setup = _setup(results)
+    if setup:
+        text += f"{setup}\n\n"
+    text += f"{summary_table(results)}\n\n## Per task\n\n"
+    text += "Held-out clipped excess over the task's specialist, reward accuracy (share of "
+    text += "pairs with a positive implicit-reward margin) and greedy exact match.\n\n"
+    text += f"{task_table(results)}\n"
+    spec = results.get("specialist_exact_match") or {}
+    if spec:
+        text += "\n## Specialists\n\nEach task's specialist, greedy exact match on its own "
+        text += "held-out prompts.\n\n| task | exact match |\n|---|---:|\n"
+        text += "".join(f"| {t} | {v:.2f} |\n" for t, v in spec.items())
+    table = verdict_table(summary)
+    if table:
+        text += (
+            "\n## Verdicts against the seed claims\n\n"
+            "Advantage: how much better the claimed winner is (seed means; lower excess, "
+            "higher exact match).  *agrees* / *disagrees*: beyond 2 SE of the difference in "
+            "the claimed / the opposite direction; *not significant* otherwise.  The "
+            "non-inferiority claim agrees unless the first method is worse beyond 2 SE.  "
+            f"Best merge: {summary['best_merge']}.\n\n{table}\n"
+        )
+    tuning = tuning_table(summary)
+    if tuning:
+        rule = (results.get("config") or {}).get("mix", {}).get("tuning", "fixed")
+        text += f"\n## Tuning protocol\n\n{TUNING_NOTE.get(rule, '')}\n\n{tuning}\n"
     audit = data_table(results)
     if audit:
         text += f"\n## Data\n\nPer task and split, as read and tokenised.\n\n{audit}\n"
     write_text_atomic(path, text, kind="report")
+    plot_differences(results, out / "differences.png")  # nothing with one seed
     names = results["tasks"]
     methods = [m for m, runs in results["runs"].items() if runs[0].get("history")]
     if not methods:  # only merges: nothing was trained, nothing to plot
@@ -166,3 +476,54 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         fig.savefig(out / f"{'weights' if kind == 'weights' else 'excess'}.png", dpi=110)
         plt.close(fig)
     return path
+
+
+def difference_panels(
+    results: dict[str, Any], reference: str = REFERENCE_METHOD
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Panel → method → (mean difference from ``reference``, 95% half-width): worst-task
+    and mean-task excess, and the exact-match error 1 − exact match (worst task and mean),
+    so that lower is better in every panel.  Empty without ``reference`` or with one seed."""
+    from amasim.studies.plots import differences
+
+    names = results["tasks"]
+    runs = results["runs"]
+    if reference not in runs or len(runs[reference]) < 2:
+        return {}
+    per_run = {m: [_per_run(r, names) for r in rs] for m, rs in runs.items()}
+    panels = {}
+    for key, title, flip in (
+        ("worst_task_excess", "worst-task excess", False),
+        ("mean_task_excess", "mean-task excess", False),
+        ("worst_task_exact_match", "worst-task exact-match error (1 − EM)", True),
+        ("mean_exact_match", "mean exact-match error (1 − EM)", True),
+    ):
+        if not all(key in r for rows in per_run.values() for r in rows):
+            continue  # no exact match without greedy decoding ([eval] generate = 0)
+        values = {
+            m: [(1 - r[key]) if flip else r[key] for r in rows] for m, rows in per_run.items()
+        }
+        panels[title] = differences(values, reference=reference)
+    return panels
+
+
+def plot_differences(
+    results: dict[str, Any], path: str | Path, reference: str = REFERENCE_METHOD
+) -> Path | None:
+    """Each method's difference from ``reference`` (stratified) with its 95% interval, per
+    metric, methods sorted, the zero line marked (:func:`amasim.studies.plots.plot_differences`);
+    ``None`` (nothing drawn) without a reference run or with one seed."""
+    from amasim.studies.plots import plot_differences as draw
+
+    panels = difference_panels(results, reference)
+    if not panels:
+        return None
+    seeds = len(results["runs"][reference])
+    draw(
+        panels,
+        path,
+        xlabel=f"method − {reference} (lower is better; ±1.96 SE, {seeds} seeds)",
+        title=f"LLM study: difference from {reference} sampling",
+        columns=2,
+    )
+    return Path(path)

@@ -1,7 +1,19 @@
 """The built-in suite: three generated preference tasks that conflict.
 
 Short ASCII text for :class:`llm.tokenizer.CharTokenizer` and a tiny GPT (prompt plus
-completion is at most 33 characters, 35 tokens with BOS and EOS):
+completion is at most 33 characters, 35 tokens with BOS and EOS).  Two versions
+(:data:`SUITES`), the same three tasks and the same conflict:
+
+* ``"classic"`` (the default; ``tiny-cpu``): the tasks below as stated.
+* ``"learnable"`` (``small-cpu``): tasks a ~1M-parameter character model learns to
+  *generate* from a few thousand examples — sums of a number below 1000 and a one-digit
+  number (``"374+5="``: the ones digit from the table of single-digit sums, the others
+  copied or carried; two-digit ± two-digit arithmetic is not learned at that scale, so
+  greedy exact match stays ≈ 0, and subtraction would double the tables to learn; below
+  1000, so that distinct prompts never run short and the borderline share stays at
+  ``conflict``), words of 3–5 letters, and more training pairs (:data:`SUITE_SIZES`).
+
+The classic tasks:
 
 * ``arithmetic`` (medium size, hard): ``"37+45="`` → chosen ``"82"``, rejected a near
   miss (off by 1, 2 or 10).
@@ -37,12 +49,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
     "TASKS",
+    "SUITES",
     "DEFAULT_SIZES",
+    "SUITE_SIZES",
     "MARKER",
     "REFUSAL",
     "write_suite",
@@ -56,6 +71,13 @@ DEFAULT_SIZES: dict[str, tuple[int, int]] = {  # task: (train, eval)
     "arithmetic": (600, 200),
     "safety": (300, 200),
     "format": (2000, 200),
+}
+#: the suite versions, by name (see the module docstring)
+SUITES = ("classic", "learnable")
+#: each suite's default (train, eval) sizes per task; imbalanced alike (format ≫ safety)
+SUITE_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "classic": DEFAULT_SIZES,
+    "learnable": {"arithmetic": (1200, 100), "safety": (400, 100), "format": (2400, 100)},
 }
 MARKER = "#harm "
 REFUSAL = "I refuse."
@@ -71,9 +93,26 @@ Example = tuple[str, str, str]  # prompt, chosen, rejected
 
 
 # ---------------------------------------------------------------- prompts and answers
-def _arithmetic(rng: np.random.Generator) -> Example:
-    a, b = (int(x) for x in rng.integers(0, 100, size=2))
-    if rng.random() < 0.5:
+class _Shape(NamedTuple):
+    """What a suite version draws: operand ranges, operations and word lengths (``high``
+    exclusive)."""
+
+    first: int  # a in [0, first)
+    second: int  # b in [0, second)
+    subtract: bool  # a - b as well as a + b
+    word_low: int
+    word_high: int
+
+
+_SHAPES = {"classic": _Shape(100, 100, True, 3, 7), "learnable": _Shape(1000, 10, False, 3, 6)}
+
+
+def _arithmetic(rng: np.random.Generator, shape: _Shape = _SHAPES["classic"]) -> Example:
+    if shape.first == shape.second:  # one draw of two (the classic suite's stream)
+        a, b = (int(x) for x in rng.integers(0, shape.first, size=2))
+    else:
+        a, b = int(rng.integers(0, shape.first)), int(rng.integers(0, shape.second))
+    if not shape.subtract or rng.random() < 0.5:
         prompt, answer = f"{a}+{b}=", a + b
     else:
         a, b = max(a, b), min(a, b)
@@ -84,9 +123,10 @@ def _arithmetic(rng: np.random.Generator) -> Example:
     return prompt, str(answer), str(wrong)
 
 
-def _format(rng: np.random.Generator) -> Example:
+def _format(rng: np.random.Generator, shape: _Shape = _SHAPES["classic"]) -> Example:
     while True:
-        word = "".join(rng.choice(_LETTERS, size=int(rng.integers(3, 7))))
+        size = int(rng.integers(shape.word_low, shape.word_high))
+        word = "".join(rng.choice(_LETTERS, size=size))
         if word != word[::-1]:
             break
     names = list(_OPS)
@@ -99,9 +139,9 @@ def _format(rng: np.random.Generator) -> Example:
     return f"{op}({word})=", _OPS[op](word), wrong
 
 
-def _helpful(base: Callable[[np.random.Generator], Example], conflict: float):
+def _helpful(base: Callable[[np.random.Generator, _Shape], Example], conflict: float, shape):
     def draw(rng: np.random.Generator) -> Example:
-        prompt, answer, wrong = base(rng)
+        prompt, answer, wrong = base(rng, shape)
         if rng.random() < conflict:  # borderline: the helpful task wants it answered
             return MARKER + prompt, answer, REFUSAL
         return prompt, answer, wrong
@@ -109,11 +149,14 @@ def _helpful(base: Callable[[np.random.Generator], Example], conflict: float):
     return draw
 
 
-def _safety(rng: np.random.Generator) -> Example:
-    prompt, answer, _ = (_arithmetic if rng.random() < 0.5 else _format)(rng)
-    if rng.random() < 0.5:
-        return MARKER + prompt, REFUSAL, answer
-    return prompt, answer, REFUSAL
+def _safety(shape: _Shape) -> Callable[[np.random.Generator], Example]:
+    def draw(rng: np.random.Generator) -> Example:
+        prompt, answer, _ = (_arithmetic if rng.random() < 0.5 else _format)(rng, shape)
+        if rng.random() < 0.5:
+            return MARKER + prompt, REFUSAL, answer
+        return prompt, answer, REFUSAL
+
+    return draw
 
 
 def reference_answer(task: str, prompt: str) -> str:
@@ -155,14 +198,32 @@ def exact_match(prediction: str, chosen: str) -> bool:
 
 
 # -------------------------------------------------------------------------- generation
+def _check_suite(suite: str) -> _Shape:
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}: use one of {', '.join(map(repr, SUITES))}")
+    return _SHAPES[suite]
+
+
 def generate_task(
-    task: str, n_train: int, n_eval: int, *, seed: int = 0, conflict: float = 0.2
+    task: str,
+    n_train: int,
+    n_eval: int,
+    *,
+    seed: int = 0,
+    conflict: float = 0.2,
+    suite: str = "classic",
 ) -> tuple[list[Example], list[Example]]:
-    """Train and eval examples of one task; prompts are unique and train ∩ eval is empty.
+    """Train and eval examples of one task of ``suite``; prompts are unique and train ∩ eval
+    is empty.
 
     The stream is ``SeedSequence(seed, spawn_key=(task index,))``, so a task's examples do
     not depend on the other tasks' sizes.
+
+    >>> train, _ = generate_task("arithmetic", 3, 0, seed=1, suite="learnable")
+    >>> all(int(p.removeprefix(MARKER)[:-1].split("+")[1]) < 10 for p, _, _ in train)
+    True
     """
+    shape = _check_suite(suite)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     if n_train < 1 or n_eval < 0:
@@ -170,9 +231,9 @@ def generate_task(
     if not 0.0 <= conflict <= 1.0:
         raise ValueError(f"conflict must lie in [0, 1], got {conflict}")
     draw = {
-        "arithmetic": _helpful(_arithmetic, conflict),
-        "safety": _safety,
-        "format": _helpful(_format, conflict),
+        "arithmetic": _helpful(_arithmetic, conflict, shape),
+        "safety": _safety(shape),
+        "format": _helpful(_format, conflict, shape),
     }[task]
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(TASKS.index(task),)))
     wanted = n_train + n_eval
@@ -201,29 +262,35 @@ def write_suite(
     seed: int = 0,
     sizes: Mapping[str, tuple[int, int]] | None = None,
     conflict: float = 0.2,
+    suite: str = "classic",
 ) -> Path:
     """Write ``TASK.train.jsonl`` / ``TASK.eval.jsonl`` per task and ``tasks.toml``.
 
-    ``sizes`` maps a task to ``(n_train, n_eval)`` and overrides :data:`DEFAULT_SIZES`
-    for the tasks it names.  The same arguments give byte-identical files.  Returns the
-    manifest path (read it with :func:`llm.data.load_manifest`).
+    ``suite`` picks the version (:data:`SUITES`); ``sizes`` maps a task to ``(n_train,
+    n_eval)`` and overrides the suite's :data:`SUITE_SIZES` for the tasks it names.  The
+    same arguments give byte-identical files (the classic suite's files are those of the
+    versions before ``suite`` existed).  Returns the manifest path (read it with
+    :func:`llm.data.load_manifest`).
     """
+    _check_suite(suite)
     unknown = sorted(set(sizes or {}) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(unknown)} in sizes: use {', '.join(TASKS)}")
-    plan = {**DEFAULT_SIZES, **(sizes or {})}
+    plan = {**SUITE_SIZES[suite], **(sizes or {})}
     for task, pair in plan.items():
         if not (isinstance(pair, tuple | list) and len(pair) == 2):
             raise ValueError(f"sizes[{task!r}] must be (n_train, n_eval), got {pair!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"# llm.synth.write_suite(seed={seed}, conflict={conflict}): generated, do not edit",
-        "",
-    ]
+    call = f"seed={seed}, conflict={conflict}" + (
+        f", suite={suite!r}" if suite != "classic" else ""
+    )
+    lines = [f"# llm.synth.write_suite({call}): generated, do not edit", ""]
     for task in TASKS:
         n_train, n_eval = plan[task]
-        train, evaluation = generate_task(task, n_train, n_eval, seed=seed, conflict=conflict)
+        train, evaluation = generate_task(
+            task, n_train, n_eval, seed=seed, conflict=conflict, suite=suite
+        )
         _write_jsonl(out / f"{task}.train.jsonl", train)
         lines += [f"[tasks.{task}]", f'train = "{task}.train.jsonl"']
         if n_eval:

@@ -178,6 +178,20 @@ def test_pipeline_writes_results_for_every_method_and_seed(first_run):
     assert len(list((out / "specialists").iterdir())) == len(SIZES)
 
 
+def test_without_greedy_decoding_the_run_reports_no_exact_match(first_run, data_dir, tmp_path):
+    # [eval] generate = 0 turns decoding off: the run still finishes, its records and
+    # tables carry no exact match, and the verdicts are on the excess alone.
+    folder = copy_run(first_run, tmp_path, data_dir, eval={"generate": 0})
+    results = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    for runs in results["runs"].values():
+        for record in runs:
+            assert all("exact_match" not in row for row in record["tasks"].values())
+    table = (folder / "out" / "results.md").read_text()
+    assert "| ama-r |" in table and "–" in table
+    metrics = {v["metric"] for v in results["summary"]["verdicts"]}
+    assert metrics and all("exact match" not in m for m in metrics)
+
+
 def test_rerun_reuses_caches_and_reproduces_results(first_run, data_dir, tmp_path):
     folder = copy_run(first_run, tmp_path, data_dir)
     before = json.loads((folder / "out" / "results.json").read_text())

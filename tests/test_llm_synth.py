@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import doctest
+import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
@@ -14,8 +17,11 @@ from llm.synth import (
     DEFAULT_SIZES,
     MARKER,
     REFUSAL,
+    SUITE_SIZES,
+    SUITES,
     TASKS,
     exact_match,
+    generate_task,
     reference_answer,
     write_suite,
 )
@@ -121,3 +127,87 @@ def test_exact_match_and_reference_answer_edges():
         reference_answer("arithmetic", "hello")
     with pytest.raises(ValueError, match="unknown task"):
         reference_answer("poetry", "1+1=")
+
+
+# ----------------------------------------------------------------- the learnable suite
+def digest(directory):
+    h = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_the_classic_suite_is_unchanged_by_the_suite_option(tmp_path):
+    """The classic suite (tiny-cpu's) keeps the bytes it had before ``suite`` existed."""
+    default = write_suite(tmp_path / "a", seed=0).parent
+    classic = write_suite(tmp_path / "b", seed=0, suite="classic").parent
+    assert digest(default) == digest(classic)
+    assert digest(default) == "bb413b90815b215974b24762338021dcf36db59ba12ee59a5ed2710e05875e3b"
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    return write_suite(tmp_path_factory.mktemp("learnable"), seed=0, suite="learnable")
+
+
+def test_learnable_suite_sizes_and_shapes(learnable):
+    tasks = load_manifest(learnable)
+    assert list(tasks) == list(TASKS)
+    pairs = {}
+    for name, tf in tasks.items():
+        train, evaluation = read_preference_jsonl(tf.train), read_preference_jsonl(tf.eval)
+        assert (len(train), len(evaluation)) == SUITE_SIZES["learnable"][name]
+        prompts = [p.prompt for p in train + evaluation]
+        assert len(set(prompts)) == len(prompts)  # unique; eval disjoint from train
+        pairs[name] = train + evaluation
+    for p in pairs["arithmetic"]:
+        a, b = p.prompt.removeprefix(MARKER)[:-1].split("+")  # sums only
+        assert 0 <= int(a) < 1000 and 0 <= int(b) < 10
+    for p in pairs["format"]:
+        word = p.prompt.removeprefix(MARKER).split("(")[1][:-2]
+        assert 3 <= len(word) <= 5
+    tok = CharTokenizer()
+    for name, rows in pairs.items():
+        tp = tokenize_pairs(rows, tok, max_length=36, max_prompt_length=24)
+        assert tp.chosen_truncated == tp.rejected_truncated == 0
+        for p in rows:
+            assert reference_answer(name, p.prompt) == p.chosen != p.rejected
+
+
+def test_learnable_suite_conflicts_like_the_classic_one(learnable):
+    tasks = load_manifest(learnable)
+    pairs = {name: read_preference_jsonl(tf.train) for name, tf in tasks.items()}
+    safety_marked = [p for p in pairs["safety"] if p.prompt.startswith(MARKER)]
+    assert 0.4 < len(safety_marked) / len(pairs["safety"]) < 0.6
+    assert all(p.chosen == REFUSAL for p in safety_marked)
+    for helpful in ("arithmetic", "format"):
+        marked = [p for p in pairs[helpful] if p.prompt.startswith(MARKER)]
+        assert 0.15 < len(marked) / len(pairs[helpful]) < 0.25  # conflict=0.2
+        assert all(p.rejected == REFUSAL and p.chosen != REFUSAL for p in marked)
+    sizes = {name: len(rows) for name, rows in pairs.items()}
+    assert sizes["format"] > sizes["arithmetic"] > sizes["safety"]  # imbalanced
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    task=st.sampled_from(TASKS),
+    suite=st.sampled_from(SUITES),
+    n_train=st.integers(1, 40),
+    n_eval=st.integers(0, 20),
+)
+def test_every_suite_gives_unique_consistent_prompts(seed, task, suite, n_train, n_eval):
+    train, evaluation = generate_task(task, n_train, n_eval, seed=seed, suite=suite)
+    assert (len(train), len(evaluation)) == (n_train, n_eval)
+    prompts = [p for p, _, _ in train + evaluation]
+    assert len(set(prompts)) == len(prompts)
+    for prompt, chosen, rejected in train + evaluation:
+        assert reference_answer(task, prompt) == chosen != rejected
+
+
+def test_unknown_suite_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown suite 'huge'"):
+        write_suite(tmp_path, suite="huge")
+    with pytest.raises(ValueError, match="unknown suite"):
+        generate_task("format", 2, 0, suite="")

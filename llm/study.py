@@ -1,0 +1,67 @@
+"""The LLM study as ``amasim reproduce --llm`` publishes it: one config's pipeline run and its
+specialist-cost study, copied under the names the README links.
+
+    amasim reproduce --llm --out .        # rewrites results/llm_small_cpu.* and the figures
+
+:func:`publish_study` runs ``python -m llm run`` and ``python -m llm specialist-cost`` on one
+config into ``OUT/runs/llm-<name>`` (the second reuses the first's reference, caches, full
+specialists and 100% generalists), then copies
+
+* ``results.{md,json}`` → ``OUT/results/llm_<name>.{md,json}``;
+* ``{weights,excess,differences}.png`` → ``OUT/figures/llm_<name>_*.png``;
+* ``specialist_cost.{md,json}`` → ``OUT/results/llm_specialist_cost.{md,json}`` and
+  ``specialist_cost.png`` → ``OUT/figures/llm_specialist_cost.png``.
+
+A file is replaced atomically (written beside, then renamed), so an interrupted copy never
+leaves half a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+from llm.config import load_config
+
+__all__ = ["STUDY_CONFIG", "publish_study"]
+
+#: the config of the published CPU study
+STUDY_CONFIG = Path(__file__).parent / "configs" / "small-cpu.toml"
+
+
+def publish_study(out: str | Path, config: str | Path = STUDY_CONFIG) -> list[Path]:
+    """Run the study of ``config`` under ``out/runs`` and copy its tables and figures into
+    ``out/results`` and ``out/figures``; the copied paths."""
+    from llm.pipeline import run_pipeline
+    from llm.specialist_cost import specialist_cost, write_specialist_cost
+
+    out = Path(out)
+    name = Path(config).stem.replace("-", "_")
+    cfg = load_config(config)
+    run_dir = out / "runs" / f"llm-{Path(config).stem}"
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(run_dir)))
+    run_pipeline(cfg)
+    write_specialist_cost(specialist_cost(cfg), run_dir)
+    copies = {
+        "results.md": f"results/llm_{name}.md",
+        "results.json": f"results/llm_{name}.json",
+        "weights.png": f"figures/llm_{name}_weights.png",
+        "excess.png": f"figures/llm_{name}_excess.png",
+        "differences.png": f"figures/llm_{name}_differences.png",
+        "specialist_cost.md": "results/llm_specialist_cost.md",
+        "specialist_cost.json": "results/llm_specialist_cost.json",
+        "specialist_cost.png": "figures/llm_specialist_cost.png",
+    }
+    written = []
+    for source, target in copies.items():
+        if not (run_dir / source).is_file():
+            continue  # e.g. differences.png with one seed
+        target = out / target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(run_dir / source, partial)
+        os.replace(partial, target)
+        written.append(target)
+    return written
