@@ -48,7 +48,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -102,6 +102,8 @@ from llm.train import LoopConfig, MetricsLog, history, train
 __all__ = [
     "Task",
     "OracleFactory",
+    "Prepared",
+    "prepare",
     "dpo_oracle",
     "load_tasks",
     "reference",
@@ -723,13 +725,29 @@ def run_pipeline(
         lock.release()
 
 
-def _run_stages(
-    cfg: Config, out: Path, *, progress: bool, make_oracle: OracleFactory | None
-) -> dict[str, Any]:
+class Prepared(NamedTuple):
+    """What every study of a config starts from (:func:`prepare`): the tasks with their
+    cached reference log-probs, the reference model as it trains (on its device, with its
+    adapters, checkpointing and shards), its weights and fingerprint, and the oracle seam."""
+
+    dpo: dict  # the DPO keyword arguments (llm.oracle.dpo_settings)
+    tokenizer: Any
+    tasks: dict[str, Task]
+    model: torch.nn.Module
+    group: Group
+    make_oracle: OracleFactory
+    reference_state: dict[str, torch.Tensor]
+    reference_fingerprint: str
+
+
+def prepare(
+    cfg: Config, out: Path, *, make_oracle: OracleFactory | None = None, say: Callable = print
+) -> Prepared:
+    """Stages 1–2 for ``cfg`` into ``out``: the tasks, the reference model and its cached
+    log-probs (:func:`load_tasks`, :func:`reference`, :func:`reference_cache`)."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     started = time.perf_counter()
-    say = print if progress else (lambda *a, **k: None)
     dpo = dpo_settings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
     hf_model, tokenizer = load_model(cfg)
     tasks = load_tasks(cfg, out, tokenizer)
@@ -743,7 +761,18 @@ def _run_stages(
     reference_cache(model, tasks, cfg, out / "cache", tokenizer.pad_id)
     say(f"reference ready ({time.perf_counter() - started:.0f} s)")
     reference_state = {k: v.clone() for k, v in model.state_dict().items()}
-    ref_fp = fingerprint(model)
+    return Prepared(
+        dpo, tokenizer, tasks, model, group, make_oracle, reference_state, fingerprint(model)
+    )
+
+
+def _run_stages(
+    cfg: Config, out: Path, *, progress: bool, make_oracle: OracleFactory | None
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    ready = prepare(cfg, out, make_oracle=make_oracle, say=say)
+    dpo, tokenizer, tasks, model, group, make_oracle, reference_state, ref_fp = ready
     wants_merges = any(method in MERGES for method in cfg.run.methods)
     specialists(
         model,

@@ -34,23 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from llm.config import Config, check_config
 from llm.distributed import rank_streams
 from llm.integrity import write_text_atomic
 from llm.lock import RunLock
 from llm.model import fingerprint
-from llm.oracle import dpo_settings
 from llm.pipeline import (
-    dpo_oracle,
     evaluate,
     generalist,
     generalist_key,
-    load_model,
-    load_tasks,
-    reference,
-    reference_cache,
+    prepare,
     specialists,
     stopped_stage,
 )
@@ -110,18 +104,10 @@ def specialist_cost(
 def _study(
     cfg: Config, out: Path, fractions: tuple[float, ...], methods: tuple[str, ...], progress: bool
 ) -> dict[str, Any]:
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
     started = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
-    dpo = dpo_settings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
-    hf_model, tokenizer = load_model(cfg)
-    tasks = load_tasks(cfg, out, tokenizer)
-    model = reference(cfg, out, tasks, hf_model)
-    make_oracle = dpo_oracle(cfg, dpo, tokenizer.pad_id)
-    reference_cache(model, tasks, cfg, out / "cache", tokenizer.pad_id)
-    ref_fp = fingerprint(model)
-    reference_state = {k: v.clone() for k, v in model.state_dict().items()}
+    ready = prepare(cfg, out, say=say)  # the pipeline's stages 1-2, shared with its run
+    dpo, tokenizer, tasks, model, _, make_oracle, reference_state, ref_fp = ready
     names = list(tasks)
     stage = {"make_oracle": make_oracle, "dpo": dpo, "pad_id": tokenizer.pad_id, "say": say}
     # the yardstick: the full specialists' held-out losses

@@ -7,9 +7,11 @@ nothing tracked is rewritten — ``--out .`` regenerates the committed tables an
 * ``figures/weights_<problem>.png`` — AMA-R and AMA-S task weights over training, with
   the exact dual weights α̂ of the optimum;
 * ``results/converge_<problem>.{json,csv}`` — the convergence records;
-* ``results/claims.json`` and ``results/RESULTS.md`` — slopes and the seed claims;
-* ``results/claims_over_instances.json`` — every seed claim on ≥ 5 problem instances ×
-  5 training seeds (:mod:`amasim.studies.seed_claims`);
+* ``results/RESULTS.md`` — slopes and the seed claims;
+* ``results/claims.json`` — every seed claim on ≥ 5 problem instances × 5 training seeds
+  (:mod:`amasim.studies.seed_claims`: the problem seeds, each instance's record, the
+  verdict counts), and under ``one_instance`` the equal-budget tables of one instance per
+  family (:func:`amasim.studies.claims.measure_claims`);
 * ``results/specialist_cost.{json,md}`` and ``figures/specialist_cost.png`` — AMA with
   cheaper specialists (:mod:`amasim.studies.specialist_cost`);
 * ``results/compare_<suite>.{json,md}`` and ``figures/compare_<suite>.png`` — every
@@ -152,14 +154,16 @@ def reproduce(
         measure_claims(problem, budget=settings["budget"], seeds=settings["seeds"])
         for problem in PROBLEMS
     ]
-    (results / "claims.json").write_text(json.dumps(tables, indent=2))
     claims_study = seed_claims(
         problem_seeds=settings["problem_seeds"],
         seeds=settings["claim_seeds"],
         quick=quick,
         progress=progress,
     )
-    (results / "claims_over_instances.json").write_text(json.dumps(claims_study, indent=2))
+    # the instances (problem seeds × training seeds, every record) and, per family, the
+    # one-instance tables of the seed claims at equal budget
+    claims_record = {**claims_study, "one_instance": tables}
+    (results / "claims.json").write_text(json.dumps(claims_record, indent=2))
     cost = specialist_cost(
         PROBLEMS,
         seeds=settings["claim_seeds"],
