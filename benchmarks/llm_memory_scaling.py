@@ -284,22 +284,9 @@ def _step_model(shape: dict, lora_on: bool):
 
 
 def _pairs(n: int, prompt: int, completion: int, vocab: int, seed: int):
-    import numpy as np
+    from gpu_step import random_pairs  # benchmarks/gpu_step.py, beside this script
 
-    from llm.data import TokenizedPairs
-
-    rng = np.random.default_rng(seed)
-    p = rng.integers(0, vocab, size=(n, prompt))
-    c, r = (rng.integers(0, vocab, size=(n, completion)) for _ in range(2))
-    return TokenizedPairs(
-        chosen=[np.concatenate(x).astype(np.int32) for x in zip(p, c)],
-        rejected=[np.concatenate(x).astype(np.int32) for x in zip(p, r)],
-        prompt_lengths=np.full(n, prompt),
-        chosen_truncated=0,
-        rejected_truncated=0,
-        sources=[f"{seed}:{i}" for i in range(n)],
-        fingerprint=f"random-{seed}",
-    )
+    return random_pairs(n, prompt, completion, vocab, seed)
 
 
 def step(device: str, smoke: bool, steps: int = 3) -> dict:

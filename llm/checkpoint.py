@@ -52,7 +52,14 @@ from llm.integrity import (
     write_sealed,
 )
 
-__all__ = ["NonFiniteStateError", "save_atomic", "load", "CheckpointFile", "previous_path"]
+__all__ = [
+    "NonFiniteStateError",
+    "save_atomic",
+    "load",
+    "CheckpointFile",
+    "previous_path",
+    "unreadable",
+]
 
 #: key paths of the driver's checkpoint where NaN marks "not recorded" (the record of
 #: the loss of steps not yet taken, or of steps the oracle took itself)
@@ -141,6 +148,14 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def unreadable(skipped: list[str], fix: str, path: Path) -> IntegrityError:
+    """The error of a run none of whose checkpoints verifies: why each was skipped, and
+    ``fix``."""
+    return IntegrityError(
+        f"no checkpoint of this run can be read: {'; '.join(skipped)}. Fix: {fix}", path
+    )
+
+
 class CheckpointFile:
     """A training run's checkpoints on disk, as :func:`amasim.driver.run` uses them.
 
@@ -189,13 +204,7 @@ class CheckpointFile:
                     stacklevel=2,
                 )
             return state
-        raise IntegrityError(
-            "no checkpoint of this run can be read: "
-            + "; ".join(skipped)
-            + ". Fix: "
-            + self._start_over(),
-            self.path,
-        )
+        raise unreadable(skipped, self._start_over(), self.path)
 
     def _start_over(self) -> str:
         return (

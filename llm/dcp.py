@@ -54,7 +54,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from llm.checkpoint import RECORD_PLACEHOLDERS, CheckpointFile, NonFiniteStateError
+from llm.checkpoint import (
+    RECORD_PLACEHOLDERS,
+    CheckpointFile,
+    NonFiniteStateError,
+    unreadable,
+)
 from llm.integrity import (
     IntegrityError,
     IntegrityWarning,
@@ -343,13 +348,7 @@ class ShardedCheckpoint:
 
     def _found(self, chosen: Path | None, skipped: list[str]) -> Path | None:
         if chosen is None and skipped:
-            raise IntegrityError(
-                "no checkpoint of this run can be read: "
-                + "; ".join(skipped)
-                + ". Fix: "
-                + self._start_over(),
-                self.path,
-            )
+            raise unreadable(skipped, self._start_over(), self.path)
         if chosen is not None and skipped:
             warnings.warn(
                 f"resuming from {chosen}: skipped " + "; ".join(skipped),

@@ -45,6 +45,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -58,6 +59,7 @@ __all__ = [
     "NonFiniteError",
     "write_sealed",
     "write_text_atomic",
+    "copy_atomic",
     "verify",
     "read_trailer",
     "fsync_folder",
@@ -145,6 +147,31 @@ def _write_failed(err: OSError, path: Path, kind: str) -> OSError:
     return type(err)(err.errno, message) if err.errno is not None else OSError(message)
 
 
+@contextlib.contextmanager
+def _replacing(path: Path, kind: str, mode: str) -> Iterator[Any]:
+    """A file opened beside ``path`` (``.name.<pid>.tmp``) for the caller to fill; on a clean
+    exit it is flushed, fsync'ed and renamed over ``path`` (then the folder is fsync'ed).  On
+    any failure it is removed and ``path`` is untouched; an ``OSError`` is restated naming
+    the file and the fix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_folder(path.parent)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise _write_failed(err, path, kind) from err
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_sealed(
     path: str | Path,
     dump: Callable[[Any], Any],
@@ -158,47 +185,22 @@ def write_sealed(
     ``np.savez`` serialise to bytes first).  On any failure the temporary file is removed
     and the previous ``path`` is untouched; an ``OSError`` is restated naming the file.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            sink = _Hashing(fh)
-            dump(sink)
-            fh.write(_trailer(kind, sink.bytes, sink.sha.hexdigest(), meta or {}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise _write_failed(err, path, kind) from err
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
+    with _replacing(Path(path), kind, "wb") as fh:
+        sink = _Hashing(fh)
+        dump(sink)
+        fh.write(_trailer(kind, sink.bytes, sink.sha.hexdigest(), meta or {}))
 
 
 def write_text_atomic(path: str | Path, text: str, *, kind: str = "file") -> None:
     """Atomically replace ``path`` with ``text`` (UTF-8; temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise _write_failed(err, path, kind) from err
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
+    with _replacing(Path(path), kind, "w") as fh:
+        fh.write(text)
+
+
+def copy_atomic(source: str | Path, target: str | Path, *, kind: str = "file") -> None:
+    """Atomically replace ``target`` with a copy of ``source``'s bytes."""
+    with _replacing(Path(target), kind, "wb") as fh, open(source, "rb") as src:
+        shutil.copyfileobj(src, fh)
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:

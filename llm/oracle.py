@@ -554,20 +554,25 @@ class DPOOracle(MixtureRoundsFromSteps):
         """Every eval task's held-out mean ``score`` at the current policy, shape (1, k)."""
         return self.evaluate(score)
 
+    def pair_losses(self, pairs: TokenizedPairs, reference_logps: np.ndarray) -> dict:
+        """Per-pair DPO loss and reward margin of the policy on ``pairs``, as this oracle
+        evaluates (its precision, layout and batch size; :func:`pair_losses`)."""
+        return pair_losses(
+            self.policy,
+            pairs,
+            reference_logps,
+            pad_id=self.pad_id,
+            dpo=self.dpo,
+            precision=self.precision,
+            layout=self.layout,
+            batch_size=self.eval_batch_size,
+        )
+
     def evaluate_tasks(self) -> dict[str, dict[str, float]]:
         """Held-out DPO loss, excess and clipped excess vs the specialist, reward accuracy."""
         out = {}
         for task in self.eval_tasks:
-            res = pair_losses(
-                self.policy,
-                task.pairs,
-                task.reference_logps,
-                pad_id=self.pad_id,
-                dpo=self.dpo,
-                precision=self.precision,
-                layout=self.layout,
-                batch_size=self.eval_batch_size,
-            )
+            res = self.pair_losses(task.pairs, task.reference_logps)
             row = {"loss": float(res["loss"].mean()), "accuracy": float((res["margin"] > 0).mean())}
             for name in ("excess", "clipped"):
                 values, _ = example_scores(name, res["loss"], task.specialist_losses)

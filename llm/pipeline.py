@@ -653,16 +653,7 @@ def _first_bad_example(oracle: Any, task: Task) -> str:
     """`` at example i (path:line)`` for the first eval pair whose loss is not finite."""
     if not isinstance(oracle, DPOOracle):
         return ""
-    losses = pair_losses(
-        oracle.policy,
-        task.eval,
-        task.eval_ref,
-        pad_id=oracle.pad_id,
-        dpo=oracle.dpo,
-        precision=oracle.precision,
-        layout=oracle.layout,
-        batch_size=oracle.eval_batch_size,
-    )["loss"]
+    losses = oracle.pair_losses(task.eval, task.eval_ref)["loss"]
     losses = np.column_stack([losses, task.eval_spec if task.eval_spec is not None else losses])
     rows = np.flatnonzero(~np.isfinite(losses).all(axis=1))
     if not rows.size:

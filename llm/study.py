@@ -12,18 +12,17 @@ specialists and 100% generalists), then copies
 * ``specialist_cost.{md,json}`` → ``OUT/results/llm_specialist_cost.{md,json}`` and
   ``specialist_cost.png`` → ``OUT/figures/llm_specialist_cost.png``.
 
-A file is replaced atomically (written beside, then renamed), so an interrupted copy never
-leaves half a table.
+A file is replaced atomically (:func:`llm.integrity.copy_atomic`: written beside, then
+renamed), so an interrupted copy never leaves half a table.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 from pathlib import Path
 
 from llm.config import load_config
+from llm.integrity import copy_atomic
 
 __all__ = ["STUDY_CONFIG", "publish_study"]
 
@@ -58,10 +57,6 @@ def publish_study(out: str | Path, config: str | Path = STUDY_CONFIG) -> list[Pa
     for source, target in copies.items():
         if not (run_dir / source).is_file():
             continue  # e.g. differences.png with one seed
-        target = out / target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(run_dir / source, partial)
-        os.replace(partial, target)
-        written.append(target)
+        copy_atomic(run_dir / source, out / target, kind="published result")
+        written.append(out / target)
     return written

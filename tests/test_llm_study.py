@@ -330,4 +330,4 @@ def test_reproduce_llm_publishes_the_study_under_the_readme_names(tiny_study, tm
     for target, source in expected.items():
         assert out / target in written, target
         assert (out / target).read_bytes() == (run / source).read_bytes(), target
-    assert not list(out.rglob(".*.partial"))
+    assert not list(out.rglob(".*.tmp"))
