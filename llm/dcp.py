@@ -335,7 +335,8 @@ class ShardedCheckpoint:
     # ------------------------------------------------------------------ load
     def _choose(self) -> tuple[Path | None, list[str]]:
         """(the newest folder that verifies, what was skipped and why), on this process."""
-        shutil.rmtree(self.tmp, ignore_errors=True)  # a save killed before it finished
+        # (a killed save's self.tmp is cleared by load() and by the next save, never here:
+        # read() may run while another process saves into it)
         skipped = []
         for folder in self.files():
             try:
@@ -362,6 +363,8 @@ class ShardedCheckpoint:
         (collective: every rank calls it), or None when there is none."""
         if not self.resume:
             return None
+        if _rank() == 0:  # resuming: no save runs now, so a killed save's leftovers go
+            shutil.rmtree(self.tmp, ignore_errors=True)
         choice = self._choose() if _rank() == 0 else None
         chosen, skipped = _from_rank0(choice)
         chosen = self._found(chosen and Path(chosen), skipped)

@@ -325,10 +325,10 @@ class DPOOracle(MixtureRoundsFromSteps):
     # ------------------------------------------------------------------ protocol
     def _select(self) -> None:
         """Make this oracle's parameters the trainable ones (its LoRA adapter, or the base)."""
+        if is_sharded(self.policy):  # after a forward the root holds whole tensors: the shards
+            self.policy.reshard()  # first, or the flags set below would go to those copies
         if self.lora:
             lora.use(self.policy, self.adapter)
-        if is_sharded(self.policy):  # after a forward the root holds whole tensors: the shards
-            self.policy.reshard()
         names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
         if not names:
             raise ValueError("the policy has no trainable parameter (every one is frozen)")
@@ -531,9 +531,11 @@ class DPOOracle(MixtureRoundsFromSteps):
             )
         return True
 
-    @staticmethod
-    def _backward(loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
+    def _backward(self, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss))
+        if self.shard is not None:  # every rank raises, or none: a lone one would hang the rest
+            bad = any_rank(bad, self.device)
+        if bad:
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}): lower the learning rate, check the "
                 "data, or use bf16 instead of fp16; no parameter was changed by this step"

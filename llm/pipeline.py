@@ -247,7 +247,9 @@ def load_model(cfg: Config) -> tuple[torch.nn.Module | None, Any]:
     if cfg.model.kind == "hf":
         from llm.hf import load_local
 
-        return load_local(cfg.model.path)
+        # float32 master weights whatever the checkpoint's dtype: a bf16 checkpoint trained in
+        # bf16 would lose small updates; [run] dtype autocasts the compute (llm.precision)
+        return load_local(cfg.model.path, dtype=torch.float32)
     if cfg.model.kind != "gpt":
         raise ValueError(f"[model] kind={cfg.model.kind!r}: use 'gpt' or 'hf'")
     return None, CharTokenizer()
@@ -400,16 +402,22 @@ def specialists(
     precision, layout = numerics_policy(cfg)
     spec = stopped_stage(cfg.specialist, fraction) if fraction > 0 else cfg.specialist
     for name, task in tasks.items():
-        key = {
-            "reference": reference_fp,
-            "pairs": task.train.fingerprint,
-            "eval_pairs": task.eval.fingerprint,
-            "dpo": dpo,
-            "stage": asdict(spec) if fraction > 0 else "the reference",
-            # 4: one precision policy and batch layout (earlier numbers differ in last bits)
-            "version": 4,
-        } | _numerics(cfg, model)
+        key = (
+            {
+                "reference": reference_fp,
+                "pairs": task.train.fingerprint,
+                "eval_pairs": task.eval.fingerprint,
+                "dpo": dpo,
+                "stage": asdict(spec) if fraction > 0 else "the reference",
+                # 4: one precision policy and batch layout (earlier numbers differ in last bits)
+                "version": 4,
+            }
+            | _numerics(cfg, model)
+            | _lora_key(cfg)
+        )
         folder = out / "specialists" / f"{name}-{cache_key(key)[:12]}"
+        if _replicated_ranks(model):  # DDP: every rank trains the same specialist; own files
+            folder /= f"rank{torch.distributed.get_rank()}"
         task.checkpoint = folder / "checkpoint.pt" if fraction > 0 else None
 
         def compute(task=task, folder=folder):
@@ -457,6 +465,35 @@ def specialists(
             )
         say(f"specialist {name}: mean eval loss {cached['eval'].mean():.4f}")
     model.load_state_dict(reference_state)
+
+
+def _refuse_rounds_on_ranks(cfg: Config, tasks: dict[str, Task], world: int) -> None:
+    """Refuse, on several ranks, a method that trains in rounds (Skill-It, Aioli, DML): its
+    rounds (``train_on_mixture``) draw the local batch alike on every rank, so the ranks
+    would train the same examples and the global batch would shrink with the ranks."""
+    if world == 1:
+        return
+    sizes = tuple(len(t.train) for t in tasks.values())
+    for method in cfg.run.methods:
+        if method in MERGES:
+            continue
+        steps = steps_for_budget(method, cfg.mix.examples, len(tasks), cfg.generalist.batch_size)
+        signal = build(method, steps=steps, sizes=sizes, policy=mix_policy(cfg.mix)).signal
+        if signal.kind != "batch" or signal.design is not None:
+            raise ValueError(
+                f"[run] methods: {method!r} trains in rounds ({signal.kind!r} signal), which "
+                f"the pipeline runs in one process only, not on {world} ranks. Fix: run it "
+                "without torchrun, or drop it from [run] methods"
+            )
+
+
+def _replicated_ranks(model: torch.nn.Module) -> bool:
+    """Whether this process is one of several ranks that hold the whole model (DDP under
+    ``torchrun``): they train each specialist alike, so each writes its own checkpoints — two
+    ranks rotating one checkpoint file would race.  A sharded model checkpoints together."""
+    if is_sharded(model) or not torch.distributed.is_initialized():
+        return False
+    return torch.distributed.get_world_size() > 1
 
 
 def stopped_stage(stage: StageSection, fraction: float) -> StageSection:
@@ -542,7 +579,8 @@ def generalist_key(
 ) -> dict[str, Any]:
     """What a generalist's run depends on besides its method and seed: the reference, the
     specialists' per-pair losses it reads (the generalists are keyed by those numbers), the
-    DPO settings, the data and the numerics (the cache key of :func:`generalist`)."""
+    DPO settings, the training and held-out data, the numerics and the LoRA settings (the
+    cache key of :func:`generalist`)."""
     names = list(tasks)
     specialist_fp = cache_key(
         {n: hashlib.sha256(tasks[n].train_spec.tobytes()).hexdigest() for n in names}
@@ -550,7 +588,16 @@ def generalist_key(
     key = {"reference": reference_fp, "specialists": specialist_fp, "dpo": dpo}
     key |= (tasks[names[0]].numerics or {}) | {"compile": cfg.run.compile}  # reference_cache's
     key["data"] = [tasks[n].train.fingerprint for n in names]
-    return key
+    # the held-out pairs: methods with a validation signal (Skill-It, Aioli) train on them
+    key["eval_data"] = [tasks[n].eval.fingerprint for n in names]
+    return key | _lora_key(cfg)
+
+
+def _lora_key(cfg: Config) -> dict[str, Any]:
+    """The LoRA settings, when adapters are on: ``alpha`` scales every update and
+    ``generalist`` decides what trains, yet neither shows in a fresh adapter's weights (so
+    not in :func:`llm.model.fingerprint`)."""
+    return {"lora": asdict(cfg.model.lora)} if cfg.model.lora.r > 0 else {}
 
 
 def generalist(
@@ -710,10 +757,13 @@ def run_pipeline(
     lock = RunLock(out, what="output folder ([run] out / --out)")
     if int(os.environ.get("RANK", "0")) == 0:
         lock.acquire()
+    joined = torch.distributed.is_initialized()  # a group the caller made stays theirs
     try:
         return _run_stages(cfg, out, progress=progress, make_oracle=make_oracle)
     finally:
         lock.release()
+        if not joined and torch.distributed.is_initialized():  # the one join() made
+            torch.distributed.destroy_process_group()
 
 
 class Prepared(NamedTuple):
@@ -764,6 +814,7 @@ def _run_stages(
     say = print if progress else (lambda *a, **k: None)
     ready = prepare(cfg, out, make_oracle=make_oracle, say=say)
     dpo, tokenizer, tasks, model, group, make_oracle, reference_state, ref_fp = ready
+    _refuse_rounds_on_ranks(cfg, tasks, group.world)  # before the specialists train
     wants_merges = any(method in MERGES for method in cfg.run.methods)
     specialists(
         model,
@@ -783,6 +834,8 @@ def _run_stages(
     # Data parallel under torchrun (llm.parallel): every rank draws the same global batch and
     # trains on its block; per-task scores are all-reduced before each mixer update.
     rank, world = group.rank, group.world
+    if lora.has_adapters(model):  # DDP averages the gradients of what trains when it wraps
+        lora.use(model, lora.GENERALIST if cfg.model.lora.generalist == "adapter" else None)
     policy = model if is_sharded(model) else wrap(model, cfg.run.parallel, group)
     loop_stream, oracle_stream = prng.LOOP_STREAM, prng.SAMPLE_STREAM
     oracle = make_oracle(

@@ -456,10 +456,14 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
     if audit:
         text += f"\n## Data\n\nPer task and split, as read and tokenised.\n\n{audit}\n"
     write_text_atomic(path, text, kind="report")
-    plot_differences(results, out / "differences.png")  # nothing with one seed
+    # a figure this run cannot draw is removed, so no earlier run's figure stands for it
+    if plot_differences(results, out / "differences.png") is None:  # one seed, no stratified
+        (out / "differences.png").unlink(missing_ok=True)
     names = results["tasks"]
     methods = [m for m, runs in results["runs"].items() if runs[0].get("history")]
     if not methods:  # only merges: nothing was trained, nothing to plot
+        for name in ("weights.png", "excess.png"):
+            (out / name).unlink(missing_ok=True)
         return path
     for kind, title in (("weights", "task weight α"), ("scores", "batch score (excess loss)")):
         fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3), sharey=True)
@@ -522,7 +526,7 @@ def plot_differences(
     draw(
         panels,
         path,
-        xlabel=f"method − {reference} (lower is better; ±1.96 SE, {seeds} seeds)",
+        xlabel=f"method − {reference} (lower: better; 95% Welch t, {seeds} seeds)",
         title=f"LLM study: difference from {reference} sampling",
         columns=2,
     )

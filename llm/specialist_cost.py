@@ -191,10 +191,12 @@ def _row(
         [float(np.mean([r["tasks"][t]["clipped"] for t in names])) for r in runs],
         f"{method} ({label}): mean-task",
     )
-    match = interval(
-        [float(np.mean([r["tasks"][t]["exact_match"] for t in names])) for r in runs],
-        f"{method} ({label}): exact match",
-    )
+    match = None  # [eval] generate = 0: no greedy decoding, no exact match
+    if all("exact_match" in r["tasks"][t] for r in runs for t in names):
+        match = interval(
+            [float(np.mean([r["tasks"][t]["exact_match"] for t in names])) for r in runs],
+            f"{method} ({label}): exact match",
+        )
     return {
         "specialists": label,
         "method": method,
@@ -209,7 +211,9 @@ def _row(
 
 
 # ------------------------------------------------------------------------------ output
-def _ci(stat: dict[str, Any], digits: int = 4) -> str:
+def _ci(stat: dict[str, Any] | None, digits: int = 4) -> str:
+    if stat is None:  # not measured (no exact match without greedy decoding)
+        return "–"
     if stat["ci95"] is None:
         return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
@@ -262,11 +266,12 @@ def plot_specialist_cost(study: dict[str, Any], path: str | Path) -> None:
     rows = study["rows"]
     trained = [r for r in rows if r["specialists"] != REFERENCE]
     left = min(r["specialist_examples"] for r in trained) / 3
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
-    for ax, key, title in (
-        (axes[0], "worst_task", "worst-task excess (vs full specialists)"),
-        (axes[1], "mean_exact_match", "mean exact match"),
-    ):
+    panels = [("worst_task", "worst-task excess (vs full specialists)")]
+    if all(r["mean_exact_match"] is not None for r in rows):  # [eval] generate > 0
+        panels.append(("mean_exact_match", "mean exact match"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    axes = axes[0]
+    for ax, (key, title) in zip(axes, panels):
         for i, method in enumerate(study["methods"]):
             color = f"C{i}"
             mine = [r for r in trained if r["method"] == method]

@@ -255,3 +255,35 @@ def test_lora_pipeline_trains_adapters_and_merges_them(tmp_path):
     # the merges differ from each other and from the reference (the adapters were merged in)
     linear, ties = (results["runs"][m][0]["tasks"] for m in ("merge-linear", "merge-ties"))
     assert linear != ties
+
+
+def test_changing_lora_alpha_or_the_generalist_mode_retrains(tmp_path):
+    # alpha scales every adapter update and `generalist` decides what trains, yet neither
+    # shows in a fresh adapter's weights: both must be part of the specialist and generalist
+    # keys, or a rerun into the same folder would reuse runs trained another way.
+    from llm.pipeline import run_pipeline
+
+    manifest = write_suite_small(tmp_path / "data")
+    sections = tiny_config_dict(tmp_path / "out", manifest)
+    sections["run"] |= {"seeds": [0], "methods": ["ama-s"]}
+    sections["eval"] |= {"generate": 0}
+    folders = []
+    tables = (
+        "r = 4\nalpha = 8.0",
+        "r = 4\nalpha = 16.0",
+        'r = 4\nalpha = 16.0\ngeneralist = "full"',
+    )
+    for lora_table in tables:
+        path = write_toml(tmp_path / "config.toml", sections)
+        path.write_text(path.read_text() + f"\n[model.lora]\n{lora_table}\n")
+        run_pipeline(load_config(path), progress=False)
+        out = tmp_path / "out"
+        folders.append(
+            (
+                {p.name for p in (out / "specialists").iterdir()},
+                {p.name for p in (out / "generalists").iterdir()},
+            )
+        )
+    (spec8, gen8), (spec16, gen16), (_, gen16_full) = folders
+    assert len(spec16 - spec8) == 3 and len(gen16 - gen8) == 1  # alpha: everything anew
+    assert len(gen16_full - gen16) == 1  # the generalist mode: a new generalist

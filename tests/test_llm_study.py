@@ -331,3 +331,23 @@ def test_reproduce_llm_publishes_the_study_under_the_readme_names(tiny_study, tm
         assert out / target in written, target
         assert (out / target).read_bytes() == (run / source).read_bytes(), target
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_specialist_cost_without_greedy_decoding(tiny_study, tmp_path):
+    # [eval] generate = 0: the study runs and reports no exact match (no KeyError after
+    # the first variant's generalists, which would have lost them).
+    import dataclasses
+
+    from llm.specialist_cost import specialist_cost, write_specialist_cost
+
+    cfg = load_config(tiny_study / "config.toml")
+    cfg = dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, out=str(tmp_path / "cost"), seeds=(0, 1)),
+        eval=dataclasses.replace(cfg.eval, generate=0),
+    )
+    study = specialist_cost(cfg, fractions=(1.0,), methods=("ama-r",), progress=False)
+    assert all(row["mean_exact_match"] is None for row in study["rows"])
+    paths = write_specialist_cost(study, tmp_path / "cost")
+    assert "| reference | 0 | ama-r |" in paths[1].read_text()
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
