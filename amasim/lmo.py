@@ -185,7 +185,7 @@ def skill_it(step_size: float, *, graph: Any = None, apply: str = "resample") ->
         log_w, w = lmo_step(state.log_weights, A, eta)
         return w, SkillItState(log_w, w, state.graph)
 
-    requires = ("mixture_rounds", "group_validation")
+    requires = ("group_validation",)
     signal = mixers.Signal("validation", design=None if g is not None else np.eye, share=10)
     return Mixer(init, update, mixers.played_weights, "loss", apply, "skill-it", requires, signal)
 
@@ -299,7 +299,7 @@ def aioli(
         new = AioliState(log_w, w, A, state.num_updates + 1, state.keys, eps, state.sweeps)
         return w, new
 
-    requires = ("mixture_rounds", "group_validation")
+    requires = ("group_validation",)
     signal = mixers.Signal("learnparams", share=4)
     return Mixer(init, update, mixers.played_weights, "loss", "resample", "aioli", requires, signal)
 
@@ -482,7 +482,7 @@ def dml_sweep(*, apply: str = "resample") -> Mixer:
         weights = np.stack(fitted).reshape(state.weights.shape)
         return weights, mixers.StaticState(weights)
 
-    requires = ("mixture_rounds", "group_validation")
+    requires = ("group_validation",)
     signal = mixers.Signal("sweep", design=dml_design, share=4)
     return Mixer(init, update, lambda s: s.weights, "loss", apply, "dml", requires, signal)
 

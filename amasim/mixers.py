@@ -89,10 +89,10 @@ LOG_FLOOR = -1e300  # far below any reachable value; keeps sums of logs finite
 #: What a mixer may observe (:class:`Signal`), and the oracle capabilities each needs.
 SIGNAL_REQUIRES: dict[str, tuple[str, ...]] = {
     "batch": (),
-    "validation": ("mixture_rounds", "group_validation"),
+    "validation": ("group_validation",),
     "alignment": ("task_gradients",),
-    "learnparams": ("mixture_rounds", "group_validation"),
-    "sweep": ("mixture_rounds", "group_validation"),
+    "learnparams": ("group_validation",),
+    "sweep": ("group_validation",),
 }
 
 

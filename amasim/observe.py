@@ -120,7 +120,7 @@ def aioli_round(
     The LearnParams steps train the model; training on ``weights`` for the rest of the
     round is the caller's.
     """
-    require_capabilities(oracle, mixer.requires, f"mixer {mixer.name!r}")
+    require_capabilities(oracle, ("mixture_rounds", *mixer.requires), f"mixer {mixer.name!r}")
     m = lmo.check_groups(len(oracle.task_names))
     if state.weights.shape[-1] != m:
         raise ValueError(f"the oracle has {m} groups but the state {state.weights.shape[-1]}")

@@ -28,7 +28,7 @@ Adding a method is one line: ``register("my-mixer", Method(lambda h: my_mixer(h.
 >>> mixer.name, mixer.apply, mixer.score, round(mixer.signal.every)
 ('ama-s', 'resample', 'clipped', 1)
 >>> describe("aioli").requires
-('mixture_rounds', 'group_validation')
+('group_validation',)
 """
 
 from __future__ import annotations

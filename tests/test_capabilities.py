@@ -167,7 +167,7 @@ def test_mixers_declare_requirements_and_entry_points_enforce_them():
     assert mixers.ama_r(0.1).requires == () and mixers.odm().requires == ()
     assert doge(0.1).requires == ("task_gradients",)
     assert dga(1.0).requires == ("task_gradients", "target_set")
-    assert lmo.aioli(0.1).requires == ("mixture_rounds", "group_validation")
+    assert lmo.aioli(0.1).requires == ("group_validation",)  # rounds: through Mixing
     plain = SimulatedOracle(PROBLEM)
     messages = []
     for call in (
