@@ -254,7 +254,10 @@ class Phase:
         if end <= begin:
             return
         self.rounds.train_on_mixture(
-            weights, end - begin, learning_rate=self.spec.rate(begin), batch_size=self.spec.batch_size
+            weights,
+            end - begin,
+            learning_rate=self.spec.rate(begin),
+            batch_size=self.spec.batch_size,
         )
         self.record.span(begin, end - begin, weights, scores)
         self.record.other_examples += (end - begin) * self.global_batch

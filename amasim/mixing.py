@@ -126,7 +126,9 @@ class Mixing:
         total = batch_size * world  # the global batch: per task when reweighting
         keys = prng.replicate_keys(list(seeds), stream=stream)
         self.uniforms = prng.UniformStream(keys, total)
-        self.fixed_ids = batch_tasks("reweight", None, np.zeros((len(keys), k * total)), num_tasks=k)
+        self.fixed_ids = batch_tasks(
+            "reweight", None, np.zeros((len(keys), k * total)), num_tasks=k
+        )
         self.fixed_counts = np.full((len(keys), k), batch_size)
         self.fixed_counts.flags.writeable = False
         self.local = None  # this rank's positions in the global batch
