@@ -1,12 +1,14 @@
 """Pipeline configuration: a TOML file mapped onto typed sections, every value checked
 before any work.
 
-Unknown sections or keys, and values of the wrong type, raise a ``ValueError`` naming the
-file, the key and the accepted values.  :func:`check_config` then checks every value
-(:class:`ConfigError`, one line per problem: the file, ``[section] key = value``, what is
-wrong and the fix): method names and their settings (through :mod:`amasim.registry`, and
-the oracle capabilities each needs), divisors, signs, seeds, the example budget, and that
-every input path exists.  Relative input paths (``[data] manifest``, ``[model] path``)
+This module is the schema and the per-value checks only.  Unknown sections or keys, and
+values of the wrong type, raise a ``ValueError`` naming the file, the key and the accepted
+values.  :func:`check_config` then checks every value on its own (:class:`ConfigError`, one
+line per problem: the file, ``[section] key = value``, what is wrong and the fix):
+divisors, signs, seeds, choices, and that every input path exists.  What a value means
+together with the rest of the package — methods, their settings and budgets, capabilities,
+optional packages, the device — is checked by :func:`llm.preflight.preflight` when a run
+opens (:func:`llm.context.open_run`), before any work.  Relative input paths (``[data] manifest``, ``[model] path``)
 resolve against the config file's folder; ``[run] out`` against the working directory.
 ``llm/configs/tiny-cpu.toml`` documents every key.
 
@@ -35,8 +37,6 @@ __all__ = [
     "ConfigError",
     "check_config",
     "load_config",
-    "mix_policy",
-    "numerics_policy",
     "resolve_paths",
 ]
 
@@ -149,25 +149,6 @@ class MixSection:
     step_size: float = 1.0
     smoothing: float = 0.1
     tuning: str = "fixed"
-
-
-def numerics_policy(cfg: Config):
-    """(precision, layout): where and how every DPO number of a run is computed — the
-    reference log-probs, the specialists' losses, training and evaluation alike."""
-    from llm.packing import Layout
-    from llm.precision import Precision
-
-    precision = Precision.parse(cfg.run.device, cfg.run.dtype)
-    return precision, Layout(prefix_sharing=cfg.run.prefix_sharing, bucket=cfg.run.bucket)
-
-
-def mix_policy(mix: MixSection):
-    """The :mod:`amasim.registry` tuning policy of a ``[mix]`` section."""
-    from amasim.registry import Fixed, Theory
-
-    if mix.tuning == "theory":
-        return Theory(mix.step_size, mix.smoothing)
-    return Fixed(mix.step_size, mix.smoothing)
 
 
 @dataclass(frozen=True)
@@ -336,28 +317,17 @@ class _Checks:
         return False
 
 
-def check_config(
-    cfg: Config,
-    source: str | Path = "config",
-    *,
-    oracle: type | None = None,
-    check_capabilities: bool = True,
-) -> Config:
-    """Check every value of ``cfg`` before any work; ``cfg`` itself, or a
-    :class:`ConfigError` listing every problem.
-
-    ``source`` names the config in messages.  Each method of ``[run] methods`` must be
-    registered (:func:`amasim.registry.check_method`), listed once, buildable with the
-    ``[mix]`` settings, affordable at the ``[mix] examples`` budget, and — with
-    ``check_capabilities`` — need only capabilities ``oracle`` (default
-    :class:`llm.oracle.DPOOracle`) offers.  Input paths must exist.
-    """
+def check_config(cfg: Config, source: str | Path = "config") -> Config:
+    """Check every value of ``cfg`` on its own (types are the schema's): ``cfg`` itself,
+    or a :class:`ConfigError` listing every problem.  ``source`` names the config in
+    messages.  Input paths must exist.  What needs the rest of the package — the methods
+    and their budgets, the task count, optional packages, the device — is checked by
+    :func:`llm.preflight.preflight` when a run opens, still before any work."""
     c = _Checks(cfg, str(source))
     _check_run(c)
     _check_data(c)
     _check_model(c)
     _check_training(c)
-    _check_methods(c, oracle, check_capabilities)
     if c.problems:
         raise ConfigError(c.problems)
     return cfg
@@ -535,14 +505,10 @@ def _check_lora(c: _Checks) -> None:
         )
     if lora.generalist not in ("adapter", "full"):
         bad("generalist", "is not 'adapter' or 'full'", 'use "adapter" (an adapter) or "full"')
-    import importlib.util
-
-    if importlib.util.find_spec("peft") is None:
-        bad("r", "needs the peft package, which is not installed", "pip install 'amasim[hf]'")
 
 
 def _check_training(c: _Checks) -> None:
-    from amasim.driver import SCHEDULES
+    from amasim.runspec import SCHEDULES
 
     cfg = c.cfg
     if cfg.model.kind == "gpt":
@@ -594,100 +560,3 @@ def _check_training(c: _Checks) -> None:
     c.at_least("eval", "generate", 0, " (0: no greedy decoding)")
     c.at_least("eval", "max_new_tokens", 1)
     c.at_least("eval", "batch_size", 1)
-
-
-def _task_count(cfg: Config) -> int | None:
-    """Tasks the run will have: the manifest's, or the built-in suite's (None: unreadable)."""
-    if not cfg.data.manifest:
-        from llm.synth import TASKS
-
-        return len(TASKS)
-    try:
-        from llm.data import load_manifest
-
-        return len(load_manifest(cfg.data.manifest))
-    except (OSError, ValueError):
-        return None
-
-
-def _check_methods(c: _Checks, oracle: type | None, check_capabilities: bool) -> None:
-    from amasim.capabilities import CAPABILITIES, capabilities_of
-    from amasim.driver import check_horizon, requirements
-    from amasim.registry import MERGES, build, check_method, describe, steps_for_budget
-
-    cfg = c.cfg
-    methods = cfg.run.methods
-    if not methods:
-        c.bad(
-            "run", "methods", "is empty: nothing would be trained", 'list methods, e.g. ["ama-r"]'
-        )
-        return
-    repeated = sorted({m for m in methods if methods.count(m) > 1})
-    if repeated:
-        c.bad(
-            "run",
-            "methods",
-            f"{repeated[0]!r} is listed twice (its runs would be pooled as more seeds)",
-            "list each method once",
-        )
-    known = []
-    for name in dict.fromkeys(methods):
-        try:
-            check_method(name)
-        except ValueError as err:
-            c.bad("run", "methods", str(err), "remove it, or spell it as listed (amasim methods)")
-            continue
-        if name not in MERGES:
-            known.append(name)
-    if check_capabilities and known:
-        if oracle is None:
-            from llm.oracle import DPOOracle as oracle
-        offered = capabilities_of(oracle)
-        unable: set[str] = set()
-        for name in known:
-            for need in requirements(describe(name)):
-                cap = CAPABILITIES[need]
-                if need in offered or not cap.methods:  # attribute-only: set per instance
-                    continue
-                missing = ", ".join(f"{m}()" for m in cap.methods if not hasattr(oracle, m))
-                unable.add(name)
-                c.bad(
-                    "run",
-                    "methods",
-                    f"mixer {name!r} requires the oracle capability {need!r}, but "
-                    f"{oracle.__name__} has no method {missing}",
-                    f"remove {name!r} from methods, or {cap.fix} (a custom oracle through "
-                    "llm.pipeline.run_pipeline(make_oracle=...))",
-                )
-                break
-        known = [name for name in known if name not in unable]
-    k = _task_count(cfg)
-    batch = cfg.generalist.batch_size
-    if k is None or batch < 1 or cfg.mix.examples < 1:
-        return  # reported above (an unreadable manifest, a bad batch or budget)
-    policy = mix_policy(cfg.mix)
-    for name in known:
-        try:
-            steps = steps_for_budget(name, cfg.mix.examples, k, batch)
-        except ValueError as err:
-            c.bad(
-                "mix",
-                "examples",
-                f"{err} ({k} tasks, [generalist] batch_size = {batch})",
-                "raise examples, or lower [generalist] batch_size",
-            )
-            continue
-        try:
-            mixer = build(name, steps=steps, sizes=(1,) * k, policy=policy)
-        except (ValueError, TypeError) as err:
-            c.bad(
-                "mix",
-                "step_size",
-                f"method {name!r} refuses the [mix] settings (step_size, smoothing): {err}",
-                "fix [mix] step_size / smoothing",
-            )
-            continue
-        try:  # sweeps and LearnParams rounds must fit in the budget (Skill-It, Aioli, DML)
-            check_horizon(mixer, steps, k)
-        except ValueError as err:
-            c.bad("mix", "examples", str(err), "raise examples, or drop the method")

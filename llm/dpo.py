@@ -30,8 +30,8 @@ Two ways to get sequence log-probs from a model:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,12 @@ __all__ = [
     "sequence_logps",
     "dpo_loss",
     "dpo_metrics",
+    "METRIC_NAMES",
+    "dpo_metric_sums",
+    "metrics_from_sums",
     "concatenated_forward",
     "packed_logps",
+    "packed_sequence_logps",
     "resolve_layout",
     "max_length_of",
 ]
@@ -290,16 +294,24 @@ def dpo_loss(
     )
 
 
-def dpo_metrics(
-    out: DPOOutput, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor
-) -> dict[str, float]:
-    """Batch means under TRL's names: rewards/{chosen,rejected,accuracies,margins}, logps/*, loss.
+#: the metrics of a batch under TRL's names, in the order of :func:`dpo_metric_sums`
+METRIC_NAMES = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "loss",
+)
 
-    >>> pc, pr, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0]), torch.full((2,), -2.0)
-    >>> m = dpo_metrics(dpo_loss(pc, pr, ref, ref, beta=0.5), pc, pr)
-    >>> m["rewards/accuracies"], m["rewards/margins"], m["logps/chosen"]
-    (0.5, 0.25, -1.5)
-    """
+
+def dpo_metric_sums(
+    out: DPOOutput, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor
+) -> Tensor:
+    """(8,) float64 on the batch's device: the sums of :data:`METRIC_NAMES` over the batch,
+    then its size — what adds up over micro-batches and data-parallel ranks without a copy
+    to the host (:func:`metrics_from_sums` turns them into means)."""
     b = out.losses.shape
     for name, t in (
         ("chosen_rewards", out.chosen_rewards),
@@ -311,20 +323,39 @@ def dpo_metrics(
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(b)} like losses")
     if out.losses.numel() == 0:
         raise ValueError("cannot compute metrics of an empty batch")
-
-    def mean(t: Tensor) -> float:
-        return t.detach().double().mean().item()
-
     chosen, rejected = out.chosen_rewards, out.rejected_rewards
-    return {
-        "rewards/chosen": mean(chosen),
-        "rewards/rejected": mean(rejected),
-        "rewards/accuracies": mean((chosen > rejected).double()),
-        "rewards/margins": mean(chosen - rejected),
-        "logps/chosen": mean(policy_chosen_logps),
-        "logps/rejected": mean(policy_rejected_logps),
-        "loss": mean(out.losses),
-    }
+    columns = (
+        chosen,
+        rejected,
+        (chosen > rejected),
+        chosen - rejected,
+        policy_chosen_logps,
+        policy_rejected_logps,
+        out.losses,
+    )
+    sums = torch.stack([t.detach().double().sum() for t in columns])
+    return torch.cat([sums, sums.new_tensor([float(out.losses.numel())])])
+
+
+def metrics_from_sums(sums: Any, names: Sequence[str] = METRIC_NAMES) -> dict[str, float]:
+    """The batch means of ``names`` from their sums followed by the batch size (host values,
+    e.g. :func:`dpo_metric_sums`)."""
+    values = [float(v) for v in sums]
+    count = values[-1]
+    return {name: total / count for name, total in zip(names, values[:-1], strict=True)}
+
+
+def dpo_metrics(
+    out: DPOOutput, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor
+) -> dict[str, float]:
+    """Batch means under TRL's names: rewards/{chosen,rejected,accuracies,margins}, logps/*, loss.
+
+    >>> pc, pr, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0]), torch.full((2,), -2.0)
+    >>> m = dpo_metrics(dpo_loss(pc, pr, ref, ref, beta=0.5), pc, pr)
+    >>> m["rewards/accuracies"], m["rewards/margins"], m["logps/chosen"]
+    (0.5, 0.25, -1.5)
+    """
+    return metrics_from_sums(dpo_metric_sums(out, policy_chosen_logps, policy_rejected_logps).cpu())
 
 
 # -----------------------------------------------------------------------------
@@ -432,7 +463,22 @@ def packed_logps(
     *,
     average: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Sequence log-probs (chosen (B,), rejected (B,)), float32, of a packed batch.
+    """Sequence log-probs (chosen (B,), rejected (B,)), float32, of a packed batch of pairs
+    (:func:`packed_sequence_logps`, split in half)."""
+    logps = packed_sequence_logps(model, batch, precision, average=average)
+    pairs = logps.shape[0] // 2
+    return logps[:pairs], logps[pairs:]
+
+
+def packed_sequence_logps(
+    model: torch.nn.Module,
+    batch: PackedBatch,
+    precision: Precision,
+    *,
+    average: bool = False,
+) -> Tensor:
+    """Log-probs (N,), float32, of the N sequences of a packed batch (``batch.counts``):
+    chosen then rejected for pairs, the chosen alone for ``pack_pairs(..., chosen_only=True)``.
 
     Runs each piece of ``batch`` on ``precision.device`` under ``precision.autocast()``. A
     model with an ``output_head`` (GPT, HFCausalLM) returns hidden states and only the scored
@@ -451,9 +497,9 @@ def packed_logps(
     ...     prompt_lengths=np.array([2]), chosen_truncated=0, rejected_truncated=0,
     ...     sources=["x"], fingerprint="x")
     >>> batch = pack_pairs(pairs, [0], 0, Layout(), max_length=max_length_of(model))
-    >>> chosen, rejected = packed_logps(model, batch, Precision())
-    >>> chosen.shape, rejected.dtype
-    (torch.Size([1]), torch.float32)
+    >>> logps = packed_sequence_logps(model, batch, Precision())
+    >>> logps.shape, logps.dtype
+    (torch.Size([2]), torch.float32)
     """
     if batch.prefix_sharing and resolve_layout(model, Layout(True, 0)).prefix_sharing is False:
         raise ValueError(
@@ -462,11 +508,10 @@ def packed_logps(
         )
     device = precision.device
     head = _head(model)
-    pairs = batch.counts.shape[0] // 2
-    totals = torch.zeros(2 * pairs, dtype=torch.float64, device=device)
+    totals = torch.zeros(batch.counts.shape[0], dtype=torch.float64, device=device)
     with precision.autocast():
         for piece in batch.pieces:
-            padded = bool((piece.segments == PAD).any())  # on the host: no device sync
+            padded = bool((piece.segments.numpy() == PAD).any())  # built on the host: no sync
             piece = piece.to(device)
             if batch.prefix_sharing:
                 mask = attention_mask_4d(piece.segments)
@@ -488,4 +533,4 @@ def packed_logps(
     logps = totals.float()
     if average:
         logps = logps / batch.counts.to(device)
-    return logps[:pairs], logps[pairs:]
+    return logps

@@ -27,7 +27,11 @@ Every number — the reference log-probs, the specialists' per-pair losses, the 
 the evaluation losses — is made under one :class:`llm.precision.Precision` (device, autocast)
 and one :class:`llm.packing.Layout`, by :func:`llm.dpo.packed_logps`; :func:`numerics` is the
 cache key of that policy.  A non-finite loss raises ``FloatingPointError`` before any
-parameter changes (on every rank of a data-parallel group at once, :func:`llm.parallel.any_rank`).
+parameter changes (on every rank of a data-parallel group at once: the flag is summed over
+the ranks).  A step reads the device once: the per-pair losses, the finiteness flags and
+the metric sums travel to the host in one copy (:meth:`DPOOracle.losses`); a non-finite
+gradient norm makes fused AdamW skip its step on the device and is reported with the next
+copy.
 
 What trains is what requires a gradient — every parameter, or with ``adapter`` one LoRA
 adapter (:mod:`llm.lora`); ``reset`` restores, and ``state_dict`` saves, those parameters
@@ -52,9 +56,17 @@ from amasim.oracle import Batch
 from amasim.scores import example_scores
 from llm import lora
 from llm.data import TokenizedPairs
-from llm.dpo import dpo_loss, dpo_metrics, max_length_of, packed_logps, resolve_layout
+from llm.dpo import (
+    METRIC_NAMES,
+    dpo_loss,
+    dpo_metric_sums,
+    max_length_of,
+    metrics_from_sums,
+    packed_logps,
+    resolve_layout,
+)
 from llm.packing import PAD, PROMPT, Layout, Packed, PackedBatch, pack_pairs
-from llm.parallel import any_rank, is_sharded, numerics_of, shard_of
+from llm.parallel import all_gather_object, all_reduce_sum, is_sharded, numerics_of, shard_of
 from llm.precision import Precision
 
 __all__ = [
@@ -197,6 +209,34 @@ def pair_losses(
     return {"loss": out.losses.double().numpy(), "margin": margin.double().numpy()}
 
 
+def _checked(
+    tasks: Sequence[TaskData],
+    precision: Precision | None,
+    device: torch.device | str | None,
+    autocast_dtype: torch.dtype | None,
+    accumulate: str,
+    adamw: str,
+) -> Precision:
+    """The oracle's arguments checked; its precision (the older device/autocast pair too)."""
+    if not tasks:
+        raise ValueError("tasks is empty: the oracle needs at least one task")
+    for t in tasks:
+        if len(t.pairs) == 0:
+            raise ValueError(f"task {t.name!r} has no pairs (an empty task)")
+    if accumulate not in ACCUMULATE:
+        raise ValueError(f"accumulate={accumulate!r}: use one of {list(ACCUMULATE)}")
+    if adamw not in ("fused", "foreach", "loop"):
+        raise ValueError(f"adamw={adamw!r}: use 'fused', 'foreach' or 'loop'")
+    if precision is None:
+        return Precision(torch.device(device or "cpu"), autocast_dtype)
+    if device is not None or autocast_dtype is not None:
+        raise ValueError(
+            "give either precision or device/autocast_dtype, not both "
+            "(precision = Precision(device, autocast_dtype))"
+        )
+    return precision
+
+
 class DPOOracle(MixtureRoundsFromSteps):
     """amasim oracle for multi-task DPO on one policy (``max_replicates = 1``).
 
@@ -218,6 +258,7 @@ class DPOOracle(MixtureRoundsFromSteps):
     """
 
     max_replicates = 1
+    metric_names: tuple[str, ...] = METRIC_NAMES  # what last_metrics reports
 
     def __init__(
         self,
@@ -240,22 +281,7 @@ class DPOOracle(MixtureRoundsFromSteps):
         sample_stream: int = prng.SAMPLE_STREAM,
         adapter: str | None = None,
     ) -> None:
-        if not tasks:
-            raise ValueError("tasks is empty: the oracle needs at least one task")
-        for t in tasks:
-            if len(t.pairs) == 0:
-                raise ValueError(f"task {t.name!r} has no pairs (an empty task)")
-        if precision is None:
-            precision = Precision(torch.device(device or "cpu"), autocast_dtype)
-        elif device is not None or autocast_dtype is not None:
-            raise ValueError(
-                "give either precision or device/autocast_dtype, not both "
-                "(precision = Precision(device, autocast_dtype))"
-            )
-        if accumulate not in ACCUMULATE:
-            raise ValueError(f"accumulate={accumulate!r}: use one of {list(ACCUMULATE)}")
-        if adamw not in ("fused", "foreach", "loop"):
-            raise ValueError(f"adamw={adamw!r}: use 'fused', 'foreach' or 'loop'")
+        precision = _checked(tasks, precision, device, autocast_dtype, accumulate, adamw)
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"micro_batch_size={micro_batch_size} must be >= 1 (or None)")
         self.precision = precision
@@ -285,17 +311,13 @@ class DPOOracle(MixtureRoundsFromSteps):
                     f"computes under {self.numerics}: recompute them with reference_logps / "
                     "pair_losses under the oracle's precision and layout"
                 )
-        self.dpo = dpo
-        self.pad_id = pad_id
+        self.dpo, self.pad_id = dpo, pad_id
         self.task_names = tuple(t.name for t in tasks)
         self.task_sizes = tuple(len(t.pairs) for t in tasks)
         self.eval_tasks = list(eval_tasks or tasks)
         self.weight_decay, self.grad_clip = weight_decay, grad_clip
-        self.micro_batch_size = micro_batch_size
-        self.accumulate = accumulate
-        self.adamw = adamw
-        self.eval_batch_size = eval_batch_size
-        self.sample_stream = sample_stream
+        self.micro_batch_size, self.accumulate, self.adamw = micro_batch_size, accumulate, adamw
+        self.eval_batch_size, self.sample_stream = eval_batch_size, sample_stream
         self._pairs, self._offsets, self._ref, self._spec = _merge(tasks)
         # float32 on the device once: a step indexes it there (the DPO loss is float32)
         self._ref_device = torch.from_numpy(self._ref).to(self.device, torch.float32)
@@ -304,23 +326,21 @@ class DPOOracle(MixtureRoundsFromSteps):
         self._select()
         self._initial = copy.deepcopy(self._policy_state())
         self._keys: np.ndarray | None = None
-        self._metrics_of: tuple | None = None
         self._metrics: dict[str, float] = {}
+        self._metric_sums: torch.Tensor | None = None  # this step's, on the device
+        self._skipped: torch.Tensor | None = None  # a step AdamW skipped (non-finite norm)
         self.tokens_seen = 0
         self.tokens_computed = 0
 
     @property
     def last_metrics(self) -> dict[str, float]:
-        """Metrics of the last batch (:func:`llm.dpo.dpo_metrics`), made when first read: a
-        step that nobody logs pays no device-to-host copies."""
-        if self._metrics_of is not None:
-            self._metrics = dpo_metrics(*self._metrics_of)
-            self._metrics_of = None
+        """Metrics of the last batch (:data:`llm.dpo.METRIC_NAMES`; the global batch's under
+        data parallelism), copied to the host with the batch's losses."""
         return self._metrics
 
     @last_metrics.setter
     def last_metrics(self, value: dict[str, float]) -> None:
-        self._metrics, self._metrics_of = value, None
+        self._metrics = value
 
     # ------------------------------------------------------------------ protocol
     def _select(self) -> None:
@@ -399,20 +419,34 @@ class DPOOracle(MixtureRoundsFromSteps):
         index = self._offsets[:-1][task_ids] + prng.integers(u, sizes[task_ids])
         return Batch(task_ids, self._spec[index], index)
 
-    def _forward(self, index: np.ndarray) -> torch.Tensor:
-        """Per-pair DPO losses (float32, on the device, with a graph unless no_grad)."""
-        batch = pack_pairs(
-            self._pairs, index, self.pad_id, self.layout, max_length=self._max_length
-        )
-        if self.shard is not None and is_sharded(self.policy):
-            batch = _same_pieces(batch, self.pad_id)
-        self.tokens_seen += batch.tokens
-        self.tokens_computed += batch.computed
+    def _forward(self, index: np.ndarray, measure: bool = True) -> torch.Tensor:
+        """Per-pair DPO losses (float32, on the device, with a graph unless no_grad); with
+        ``measure`` their metric sums are added to the step's (no copy to the host)."""
+        batch = self._packed(index)
         chosen, rejected = packed_logps(self.policy, batch, self.precision, average=self._average)
         ref = self._ref_device[torch.from_numpy(np.asarray(index)).to(self.device)]
         out = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], **self.dpo)
-        self._metrics_of = (out, chosen.detach(), rejected.detach())
+        if measure:
+            self.tokens_seen += batch.tokens
+            sums = dpo_metric_sums(out, chosen, rejected)
+            self._metric_sums = sums if self._metric_sums is None else self._metric_sums + sums
         return out.losses
+
+    def _packed(self, index: np.ndarray, *, chosen_only: bool = False) -> PackedBatch:
+        """The pairs ``index`` laid out for one forward pass (under FSDP, with a piece of
+        every width any rank runs); their computed tokens counted."""
+        batch = pack_pairs(
+            self._pairs,
+            index,
+            self.pad_id,
+            self.layout,
+            max_length=self._max_length,
+            chosen_only=chosen_only,
+        )
+        if self.shard is not None and is_sharded(self.policy):
+            batch = _same_pieces(batch, self.pad_id)
+        self.tokens_computed += batch.computed
+        return batch
 
     def _chunks(self, n: int) -> list[slice]:
         size = self.micro_batch_size or n
@@ -421,6 +455,7 @@ class DPOOracle(MixtureRoundsFromSteps):
     def losses(self, batch: Batch) -> np.ndarray:
         index = batch.data[0]
         chunks = self._chunks(len(index))
+        self._metric_sums = None
         if len(chunks) == 1:
             losses = self._forward(index)
             self._pending = (batch, losses)
@@ -432,17 +467,36 @@ class DPOOracle(MixtureRoundsFromSteps):
             with torch.no_grad():
                 values = torch.cat([self._forward(index[c]) for c in chunks])
             self._pending = (batch, None)
-        bad = not bool(torch.isfinite(values).all())
-        if self.shard is not None:  # every rank raises, or none: a lone one would hang the rest
-            bad = any_rank(bad, self.device)
-        if bad:  # the protocol promises finite losses
+        return self._to_host(values)[None, :]
+
+    def _to_host(self, values: torch.Tensor) -> np.ndarray:
+        """The step's one device-to-host copy: the per-pair losses the mixer scores, with the
+        finiteness flags and the metric sums — summed over the ranks first, so every rank
+        takes the same branch and records the global batch's metrics."""
+        skipped = self._skipped if self._skipped is not None else values.new_zeros(())
+        flags = torch.stack([(~torch.isfinite(values)).any(), skipped > 0]).double()
+        shared = torch.cat([self._metric_sums, flags])
+        if self.shard is not None:
+            shared = all_reduce_sum(shared)
+        host = torch.cat([values.double(), shared]).cpu().numpy()
+        n, m = len(values), len(self.metric_names) + 1
+        bad, skipped_before = host[n + m] > 0, host[n + m + 1] > 0
+        self._skipped = None
+        if skipped_before or bad:
             self._pending = None
             self.policy.zero_grad(set_to_none=True)
+        if skipped_before:
+            raise FloatingPointError(
+                "the previous step's gradient norm was not finite, so AdamW skipped it: lower "
+                "the learning rate or check the data; no parameter was changed by that step"
+            )
+        if bad:  # the protocol promises finite losses
             raise FloatingPointError(
                 "non-finite DPO loss on this batch: lower the learning rate, check the data, or "
                 "use bf16 instead of fp16; no parameter was changed"
             )
-        return values.double().cpu().numpy()[None, :]
+        self._metrics = metrics_from_sums(host[n : n + m], self.metric_names)
+        return host[:n]
 
     def _losses_by_task(self, batch: Batch) -> tuple[torch.Tensor, dict[int, list]]:
         """Forward + backward per one-task micro-batch with unit weights: the losses, and
@@ -471,25 +525,28 @@ class DPOOracle(MixtureRoundsFromSteps):
         _, pending = self._pending
         self._pending = None
         if isinstance(pending, torch.Tensor):
-            self._backward((weights * pending).sum())
+            (weights * pending).sum().backward()
         elif isinstance(pending, dict) and self._combine_task_grads(batch, loss_weights, pending):
             pass
         else:
             self.policy.zero_grad(set_to_none=True)
             index = batch.data[0]
-            try:
-                for c in self._chunks(len(index)):
-                    self._backward((weights[c] * self._forward(index[c])).sum())
-            except FloatingPointError:
-                self.optimizer.zero_grad(set_to_none=True)  # drop the partial accumulation
-                raise
-        # The gradient norm (clipped or not) is checked before the parameters move: a finite
-        # loss can still give inf/NaN gradients, and AdamW would spread them to every weight.
+            for c in self._chunks(len(index)):
+                (weights[c] * self._forward(index[c], measure=False)).sum().backward()
+        self._optimizer_step(learning_rate)
+
+    def _optimizer_step(self, learning_rate: float) -> None:
+        """Clip the gradient norm and step AdamW — unless the norm is not finite: a finite
+        loss can still give inf/NaN gradients, and AdamW would spread them to every weight.
+        Fused AdamW skips such a step on the device (its ``found_inf``), and the flag reaches
+        the host with the next step's losses or the next checkpoint (no sync here); the other
+        implementations check it at once."""
         max_norm = self.grad_clip if self.grad_clip else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self._trainable, max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP: the norm over every rank's shards
             norm = norm.full_tensor()
-        if not torch.isfinite(norm):
+        skip = (~torch.isfinite(norm)).float()
+        if self.adamw != "fused" and bool(skip):
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(
                 f"non-finite gradient norm ({norm.item()}): lower the learning rate or check "
@@ -497,13 +554,27 @@ class DPOOracle(MixtureRoundsFromSteps):
             )
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
+        if self.adamw == "fused":
+            self.optimizer.found_inf = skip.to(self.device)
+            self._skipped = skip if self._skipped is None else self._skipped + skip
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _check_skipped(self) -> None:
+        """Raise if a step since the last copy to the host was skipped (a sync: checkpoints
+        and evaluations only)."""
+        if self._skipped is not None and bool(self._skipped > 0):
+            self._skipped = None
+            raise FloatingPointError(
+                "a step's gradient norm was not finite, so AdamW skipped it: lower the "
+                "learning rate or check the data; no parameter was changed by that step"
+            )
 
     def _combine_task_grads(
         self, batch: Batch, loss_weights: np.ndarray, grads: dict[int, list]
     ) -> bool:
-        """.grad = Σ_i c_i G_i when every example of task i has the weight c_i; else False."""
+        """.grad = Σ_i c_i G_i when every example of task i has the weight c_i; else False.
+        A non-finite G_i shows in the gradient norm (:meth:`_optimizer_step`)."""
         task_ids = np.asarray(batch.task_ids)[0]
         w = np.asarray(loss_weights, dtype=np.float64)[0]
         coef = {}
@@ -522,25 +593,7 @@ class DPOOracle(MixtureRoundsFromSteps):
                     g[i].mul_(coef[task]) if total is None else total.add_(g[i], alpha=coef[task])
                 )
             p.grad = total
-        total_norm_check = [p.grad for p in params if p.grad is not None]
-        if total_norm_check and not all(torch.isfinite(g).all() for g in total_norm_check):
-            self.policy.zero_grad(set_to_none=True)
-            raise FloatingPointError(
-                "non-finite gradient: lower the learning rate or check the data; "
-                "no parameter was changed by this step"
-            )
         return True
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        bad = not bool(torch.isfinite(loss))
-        if self.shard is not None:  # every rank raises, or none: a lone one would hang the rest
-            bad = any_rank(bad, self.device)
-        if bad:
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}): lower the learning rate, check the "
-                "data, or use bf16 instead of fp16; no parameter was changed by this step"
-            )
-        loss.backward()
 
     def evaluate(self, score: str = "clipped", averaged: bool = False) -> np.ndarray:
         """Per-task mean ``score`` on the eval tasks, shape (1, k).
@@ -572,6 +625,7 @@ class DPOOracle(MixtureRoundsFromSteps):
 
     def evaluate_tasks(self) -> dict[str, dict[str, float]]:
         """Held-out DPO loss, excess and clipped excess vs the specialist, reward accuracy."""
+        self._check_skipped()
         out = {}
         for task in self.eval_tasks:
             res = self.pair_losses(task.pairs, task.reference_logps)
@@ -585,6 +639,7 @@ class DPOOracle(MixtureRoundsFromSteps):
     def state_dict(self) -> dict:
         """Everything a resumed run needs from the oracle: the trained parameters (all, or
         the adapter's), the optimizer, the data position."""
+        self._check_skipped()  # a skipped step is a divergence, never a checkpoint
         if is_sharded(self.policy):
             from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -618,7 +673,7 @@ class DPOOracle(MixtureRoundsFromSteps):
         torch.set_rng_state(state["torch_rng"])
         # checkpoints written before mixture rounds existed never trained on one
         self.mixture_draws = int(state.get("mixture_draws", 0))
-        self._pending = None
+        self._pending, self._skipped = None, None
 
 
 def _same_pieces(batch: PackedBatch, pad_id: int) -> PackedBatch:
@@ -626,11 +681,8 @@ def _same_pieces(batch: PackedBatch, pad_id: int) -> PackedBatch:
     parameters in every forward call, so the ranks must make the same calls.  A width this
     rank lacks gets a one-row piece of padding after one prompt token, which scores nothing
     (its gradient is zero) but takes part in every collective, forward and backward."""
-    import torch.distributed as dist
-
     widths = [int(p.input_ids.shape[1]) for p in batch.pieces]
-    every: list[list[int] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(every, widths)
+    every = all_gather_object(widths)
     union = sorted({w for ws in every for w in ws})
     if union == widths:
         return batch

@@ -116,12 +116,15 @@ def pack_pairs(
     layout: Layout,
     *,
     max_length: int | None = None,
+    chosen_only: bool = False,
 ) -> PackedBatch:
     """The pairs ``index`` of ``pairs`` laid out as ``layout`` says (see the module docstring).
 
     ``max_length``: the longest sequence the model takes (its position table, e.g.
     ``GPTConfig.block_size``); plain rows are never padded past it.  A prefix-shared row may be
-    longer (prompt + both completions) while its positions stay below it.
+    longer (prompt + both completions) while its positions stay below it.  ``chosen_only``:
+    the chosen sequences alone, in plain rows (the SFT objective; ``counts`` then has B
+    entries and sequence i is pair i's chosen completion).
 
     Raises:
         ValueError: on an empty index, a pair without a prompt token (its first completion
@@ -139,7 +142,7 @@ def pack_pairs(
     rejected = [pairs.rejected[i] for i in idx]
     c_len = np.array([len(s) for s in chosen], dtype=np.int64) - prompt
     r_len = np.array([len(s) for s in rejected], dtype=np.int64) - prompt
-    bad = (prompt < 1) | (c_len < 1) | (r_len < 1)
+    bad = (prompt < 1) | (c_len < 1) | ((r_len < 1) & (not chosen_only))
     if bad.any():
         i = int(idx[np.argmax(bad)])
         raise ValueError(
@@ -149,19 +152,22 @@ def pack_pairs(
             "prompt (BOS at least) and non-empty completions (check truncation)"
         )
     if max_length is not None:
-        longest = prompt + np.maximum(c_len, r_len)
+        longest = prompt + (c_len if chosen_only else np.maximum(c_len, r_len))
         if longest.max() > max_length:
             i = int(idx[np.argmax(longest)])
             raise ValueError(
                 f"pair {i} has a sequence of {int(longest.max())} tokens, longer than the "
                 f"model's {max_length} positions: tokenize with max_length <= {max_length}"
             )
-    counts = torch.from_numpy(np.concatenate([c_len, r_len]))
-    tokens = int(2 * prompt.sum() + c_len.sum() + r_len.sum())
+    counts = torch.from_numpy(c_len if chosen_only else np.concatenate([c_len, r_len]))
+    tokens = int(prompt.sum() + c_len.sum())
+    if not chosen_only:
+        tokens += int(prompt.sum() + r_len.sum())
+    shared = layout.prefix_sharing and not chosen_only
 
     # rows: (token ids, segment lengths [(role, n)], position ids, scored (source, label, target))
     rows = []
-    if layout.prefix_sharing:
+    if shared:
         for j in range(b):
             p, c, r = prompt[j], c_len[j], r_len[j]
             ids = np.concatenate([chosen[j], rejected[j][p:]])
@@ -172,7 +178,8 @@ def pack_pairs(
             tgt = np.concatenate([np.full(c, j), np.full(r, b + j)])
             rows.append((ids, ((PROMPT, p), (CHOSEN, c), (REJECTED, r)), pos, src, ids[p:], tgt))
     else:
-        for j, (seqs, role) in enumerate(((chosen, CHOSEN), (rejected, REJECTED))):
+        kinds = ((chosen, CHOSEN),) if chosen_only else ((chosen, CHOSEN), (rejected, REJECTED))
+        for j, (seqs, role) in enumerate(kinds):
             lengths = c_len if role == CHOSEN else r_len
             for i in range(b):
                 p, n = prompt[i], lengths[i]
@@ -186,7 +193,7 @@ def pack_pairs(
         widths = _round_up(lengths, layout.bucket)
     else:
         widths = np.full(len(rows), lengths.max())
-    if max_length is not None and not layout.prefix_sharing:  # plain rows: positions 0..T-1
+    if max_length is not None and not shared:  # plain rows: positions 0..T-1
         widths = np.minimum(widths, np.maximum(max_length, lengths))
     pieces = []
     for width in np.unique(widths):
@@ -218,7 +225,7 @@ def pack_pairs(
             )
         )
     computed = int(sum(p.input_ids.numel() for p in pieces))
-    return PackedBatch(pieces, counts, layout.prefix_sharing, tokens, computed)
+    return PackedBatch(pieces, counts, shared, tokens, computed)
 
 
 def attention_mask_4d(segments: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ the cache keys (:func:`llm.oracle.numerics`).
 
 >>> from torch import nn
 >>> model = nn.Sequential(nn.Linear(2, 2))
->>> wrap(model, "none", Group(0, 1, 0, "cpu")) is model
+>>> wrap(model, "none", SINGLE) is model
 True
 >>> shard_of(model) is None, numerics_of(model)
 (True, {})
@@ -44,14 +44,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 __all__ = [
     "PARALLEL",
-    "Group",
+    "ParallelDims",
+    "SINGLE",
     "join",
+    "torchrun_rank",
+    "reduce_task_scores",
+    "is_distributed",
+    "world_size",
+    "all_reduce_sum",
+    "broadcast_object",
+    "all_gather_object",
     "wrap",
     "blocks_of",
     "is_sharded",
@@ -70,19 +79,56 @@ _NUMERICS: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKe
 
 
 @dataclass(frozen=True)
-class Group:
-    """This process's place among the ranks: ``rank`` of ``world``, ``local_rank`` on its
-    node, and the device type the collectives run on ("cpu": gloo, "cuda": NCCL)."""
+class ParallelDims:
+    """The parallel layout of this process (torchtitan's ``ParallelDims``, for one
+    data-parallel dimension): ``rank`` of ``world`` ranks, ``local_rank`` on its node, the
+    device type the collectives run on (``"cpu"``: gloo, ``"cuda"``: NCCL), how the ranks
+    hold the model (``mode``: ``[run] parallel``), and whether :func:`join` made the process
+    group (so :meth:`close` destroys it; a group the caller made stays theirs).
+
+    This module is the one place that asks ``torch.distributed`` who is who: everything
+    else reads a :class:`ParallelDims`.
+    """
 
     rank: int
     world: int
     local_rank: int
     device: str
+    mode: str = "none"
+    owns_group: bool = False
 
     @property
     def shard(self) -> tuple[int, int] | None:
         """``(rank, world)`` for :func:`amasim.driver.run`, or None for one process."""
         return (self.rank, self.world) if self.world > 1 else None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that takes the folder lock and writes the results."""
+        return self.rank == 0
+
+    @property
+    def replicated(self) -> bool:
+        """Several ranks each holding the whole model (DDP): each writes its own files."""
+        return self.mode != "fsdp" and self.world > 1
+
+    @property
+    def reduce(self):
+        """The per-task score reduction of a data-parallel run (None for one rank)."""
+        return reduce_task_scores if self.world > 1 else None
+
+    def wrap(self, model: nn.Module, *, bf16: bool = False) -> nn.Module:
+        """``model`` as this layout trains it (:func:`wrap`)."""
+        return wrap(model, self.mode, self, bf16=bf16)
+
+    def close(self) -> None:
+        """Destroy the process group if :func:`join` made it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+#: the layout of a process outside ``torchrun``
+SINGLE = ParallelDims(0, 1, 0, "cpu")
 
 
 def _torchrun_world() -> int | None:
@@ -91,18 +137,19 @@ def _torchrun_world() -> int | None:
     return int(os.environ["WORLD_SIZE"])
 
 
-def join(parallel: str, device: str = "cpu") -> Group:
+def join(parallel: str, device: str = "cpu") -> ParallelDims:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``): NCCL for a CUDA ``device`` (each rank
-    on GPU ``LOCAL_RANK``), gloo otherwise.  Outside ``torchrun``: one process, with a
-    one-rank group for ``"fsdp"`` (its sharded state is then that of any world size).
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) — the one way this package joins one:
+    NCCL for a CUDA ``device`` (each rank on GPU ``LOCAL_RANK``), gloo otherwise.  Outside
+    ``torchrun``: one process, with a one-rank group for ``"fsdp"`` (its sharded state is
+    then that of any world size).  A group the caller already made is joined as it is.
     """
     if parallel not in PARALLEL:
         raise ValueError(f"parallel={parallel!r}: use one of {', '.join(map(repr, PARALLEL))}")
     kind = torch.device(device).type
     world = _torchrun_world()
-    if world is None and parallel != "fsdp":
-        return Group(0, 1, 0, kind)
+    if world is None and parallel != "fsdp" and not dist.is_initialized():
+        return ParallelDims(0, 1, 0, kind, parallel)
     if world is not None and world > 1 and parallel == "none":
         raise ValueError(
             f'[run] parallel = "none" under torchrun (WORLD_SIZE={world}): every rank would '
@@ -112,13 +159,71 @@ def join(parallel: str, device: str = "cpu") -> Group:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if kind == "cuda":
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if kind == "cuda" else "gloo"
         if world is None:  # one process: a group of one, no rendezvous
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         else:
             dist.init_process_group(backend)
-    return Group(dist.get_rank(), dist.get_world_size(), local_rank, kind)
+    rank, size = dist.get_rank(), dist.get_world_size()
+    return ParallelDims(rank, size, local_rank, kind, parallel, owns)
+
+
+def torchrun_rank() -> int:
+    """This process's rank as ``torchrun`` numbers it (0 outside torchrun), known before any
+    process group exists (a lock is taken before the group is joined)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def reduce_task_scores(means: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global per-task means and counts: Σ_ranks mean·count / Σ_ranks count (all-reduce)."""
+    packed = torch.from_numpy(np.concatenate([means * counts, counts.astype(np.float64)], axis=-1))
+    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+        packed = packed.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    packed = packed.cpu()
+    k = means.shape[-1]
+    sums, total = packed[..., :k].numpy(), packed[..., k:].numpy()
+    return sums / np.maximum(total, 1.0), total.astype(np.int64)
+
+
+def is_distributed() -> bool:
+    """Whether a process group is up (collectives have peers to meet)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Ranks in the process group (1 without one)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over the ranks (a new tensor; ``tensor`` itself in one process).
+    It stays on its device: an NCCL reduction costs no copy to the host."""
+    if world_size() == 1:
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def broadcast_object(value: Any, src: int = 0) -> Any:
+    """``value`` of rank ``src`` on every rank (itself in one process)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (``[value]`` in one process)."""
+    if world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
@@ -131,7 +236,7 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
-def wrap(model: nn.Module, parallel: str, group: Group, *, bf16: bool = False) -> nn.Module:
+def wrap(model: nn.Module, parallel: str, group: ParallelDims, *, bf16: bool = False) -> nn.Module:
     """``model`` as ``parallel`` trains it on ``group`` (see the module docstring): itself
     (one process, or ``"none"``), a DDP wrapper, or itself sharded in place (``"fsdp"``:
     each block, then the root; ``bf16`` gathers parameters in bfloat16 and reduces

@@ -7,7 +7,7 @@ cheaper specialists, built from the pipeline's own stages (:mod:`llm.pipeline`):
 
 * *early-stopped*: each specialist stopped after 5, 10, 25, 50 or 100% of its
   ``[specialist] steps`` — the first steps of the full run, the same draws and learning
-  rates (:func:`llm.pipeline.stopped_stage`);
+  rates (:func:`llm.stages.specialists.stopped_stage`);
 * *the reference*: the reference model as every task's one shared specialist (zero
   specialist compute).  DPO's policy starts at the reference, so at the first step each
   pair's loss equals its "specialist" loss (log 2 under the sigmoid loss): the clipped excess
@@ -36,24 +36,20 @@ from typing import Any
 import numpy as np
 
 from llm.config import Config, check_config
-from llm.distributed import rank_streams
+from llm.context import RunContext, open_run
 from llm.integrity import write_text_atomic
-from llm.lock import RunLock
 from llm.model import fingerprint
-from llm.pipeline import (
-    evaluate,
-    generalist,
-    generalist_key,
-    prepare,
-    specialists,
-    stopped_stage,
-)
+from llm.pipeline import Prepared, prepare
 from llm.report import interval, write_results
+from llm.stages.evaluation import evaluate
+from llm.stages.generalists import generalist_key, generalist_oracle, train_generalist
+from llm.stages.specialists import specialists, stopped_stage
 
 __all__ = [
     "FRACTIONS",
     "METHODS",
     "specialist_cost",
+    "study",
     "specialist_cost_markdown",
     "plot_specialist_cost",
     "write_specialist_cost",
@@ -66,7 +62,8 @@ REFERENCE = "reference"
 
 
 def _check(cfg: Config, fractions: Sequence[float], methods: Sequence[str]) -> Config:
-    """The config checked with ``methods`` as its methods; the fractions checked."""
+    """The config with ``methods`` as its methods (checked when the run opens); the
+    fractions and seeds checked."""
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ValueError(
             f"fractions={list(fractions)}: each must lie in (0, 1], e.g. 0.05,0.1,0.25,0.5,1"
@@ -92,91 +89,84 @@ def specialist_cost(
     """Run the study in ``cfg.run.out`` (locked meanwhile); the record (also written as
     ``specialist_cost.json`` there, see :func:`write_specialist_cost`)."""
     cfg = _check(cfg, fractions, methods)
-    out = Path(cfg.run.out)
-    lock = RunLock(out, what="output folder ([run] out / --out)")
-    lock.acquire()
-    try:
-        return _study(cfg, out, tuple(sorted(set(fractions))), tuple(methods), progress)
-    finally:
-        lock.release()
+    with open_run(cfg, progress=progress) as ctx:
+        return study(ctx, prepare(ctx), fractions=fractions, methods=methods)
 
 
-def _study(
-    cfg: Config, out: Path, fractions: tuple[float, ...], methods: tuple[str, ...], progress: bool
+def study(
+    ctx: RunContext,
+    ready: Prepared,
+    *,
+    fractions: Sequence[float] = FRACTIONS,
+    methods: Sequence[str] = METHODS,
 ) -> dict[str, Any]:
+    """The study in an open run (``ready``: its stages 1–3, shared with the pipeline's run
+    in the same process)."""
     started = time.perf_counter()
-    say = print if progress else (lambda *a, **k: None)
-    ready = prepare(cfg, out, say=say)  # the pipeline's stages 1-2, shared with its run
-    dpo, tokenizer, tasks, model, _, make_oracle, reference_state, ref_fp = ready
-    names = list(tasks)
-    stage = {"make_oracle": make_oracle, "dpo": dpo, "pad_id": tokenizer.pad_id, "say": say}
-    # the yardstick: the full specialists' held-out losses
-    specialists(model, tasks, cfg, out, **stage)
-    full_eval = {n: tasks[n].eval_spec.copy() for n in names}
-    spec = cfg.specialist
-    variants: list[tuple[str, float]] = [(REFERENCE, 0.0)]
-    variants += [(f"{f:.0%}", f) for f in fractions]
+    fractions, methods = tuple(sorted(set(fractions))), tuple(methods)
+    tasks, ref, scores = ready
+    names, section = list(tasks), ctx.cfg.specialist
+    full = specialists(ctx, ref, tasks, scores, exact_match=False)  # the yardstick
     record: dict[str, Any] = {
-        "config": asdict(cfg),
-        "seeds": list(cfg.run.seeds),
+        "config": asdict(ctx.cfg),
+        "seeds": list(ctx.cfg.run.seeds),
         "tasks": names,
         "methods": list(methods),
         "fractions": list(fractions),
-        "specialist_steps": spec.steps,
-        "specialist_batch_size": spec.batch_size,
+        "specialist_steps": section.steps,
+        "specialist_batch_size": section.batch_size,
         "specialists": {},
         "rows": [],
         "runs": {},
     }
-    _, oracle_stream = rank_streams(0)
-    for label, fraction in variants:
-        model.load_state_dict(reference_state)  # the last generalist left its weights there
-        specialists(model, tasks, cfg, out, **stage, fraction=fraction)
-        steps = stopped_stage(spec, fraction).steps if fraction > 0 else 0
-        record["specialists"][label] = {
+    for label, fraction in [(REFERENCE, 0.0), *((f"{f:.0%}", f) for f in fractions)]:
+        cheap = specialists(ctx, ref, tasks, scores, fraction=fraction, exact_match=False)
+        steps = stopped_stage(section, fraction).steps if fraction > 0 else 0
+        variant = {
             "fraction": fraction,
             "steps": steps,
-            "examples": steps * spec.batch_size * len(names),
+            "examples": steps * section.batch_size * len(names),
             # how far each cheap specialist is from the full one, on held-out pairs
-            "eval_loss": {n: float(tasks[n].eval_spec.mean()) for n in names},
-            "full_eval_loss": {n: float(full_eval[n].mean()) for n in names},
+            "eval_loss": {n: float(cheap[n].eval_losses.mean()) for n in names},
+            "full_eval_loss": {n: float(full[n].eval_losses.mean()) for n in names},
         }
-        oracle = make_oracle(
-            model,
-            [tasks[n].data("train") for n in names],  # trained against the cheap ones
-            eval_tasks=[  # scored against the full ones
-                dataclasses.replace(tasks[n].data("eval"), specialist_losses=full_eval[n])
-                for n in names
-            ],
-            stage=cfg.generalist,
-            stream=oracle_stream,
-        )
-        key = generalist_key(ref_fp, tasks, dpo, cfg)
+        record["specialists"][label] = variant
+        # trained against the cheap specialists, scored against the full ones
+        oracle = generalist_oracle(ctx, ref, tasks, scores, cheap, eval_specs=full)
+        key = generalist_key(ctx, ref, tasks, cheap)
         for method in methods:
-            runs = []
-            for seed in cfg.run.seeds:
-                tick = time.perf_counter()
-                trained = generalist(method, seed, oracle, tasks, cfg, out, key=key, progress=False)
-                where = f"{method} seed {seed} ({label} specialists)"
-                run = evaluate(oracle, model, tokenizer, tasks, cfg, where)
-                weights = np.asarray(trained["history"]["weights"], dtype=float)
-                run |= {
-                    "seed": seed,
-                    "steps": trained["steps"],
-                    "tuned": trained["tuned"],
-                    "seconds": time.perf_counter() - tick,
-                    # did anything move? (the reference row: see the module docstring)
-                    "weights_moved": float(np.abs(weights - weights[0]).max()),
-                    "policy_moved": fingerprint(model) != ref_fp,
-                }
-                runs.append(run)
-                say(f"{where}: worst-task excess {run['worst_task_excess']:.4f}")
+            runs = [
+                _run(ctx, oracle, ready, full, key, method, seed, label)
+                for seed in ctx.cfg.run.seeds
+            ]
             record["runs"].setdefault(label, {})[method] = runs
-            record["rows"].append(_row(label, method, runs, record["specialists"][label], names))
+            record["rows"].append(_row(label, method, runs, variant, names))
         record["seconds"] = time.perf_counter() - started
-        write_results(out / "specialist_cost.json", record)
-    model.load_state_dict(reference_state)  # the last generalist left its weights there
+        if ctx.parallel.is_main:
+            write_results(ctx.folders.out / "specialist_cost.json", record)
+    ref.restore()  # the last generalist left its weights there
     return record
+
+
+def _run(ctx, oracle, ready: Prepared, full, key, method: str, seed: int, label: str) -> dict:
+    """One generalist of the study, evaluated against the full specialists."""
+    tick = time.perf_counter()
+    tasks, ref, _ = ready
+    trained = train_generalist(ctx, oracle, tasks, method, seed, key, progress=False)
+    where = f"{method} seed {seed} ({label} specialists)"
+    run = evaluate(ctx, oracle, ref.model, tasks, full, where)
+    weights = np.asarray(trained.history["weights"], dtype=float)
+    run |= {
+        "seed": seed,
+        "steps": trained.steps,
+        "tuned": trained.tuned,
+        "seconds": time.perf_counter() - tick,
+        # did anything move? (the reference row: see the module docstring)
+        "weights_moved": float(np.abs(weights - weights[0]).max()),
+        "policy_moved": fingerprint(ref.model) != ref.fingerprint,
+    }
+    ctx.say(f"{where}: worst-task excess {run['worst_task_excess']:.4f}")
+    return run
 
 
 def _row(

@@ -3,9 +3,9 @@ specialist-cost study, copied under the names the README links.
 
     amasim reproduce --llm --out .        # rewrites results/llm_small_cpu.* and the figures
 
-:func:`publish_study` runs ``python -m llm run`` and ``python -m llm specialist-cost`` on one
-config into ``OUT/runs/llm-<name>`` (the second reuses the first's reference, caches, full
-specialists and 100% generalists), then copies
+:func:`publish_study` runs the pipeline and the specialist-cost study of one config into
+``OUT/runs/llm-<name>`` in one run context (one model load; the study reuses the run's
+reference, caches, full specialists and 100% generalists), then copies
 
 * ``results.{md,json}`` → ``OUT/results/llm_<name>.{md,json}``;
 * ``{weights,excess,differences}.png`` → ``OUT/figures/llm_<name>_*.png``;
@@ -33,16 +33,19 @@ STUDY_CONFIG = Path(__file__).parent / "configs" / "small-cpu.toml"
 def publish_study(out: str | Path, config: str | Path = STUDY_CONFIG) -> list[Path]:
     """Run the study of ``config`` under ``out/runs`` and copy its tables and figures into
     ``out/results`` and ``out/figures``; the copied paths."""
-    from llm.pipeline import run_pipeline
-    from llm.specialist_cost import specialist_cost, write_specialist_cost
+    from llm.context import open_run
+    from llm.pipeline import prepare, run_stages
+    from llm.specialist_cost import study, write_specialist_cost
 
     out = Path(out)
     name = Path(config).stem.replace("-", "_")
     cfg = load_config(config)
     run_dir = out / "runs" / f"llm-{Path(config).stem}"
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(run_dir)))
-    run_pipeline(cfg)
-    write_specialist_cost(specialist_cost(cfg), run_dir)
+    with open_run(cfg) as ctx:  # one context, one model load, for both studies
+        ready = prepare(ctx)
+        run_stages(ctx, ready)
+        write_specialist_cost(study(ctx, ready), run_dir)
     copies = {
         "results.md": f"results/llm_{name}.md",
         "results.json": f"results/llm_{name}.json",

@@ -23,7 +23,7 @@ given the oracle's extra duties as capabilities:
   the same global batch of ``config.batch_size`` examples (per task when reweighting) from
   the same streams and trains on its block of ``batch_size / world`` (``shard=(rank,
   world)`` of :func:`amasim.driver.run`), the per-task scores are reduced across ranks before
-  each mixer update (:func:`llm.distributed.reduce_task_scores`) and the gradients averaged —
+  each mixer update (:func:`llm.parallel.reduce_task_scores`) and the gradients averaged —
   so a run on N ranks is the run on one with the same batch, up to summation order.
 * **sharded checkpoints** — a sharded policy is saved with :class:`llm.dcp.ShardedCheckpoint`
   (``out_dir/checkpoint``: every rank writes its shards) and resumes on any world size with
@@ -45,9 +45,8 @@ from amasim.mixers import Mixer
 from amasim.result import RunResult
 from llm.checkpoint import CheckpointFile
 from llm.dcp import ShardedCheckpoint
-from llm.distributed import reduce_task_scores
 from llm.integrity import IntegrityWarning, write_text_atomic
-from llm.parallel import is_sharded, shard_of
+from llm.parallel import is_sharded, reduce_task_scores, shard_of
 
 __all__ = ["LoopConfig", "TrainingDiverged", "MetricsLog", "train", "history"]
 

@@ -231,17 +231,19 @@ def test_specialists_on_a_cached_reference_equal_those_after_a_fresh_sft(
 
 
 def test_fresh_sft_leaves_no_gradients_and_the_global_rng_alone(data_dir, tmp_path):
-    from llm.pipeline import load_tasks, reference
-    from llm.tokenizer import CharTokenizer
+    from llm.context import open_run
+    from llm.stages.reference import reference
+    from llm.stages.tasks import load_tasks
 
     cfg = load_config(config_file(tmp_path, data_dir, model={"dropout": 0.1}))
-    tasks = load_tasks(cfg, tmp_path / "out", CharTokenizer())
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    fresh = reference(cfg, tmp_path / "out", tasks)
-    assert torch.equal(torch.rand(3), expected)  # the SFT left the global RNG as it was
-    loaded = reference(cfg, tmp_path / "out", tasks)  # the cache hit
+    with open_run(cfg, progress=False) as ctx:
+        tasks = load_tasks(ctx)
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        fresh = reference(ctx, tasks).model
+        assert torch.equal(torch.rand(3), expected)  # the SFT left the global RNG as it was
+        loaded = reference(ctx, tasks).model  # the cache hit
     assert all(p.grad is None for p in fresh.parameters())
     for (name, a), b in zip(fresh.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name

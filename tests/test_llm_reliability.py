@@ -7,6 +7,8 @@ Files are damaged the two ways a disk or a person damages them: cut to half thei
 
 from __future__ import annotations
 
+import dataclasses
+
 import builtins
 import errno
 import io
@@ -46,7 +48,12 @@ from llm.integrity import (  # noqa: E402
     first_non_finite,
 )
 from llm.lock import FolderLocked, RunLock, StaleLockWarning  # noqa: E402
-from llm.pipeline import Task, evaluate, load_tasks, reference, run_pipeline  # noqa: E402
+from llm.context import open_run  # noqa: E402
+from llm.pipeline import run_pipeline  # noqa: E402
+from llm.stages.evaluation import evaluate  # noqa: E402
+from llm.stages.records import Specialist, Task  # noqa: E402
+from llm.stages.reference import reference  # noqa: E402
+from llm.stages.tasks import load_tasks  # noqa: E402
 from llm.report import read_results  # noqa: E402
 from llm.tokenizer import CharTokenizer  # noqa: E402
 from llm.train import LoopConfig, MetricsLog, TrainingDiverged, history, train  # noqa: E402
@@ -575,11 +582,12 @@ def test_a_damaged_reference_model_is_trained_again(finished, suite, tmp_path, d
     good = path.read_bytes()
     DAMAGE[damage](path)
     cfg = load_config(folder / "config.toml")
-    tasks = load_tasks(cfg, folder / "out", CharTokenizer())
-    with pytest.warns(
-        IntegrityWarning, match=rf"reference model {re.escape(str(path))}.*: training it again"
-    ):
-        reference(cfg, folder / "out", tasks)
+    with open_run(cfg, progress=False) as ctx:
+        tasks = load_tasks(ctx)
+        with pytest.warns(
+            IntegrityWarning, match=rf"reference model {re.escape(str(path))}.*: training it again"
+        ):
+            reference(ctx, tasks)
     assert path.read_bytes() == good  # the same model, byte for byte
 
 
@@ -599,14 +607,14 @@ def test_a_finished_method_survives_a_later_methods_failure(finished, suite, tmp
     import llm.pipeline
 
     folder = copy_of(finished, tmp_path, suite, run={"methods": ["ama-r", "uniform"]})
-    real = llm.pipeline.generalist
+    real = llm.pipeline.train_generalist
 
-    def failing(method, *args, **kwargs):
+    def failing(ctx, oracle, tasks, method, *args, **kwargs):
         if method == "uniform":
             raise FloatingPointError("uniform diverged (simulated)")
-        return real(method, *args, **kwargs)
+        return real(ctx, oracle, tasks, method, *args, **kwargs)
 
-    monkeypatch.setattr(llm.pipeline, "generalist", failing)
+    monkeypatch.setattr(llm.pipeline, "train_generalist", failing)
     with pytest.raises(FloatingPointError, match="simulated"):
         run_pipeline(load_config(folder / "config.toml"), progress=False)
     results = read_results(folder / "out" / "results.json")
@@ -614,31 +622,26 @@ def test_a_finished_method_survives_a_later_methods_failure(finished, suite, tmp
     assert not (folder / "out" / ".lock").exists()  # released on failure too
 
 
-def test_a_non_finite_evaluation_names_task_example_and_stage():
+def test_a_non_finite_evaluation_names_task_example_and_stage(tmp_path):
     (name, pairs, _), *_ = char_tasks()
     oracle = build_oracle()  # evaluates on the training pairs
     ref = oracle.eval_tasks[0].reference_logps
-    task = Task(name, [], [], pairs, pairs, eval_ref=ref, eval_spec=np.zeros(len(ref)))
+    task = Task(name, [], [], pairs, pairs)
+    spec = Specialist(np.zeros(len(ref)), np.zeros(len(ref)), None, {}, 0)
     with torch.no_grad():
         oracle.policy.lm_head.weight[5] = float("nan")
-    with pytest.raises(NonFiniteError) as info:
-        evaluate(
-            oracle,
-            oracle.policy,
-            CharTokenizer(),
-            {name: task},
-            load_config_default(),
-            "ama-r seed 0",
-        )
+    with pytest.raises(NonFiniteError) as info, open_run(load_config_default(tmp_path)) as ctx:
+        evaluate(ctx, oracle, oracle.policy, {name: task}, {name: spec}, "ama-r seed 0")
     message = str(info.value)
     assert "ama-r seed 0" in message and repr(name) in message
     assert "first at example 0" in message and pairs.sources[0] in message
 
 
-def load_config_default():
+def load_config_default(out):
     from llm.config import Config
 
-    return Config()
+    cfg = Config()
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(out / "out")))
 
 
 # --------------------------------------------------------------------------- the lock

@@ -1,0 +1,132 @@
+"""Stage 2, the reference model: the built-in GPT after SFT on the chosen answers, or a
+local Hugging Face model as loaded.
+
+Reads ``[model]`` and ``[sft]``.  The SFT is a driver run (:class:`llm.sft.SFTOracle` with
+the ``uniform`` mixer: batches uniform over all pairs of all tasks), on the run's device
+and precision, data-parallel under ``torchrun``, checkpointed under
+``OUT/reference/sft-<key>`` (an interrupted SFT resumes).  Its weights are cached as
+``OUT/models/reference-<key>.pt``, keyed by the model and SFT settings, the initial weights,
+the tasks' token ids and the numerics (device, dtype, layout, threads), so a run on warm
+caches loads them.  The model then takes its training form (:meth:`RunContext.scale`:
+device, adapters, activation checkpointing, shards, compilation).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amasim import mixers
+from llm.cache import cache_key
+from llm.checkpoint import load, save_atomic
+from llm.context import RunContext
+from llm.integrity import IntegrityError, IntegrityWarning
+from llm.model import GPT, GPTConfig, fingerprint
+from llm.parallel import full_state
+from llm.sft import SFTOracle, sft_task
+from llm.stages.records import Reference, Task
+from llm.train import LoopConfig, MetricsLog, train
+
+__all__ = ["reference", "initial_model", "sft_weights", "SFT_WEIGHT_DECAY"]
+
+#: the SFT's AdamW weight decay (torch's default); it clips no gradient
+SFT_WEIGHT_DECAY = 0.01
+#: 3: the SFT trains through the driver (amasim's draws, the run's precision policy)
+_SFT_VERSION = 3
+
+
+def initial_model(ctx: RunContext) -> GPT:
+    """The built-in GPT of ``[model]``, initialised from ``init_seed``, on the CPU."""
+    m = ctx.cfg.model
+    config = GPTConfig(
+        ctx.tokenizer.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout
+    )
+    return GPT(config, generator=torch.Generator().manual_seed(m.init_seed))
+
+
+def reference(ctx: RunContext, tasks: dict[str, Task]) -> Reference:
+    """The reference model in its training form, with its weights and fingerprint."""
+    if ctx.base_model is not None:
+        model = ctx.base_model
+    else:
+        model = initial_model(ctx)
+        model.load_state_dict(sft_weights(ctx, tasks))
+    model = ctx.scale(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    return Reference(model, state, fingerprint(model), ctx.numerics(model))
+
+
+def sft_weights(ctx: RunContext, tasks: dict[str, Task]) -> dict[str, torch.Tensor]:
+    """The GPT's weights after ``[sft]`` (cached; the initial weights for ``steps = 0``)."""
+    init = initial_model(ctx)
+    key = cache_key(
+        {"model": asdict(ctx.cfg.model), "sft": asdict(ctx.cfg.sft), "init": fingerprint(init)}
+        | {name: t.train.fingerprint for name, t in tasks.items()}
+        | ctx.numerics(init)  # device, dtype, layout, CPU threads
+        | {"sft_version": _SFT_VERSION}
+    )
+    path = ctx.folders.models / f"reference-{key[:16]}.pt"
+    state = _cached(path, key)
+    if state is None:
+        state = init.state_dict()
+        if ctx.cfg.sft.steps:
+            state = _train(ctx, init, tasks, ctx.folders.reference / f"sft-{key[:12]}")
+        if ctx.parallel.is_main:
+            save_atomic({"key": key, "state": state}, path, kind="reference model")
+    return state
+
+
+def _cached(path: Path, key: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        saved = load(path)
+    except IntegrityError as err:
+        warnings.warn(
+            f"reference model {str(err).split(' Fix: ')[0]}: training it again",
+            IntegrityWarning,
+            stacklevel=3,
+        )
+        return None
+    return saved["state"] if saved.get("key") == key else None
+
+
+def _train(
+    ctx: RunContext, model: GPT, tasks: dict[str, Task], folder: Path
+) -> dict[str, torch.Tensor]:
+    """SFT through the driver (module docstring); the trained weights, whole, on the CPU.
+    The global RNG is left as it was (dropout masks draw from it)."""
+    sft, parallel = ctx.cfg.sft, ctx.parallel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.cfg.model.init_seed)
+        trainee = model.to(ctx.precision.device)
+        if parallel.mode == "fsdp":
+            trainee = parallel.wrap(trainee, bf16=ctx.cfg.run.dtype == "bfloat16")
+        else:
+            trainee = parallel.wrap(trainee)  # DDP under torchrun, else the model itself
+        oracle = SFTOracle(
+            trainee,
+            [sft_task(name, task.train) for name, task in tasks.items()],
+            pad_id=ctx.tokenizer.pad_id,
+            precision=ctx.precision,
+            layout=ctx.layout,
+            grad_clip=0.0,
+            weight_decay=SFT_WEIGHT_DECAY,
+        )
+        if parallel.replicated:  # DDP: every rank trains alike; its own files
+            folder /= f"rank{parallel.rank}"
+        loop = LoopConfig(
+            sft.steps, sft.batch_size, sft.learning_rate, seed=ctx.cfg.model.init_seed
+        )
+        log = MetricsLog(folder / "metrics.jsonl")
+        mixer = mixers.uniform([len(t.train) for t in tasks.values()])
+        train(oracle, mixer, loop, out_dir=folder, log=log, progress=ctx.bar_label("reference SFT"))
+        log.close()
+        trained = getattr(trainee, "module", trainee)  # DDP: the replica
+        state = full_state(trained.state_dict())  # FSDP: gathered on every rank
+        trained.zero_grad(set_to_none=True)
+    return state
