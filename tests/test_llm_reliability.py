@@ -7,9 +7,8 @@ Files are damaged the two ways a disk or a person damages them: cut to half thei
 
 from __future__ import annotations
 
-import dataclasses
-
 import builtins
+import dataclasses
 import errno
 import io
 import json
@@ -41,6 +40,7 @@ from amasim import mixers  # noqa: E402
 from llm.cache import entry_path, load_or_compute  # noqa: E402
 from llm.checkpoint import CheckpointFile, NonFiniteStateError, load  # noqa: E402
 from llm.config import load_config  # noqa: E402
+from llm.context import open_run  # noqa: E402
 from llm.integrity import (  # noqa: E402
     IntegrityError,
     IntegrityWarning,
@@ -48,14 +48,12 @@ from llm.integrity import (  # noqa: E402
     first_non_finite,
 )
 from llm.lock import FolderLocked, RunLock, StaleLockWarning  # noqa: E402
-from llm.context import open_run  # noqa: E402
 from llm.pipeline import run_pipeline  # noqa: E402
+from llm.report import read_results  # noqa: E402
 from llm.stages.evaluation import evaluate  # noqa: E402
 from llm.stages.records import Specialist, Task  # noqa: E402
 from llm.stages.reference import reference  # noqa: E402
 from llm.stages.tasks import load_tasks  # noqa: E402
-from llm.report import read_results  # noqa: E402
-from llm.tokenizer import CharTokenizer  # noqa: E402
 from llm.train import LoopConfig, MetricsLog, TrainingDiverged, history, train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
