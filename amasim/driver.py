@@ -62,6 +62,7 @@ from amasim.mixers import SIGNAL_REQUIRES, Mixer, Signal, check_apply, static_we
 from amasim.oracle import Oracle, OracleError
 from amasim.result import RunResult
 from amasim.scores import check_score, example_scores, task_means
+from amasim.validate import check_optimum, check_step_size
 
 __all__ = [
     "run",
@@ -362,6 +363,7 @@ def run(
     ``reduce``, ``stream`` and ``shard`` are :class:`Mixing`'s (data parallelism: every
     rank runs the same call with its ``shard=(rank, world)``).
     """
+    check_optimum(optimum)  # a NaN optimum would make a NaN gap
     loop = _Loop(
         mixer,
         oracle,
@@ -460,7 +462,8 @@ class _Loop:
         if lr <= 0:
             raise ValueError(f"learning_rate={lr} must be > 0")
         self.learning_rate, self.schedule = float(lr), kw["schedule"]
-        learning_rate_at(1.0, self.schedule, 0, 1)
+        peak = learning_rate_at(self.learning_rate, self.schedule, 0, self.steps)  # the longest
+        check_step_size(oracle, peak, self.learning_rate, self.schedule)  # beyond 2/L: warns
         seeds = kw["seeds"]
         self.seeds = (seeds,) if isinstance(seeds, (int, np.integer)) else tuple(seeds)
         prng.replicate_keys(self.seeds)

@@ -350,7 +350,8 @@ def check_config(
     registered (:func:`amasim.registry.check_method`), listed once, buildable with the
     ``[mix]`` settings, affordable at the ``[mix] examples`` budget, and — with
     ``check_capabilities`` — need only capabilities ``oracle`` (default
-    :class:`llm.oracle.DPOOracle`) offers.  Input paths must exist.
+    :class:`llm.oracle.DPOOracle`) offers.  Input paths must exist, and the optional
+    packages the settings need be installed (:mod:`llm.requirements`).
     """
     c = _Checks(cfg, str(source))
     _check_run(c)
@@ -358,6 +359,9 @@ def check_config(
     _check_model(c)
     _check_training(c)
     _check_methods(c, oracle, check_capabilities)
+    from llm.requirements import check_optional_dependencies
+
+    c.problems += check_optional_dependencies(cfg, str(source))
     if c.problems:
         raise ConfigError(c.problems)
     return cfg
@@ -535,10 +539,6 @@ def _check_lora(c: _Checks) -> None:
         )
     if lora.generalist not in ("adapter", "full"):
         bad("generalist", "is not 'adapter' or 'full'", 'use "adapter" (an adapter) or "full"')
-    import importlib.util
-
-    if importlib.util.find_spec("peft") is None:
-        bad("r", "needs the peft package, which is not installed", "pip install 'amasim[hf]'")
 
 
 def _check_training(c: _Checks) -> None:

@@ -308,7 +308,11 @@ def test_a_read_only_run_folder_loses_nothing(tmp_path, monkeypatch):
         train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=folder, on_step=interrupt_at(2))
     before = snapshot(folder)
     with read_only(folder, monkeypatch):
-        with pytest.raises(PermissionError, match=r"cannot write the checkpoint .*Fix: make"):
+        with pytest.raises(
+            PermissionError,
+            match=r"cannot write the checkpoint .*checkpoint\.pt: Read-only file system \(EROFS\); "
+            r"it needed about .*; the previous checkpoint\.pt is intact\. Fix: remount",
+        ):
             train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=folder)
     assert snapshot(folder) == before
 
