@@ -62,7 +62,7 @@ from amasim.mixers import SIGNAL_REQUIRES, Mixer, Signal, check_apply, static_we
 from amasim.oracle import Oracle, OracleError
 from amasim.result import RunResult
 from amasim.scores import check_score, example_scores, task_means
-from amasim.validate import check_optimum, check_step_size
+from amasim.validate import check_object, check_optimum, check_seeds, check_step_size
 
 __all__ = [
     "run",
@@ -434,8 +434,7 @@ class _Loop:
     """One call of :func:`run`: validated arguments and the phases of training."""
 
     def __init__(self, mixer: Mixer, oracle: Oracle, **kw: Any) -> None:
-        if not isinstance(mixer, Mixer):
-            raise TypeError(f"mixer must be an amasim.mixers.Mixer, got {type(mixer).__name__}")
+        check_object(mixer, Mixer, "mixer", "pass a mixer, e.g. amasim.mixers.ama_r(1.0)")
         try:
             self.k = check_oracle_interface(oracle)
         except OracleError as err:
@@ -465,7 +464,7 @@ class _Loop:
         peak = learning_rate_at(self.learning_rate, self.schedule, 0, self.steps)  # the longest
         check_step_size(oracle, peak, self.learning_rate, self.schedule)  # beyond 2/L: warns
         seeds = kw["seeds"]
-        self.seeds = (seeds,) if isinstance(seeds, (int, np.integer)) else tuple(seeds)
+        self.seeds = check_seeds(seeds)
         prng.replicate_keys(self.seeds)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(

@@ -6,7 +6,8 @@
   :class:`StepSizeWarning` naming the bound: gradient descent on an L-smooth loss
   overshoots past 2/L (the simulator's projection then keeps the iterates finite, at the
   edge of the ball, so nothing else would say so);
-* :func:`check_seed` — an int >= 0 (the message of :func:`amasim.prng.replicate_keys`);
+* :func:`check_seed`, :func:`check_seeds` — ints >= 0 (the message of
+  :func:`amasim.prng.replicate_keys`);
 * :func:`check_count` — a whole number of examples below 2**63 (numpy's int64);
 * :func:`check_object` — ``None`` (or another type) where an object is required is a
   ``TypeError`` naming what to pass, not an ``AttributeError`` from deep inside.
@@ -30,6 +31,7 @@ __all__ = [
     "check_optimum",
     "check_step_size",
     "check_seed",
+    "check_seeds",
     "check_count",
     "check_object",
     "INT64_MAX",
@@ -106,8 +108,16 @@ def check_object(value: Any, kind: type, name: str, hint: str) -> Any:
     """``value`` when it is a ``kind``; otherwise a ``TypeError`` naming ``name``, what was
     given and ``hint`` (what to pass)."""
     if not isinstance(value, kind):
-        raise TypeError(
-            f"{name} must be {kind.__module__}.{kind.__qualname__}, got "
-            f"{type(value).__name__}. Fix: {hint}"
-        )
+        full = f"{kind.__module__}.{kind.__qualname__}"
+        article = "an" if full[0] in "aeiou" else "a"
+        raise TypeError(f"{name} must be {article} {full}, got {type(value).__name__}. Fix: {hint}")
     return value
+
+
+def check_seeds(seeds: Any) -> tuple[int, ...]:
+    """``seeds`` (an int, or one int per replicate) as a tuple of ints >= 0."""
+    if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
+        return (check_seed(seeds),)
+    if isinstance(seeds, str | bytes) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seed={seeds!r}: pass an int, or one int per replicate")
+    return tuple(check_seed(s) for s in seeds)
