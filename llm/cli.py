@@ -13,6 +13,8 @@ permission), 1 for a run that diverged or an internal error, 130 when interrupte
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -161,7 +163,10 @@ def _run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.out)))
     what = "--out" if args.out is not None else "[run] out"
     prepare_output_folder(cfg.run.out, what)
-    with RunLock(cfg.run.out, what=f"output folder ({what})"):
+    # under torchrun rank 0 holds the folder for every rank (as run_pipeline does)
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    lock = RunLock(cfg.run.out, what=f"output folder ({what})")
+    with lock if first_rank else contextlib.nullcontext():
         if args.command == "specialist-cost":
             return _specialist_cost(args, cfg)
 

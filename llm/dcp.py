@@ -24,6 +24,13 @@ checkpoint is skipped with an :class:`~llm.integrity.IntegrityWarning` (the one 
 used), and when none verifies an :class:`~llm.integrity.IntegrityError` names them and
 the fix.  The folders need a filesystem every rank sees (one node, or a shared disk).
 
+**Only this run's.**  Given the run's ``owner`` record (:func:`llm.integrity.owner_record`),
+the sealed manifest carries it, and loading refuses — on every rank alike — a checkpoint
+whose record differs (:class:`~llm.integrity.ForeignFileError`, naming each differing
+entry) or whose manifest is not sealed (:class:`~llm.integrity.UnsealedFileError`); a state
+read back holding a NaN or an infinity is refused too.  A failed save (DCP's
+``CheckpointException`` included) is restated as one ``OSError`` line naming the folder.
+
 **Another world size.**  DCP reads any region of a saved tensor, so a checkpoint fills
 whatever the reader asks for: the shards of this run's sharding (the ``template``: the
 oracle's state after a reset, on 1, 2 or 8 ranks), or whole CPU tensors

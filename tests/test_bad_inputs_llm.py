@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("torch")
 
 import torch
-from llm_helpers import write_suite_small, write_toml
+from llm_helpers import FillsUp, write_suite_small, write_toml
 
 from llm.checkpoint import CheckpointFile
 from llm.cli import main as llm_main
@@ -910,30 +910,6 @@ def failing_write(code: int, words: str, after: int = 2000):
             del llm.integrity.open
 
     return go
-
-
-class FillsUp:
-    """A file that takes ``room`` bytes, then fails with ``code`` (a full disk, a file-size
-    limit, an I/O error)."""
-
-    def __init__(self, fh, room: int, code: int, words: str) -> None:
-        self.fh, self.room, self.code, self.words = fh, room, code, words
-
-    def write(self, data) -> int:
-        size = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
-        if size > self.room:
-            raise OSError(self.code, self.words)
-        self.room -= size
-        return self.fh.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.fh, name)
-
-    def __enter__(self) -> FillsUp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.fh.close()
 
 
 def warned(category: type[Warning], run: Callable[[Path], Any]):

@@ -27,6 +27,7 @@ torch = pytest.importorskip("torch")
 
 from llm_helpers import (  # noqa: E402
     SIZES,
+    FillsUp,
     build_oracle,
     char_tasks,
     flat_state,
@@ -934,29 +935,6 @@ def test_a_write_past_the_file_size_limit_exits_2_naming_the_file(tmp_path, suit
     ), line
     assert "unexpected pos" not in done.stderr and "Traceback" not in done.stderr
     assert not list((tmp_path / "out").rglob(".*.tmp"))  # no temporary file left
-
-
-class FillsUp:
-    """A file that takes ``room`` bytes, then raises ENOSPC, as a full disk does."""
-
-    def __init__(self, fh, room: int) -> None:
-        self.fh, self.room = fh, room
-
-    def write(self, data) -> int:
-        size = memoryview(data).nbytes
-        if size > self.room:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= size
-        return self.fh.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.fh.close()
 
 
 def test_a_full_disk_inside_torch_save_is_named_not_an_internal_error(tmp_path, monkeypatch):
