@@ -340,7 +340,14 @@ class ShardedCheckpoint:
             cause = _os_error_of(err)
             if cause is None:
                 raise
-            raise write_failed(cause, self.path, "checkpoint", needed=payload_bytes(local)) from err
+            kept = (
+                f"the previous checkpoint {self.path.name} is intact"
+                if self.path.is_dir()
+                else None
+            )
+            raise write_failed(
+                cause, self.path, "checkpoint", needed=payload_bytes(local), before=kept
+            ) from err
         error = None
         if _rank() == 0:
             try:

@@ -213,16 +213,20 @@ def write_failed(
     *,
     needed: int | None = None,
     written: int | None = None,
+    before: str | None = None,
 ) -> OSError:
     """``err`` restated on one line: the file, the errno in words, the bytes the file
     needed (``needed``, estimated) and had got (``written``) where known, that the previous
-    file is intact, and the fix.  The same ``OSError`` subclass and errno."""
+    file is intact (or ``before``, what is left instead), and the fix.  The same
+    ``OSError`` subclass and errno."""
     sizes = []
     if needed:
         sizes.append(f"it needed about {_size(needed)}")
     if written:
         sizes.append(f"{_size(written)} were written")
-    if path.is_dir():
+    if before is not None:
+        pass
+    elif path.is_dir():
         before = "a folder of that name is in the way (left as it is)"
     elif path.exists():
         before = f"the previous {path.name} is intact"

@@ -1019,6 +1019,27 @@ def rotation_refused(made, tmp: Path) -> Any:
         os.replace = real
 
 
+def sharded_disk_full(made, tmp: Path) -> Any:
+    """DCP's own writer hits a full disk (DCP reports it as a CheckpointException, which
+    is not even an Exception)."""
+    from torch.distributed.checkpoint import filesystem
+
+    from llm.dcp import ShardedCheckpoint
+
+    keeper = ShardedCheckpoint(tmp / "checkpoint")
+    keeper.save({"step": 2, "w": {"x": torch.ones(1000)}})
+    real = filesystem._write_item
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    filesystem._write_item = full
+    try:
+        keeper.save({"step": 4, "w": {"x": torch.zeros(1000)}})
+    finally:
+        filesystem._write_item = real
+
+
 FILES: list[tuple[str, Callable[[dict, Path], Any], type[BaseException], str]] = [
     (
         "checkpoint of another run",
@@ -1138,6 +1159,13 @@ FILES: list[tuple[str, Callable[[dict, Path], Any], type[BaseException], str]] =
         failing_write(5, "Input/output error"),
         OSError,
         r"checkpoint\.pt: Input/output error \(EIO\).*Fix: check the disk",
+    ),
+    (
+        "disk full while saving a sharded checkpoint",
+        sharded_disk_full,
+        OSError,
+        r"cannot write the checkpoint .*checkpoint: No space left on device \(ENOSPC\); it "
+        r"needed about 4\.0 kB; the previous checkpoint checkpoint is intact\. Fix: free",
     ),
     (
         "checkpoints cannot rotate",
