@@ -8,8 +8,12 @@ amasim reproduce [--quick] [--llm] [--out DIR]          the main job (default: a
 amasim prove [proofs_check options]                     = python -m proofs_check
 amasim llm [llm options]                                = python -m llm
 
-Bad input ends in one line, ``error: <what>, <where>, <fix>``, and exit status 2; pass
-``--debug`` for the traceback.  Every argument is checked before any work, ``--out`` first.
+Every failure ends in one line of its own, ``error: <what>, <where>. Fix: <how>``, and an
+exit status: 2 for bad input (arguments, paths, a folder another run holds, a failed
+write), 1 for a run that diverged or an internal error, 130 when interrupted; pass
+``--debug`` for the traceback.  The output folder is locked first (:class:`llm.lock.RunLock`:
+one writer per folder, ``llm run`` included), then every argument is checked before any
+work.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def check_out(path: Path, flag: str = "--out") -> Path:
     """``path`` as an output folder that exists (created) and can be written, else an error
     naming it — checked before any work, so nothing is computed for nowhere."""
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is a file, not a folder: pass a folder to write into")
+        raise ValueError(f"{flag} {path} is a file, not a folder. Fix: pass a folder to write into")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".amasim-write-test-{os.getpid()}"
@@ -86,8 +90,8 @@ def check_out(path: Path, flag: str = "--out") -> Path:
         probe.unlink()
     except OSError as err:
         raise ValueError(
-            f"{flag} {path} cannot be written ({err.strerror or err}): pass a folder you can "
-            "write to"
+            f"{flag} {path} cannot be written ({err.strerror or err}). Fix: pass a folder you "
+            "can write to"
         ) from None
     return path
 
@@ -159,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exit status of bad input (argparse uses 2 as well); of a diverged run or an internal error
+BAD_INPUT, FAILED, INTERRUPTED = 2, 1, 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "prove":  # its own options, passed on whole
@@ -169,14 +177,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llm.cli import main as llm_main
 
         return llm_main(argv[1:])
+    from amasim.console import error_line, ignore_file_size_signal
+
+    ignore_file_size_signal()
     debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
-        return _run(build_parser().parse_args([a for a in argv if a != "--debug"]))
-    except (ValueError, TypeError, OSError) as err:
+        return _locked(args)
+    except KeyboardInterrupt:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        error_line("interrupted. Fix: run the same command again")
+        return INTERRUPTED
+    except Exception as err:
+        if debug:
+            raise
+        status, message = _described(err, args.command)
+        error_line(message)
+        return status
+
+
+def _locked(args: argparse.Namespace) -> int:
+    """:func:`_run`, holding the output folder of a command that writes one."""
+    if getattr(args, "out", None) is None and args.command in ("compare", "reproduce"):
+        kind = f"compare-{args.suite}" if args.command == "compare" else "reproduce"
+        args.out = fresh_folder(kind)
+    if getattr(args, "out", None) is None:
+        return _run(args)
+    from llm.lock import RunLock
+
+    check_out(args.out)  # named as --out, before the lock creates anything
+    with RunLock(args.out, what="--out"):
+        return _run(args)
+
+
+def _described(err: Exception, command: str) -> tuple[int, str]:
+    """(exit status, message with its fix) of a failure of ``amasim COMMAND``."""
+    from amasim.console import with_fix
+    from amasim.driver import TrainingDiverged
+    from llm.lock import FolderLocked
+
+    if isinstance(err, TrainingDiverged | FloatingPointError):
+        return FAILED, with_fix(str(err), "lower --lr or --mixer-step, then rerun")
+    if isinstance(err, ValueError | TypeError | FolderLocked):
+        fix = f"correct that argument (amasim {command} --help lists them)"
+        return BAD_INPUT, with_fix(str(err), fix)
+    if isinstance(err, OSError):
+        message = str(err)
+        if err.filename is not None:
+            message = f"cannot use {err.filename}: {err.strerror}"
+        elif err.strerror:
+            message = err.strerror
+        return BAD_INPUT, with_fix(message, "check that path and the disk, then rerun")
+    return FAILED, (
+        f"internal error {type(err).__name__}: {err}. Fix: rerun with --debug for the "
+        "traceback and report it"
+    )
 
 
 def _check_args(args: argparse.Namespace) -> None:

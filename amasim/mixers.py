@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from amasim.scores import check_score
+from amasim.validate import check_count, check_object, check_seed
 
 __all__ = [
     "Mixer",
@@ -219,14 +220,17 @@ def replicate_shape(num_tasks: int, seed: int | Sequence[int]) -> tuple[int, ...
     if num_tasks < 1:
         raise ValueError(f"num_tasks={num_tasks} must be >= 1 (one weight per task)")
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        check_seed(seed)
         return ()
-    if isinstance(seed, (str, bytes)):
+    if isinstance(seed, (str, bytes)) or not hasattr(seed, "__iter__"):
         raise TypeError(f"seed={seed!r}: pass an int, or one int per replicate")
     seeds = list(seed)
     if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
         raise TypeError(f"seed={seeds!r}: pass an int, or one int per replicate")
     if not seeds:
         raise ValueError("seed=[] is empty: pass an int, or one int per replicate")
+    for s in seeds:
+        check_seed(s)
     return (len(seeds),)
 
 
@@ -375,6 +379,10 @@ def static_weights(
 
 def uniform(sizes: Sequence[int], *, score: str = "loss", apply: str = "resample") -> Mixer:
     """Examples drawn uniformly from the union of the tasks: α_i ∝ |D_i| (notes §2)."""
+    if isinstance(sizes, list | tuple):  # Python ints may exceed what numpy counts
+        for size in sizes:
+            if isinstance(size, int) and not isinstance(size, bool):
+                check_count(size, "sizes")
     size_arr = np.asarray(sizes)
     if size_arr.ndim != 1 or size_arr.size == 0:
         raise ValueError(f"sizes must be a non-empty 1-D sequence of task sizes, got {sizes!r}")
@@ -496,6 +504,7 @@ def ama_s(step_size: float, smoothing: float, *, score: str = "clipped") -> Mixe
 
 def averaged(mixer: Mixer) -> Mixer:
     """Return the running average of ``mixer``'s weights instead of its last weights."""
+    check_object(mixer, Mixer, "mixer", "pass a mixer, e.g. amasim.mixers.ama_r(1.0)")
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> AveragedState:
         inner = mixer.init(num_tasks, seed)
@@ -520,6 +529,7 @@ def hold_last_scores(mixer: Mixer) -> Mixer:
 
     This is how DoReMi treats a domain missing from a batch (notes §5).
     """
+    check_object(mixer, Mixer, "mixer", "pass a mixer, e.g. amasim.mixers.ama_r(1.0)")
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> HeldState:
         inner = mixer.init(num_tasks, seed)

@@ -10,6 +10,8 @@ whether it runs alone or beside others, and a run can be resumed at any step fro
 step number alone (no hidden generator state to checkpoint).
 
 >>> import numpy as np
+
+from amasim.validate import check_seed
 >>> keys = replicate_keys([0, 1])
 >>> u = uniform(keys, step=0, size=3)
 >>> u.shape, bool(np.all((u >= 0) & (u < 1)))
@@ -23,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from amasim.validate import check_seed
 
 __all__ = [
     "LOOP_STREAM",
@@ -67,8 +71,7 @@ def replicate_keys(seeds: int | Sequence[int], stream: int = 0) -> np.ndarray:
     if not seed_list:
         raise ValueError("seeds is empty: pass an int or a non-empty sequence of ints")
     for s in seed_list:
-        if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0:
-            raise TypeError(f"seed {s!r} is not a non-negative int: pass seeds as ints >= 0")
+        check_seed(s)
     return np.array(
         [
             np.random.SeedSequence(int(s), spawn_key=(stream,)).generate_state(1, np.uint64)[0]

@@ -26,9 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+
+from amasim.validate import check_count
 
 __all__ = [
     "ConvexProblem",
@@ -81,6 +84,18 @@ class ConvexProblem:
     @property
     def sizes(self) -> tuple[int, ...]:
         return tuple(int(n) for n in np.bincount(self.task_ids, minlength=self.num_tasks))
+
+    @cached_property
+    def smoothness(self) -> float:
+        """L: the largest, over tasks, smoothness constant of a task's mean loss — the
+        largest eigenvalue of its Hessian bound c·XᵢᵀXᵢ/nᵢ (c = 1 squared, 1/4 logistic).
+        Every mixture of the tasks is L-smooth, so gradient steps beyond 2/L overshoot."""
+        c = 1.0 if self.loss == "squared" else 0.25
+        largest = 0.0
+        for lo, hi in zip(self.offsets[:-1], self.offsets[1:]):
+            x = self.features[lo:hi]
+            largest = max(largest, float(np.linalg.eigvalsh(x.T @ x / (hi - lo))[-1]))
+        return c * largest
 
     @property
     def offsets(self) -> np.ndarray:
@@ -163,6 +178,7 @@ def check_sizes(sizes: Sequence[int], num_tasks: int | None) -> tuple[int, ...]:
     for n in sizes:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
             raise TypeError(f"sizes={sizes}: each size must be an int")
+        check_count(n, f"sizes={sizes}")
         if n < 1:
             raise ValueError(f"sizes={sizes}: task sizes must be >= 1 (an empty task)")
     return sizes

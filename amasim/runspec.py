@@ -31,6 +31,7 @@ from amasim.checker import check_oracle_interface
 from amasim.mixers import SIGNAL_REQUIRES, Mixer, Signal, check_apply
 from amasim.oracle import OracleError
 from amasim.scores import check_score
+from amasim.validate import check_object, check_seeds, check_step_size
 
 __all__ = [
     "SCHEDULES",
@@ -120,7 +121,7 @@ def _learning_rate(value: Any) -> float:
 
 
 def _seeds(seeds: Any, oracle: Any) -> tuple[int, ...]:
-    out = (seeds,) if isinstance(seeds, (int, np.integer)) else tuple(seeds)
+    out = check_seeds(seeds)
     prng.replicate_keys(out)
     if len(set(out)) != len(out):
         raise ValueError(
@@ -173,8 +174,7 @@ def run_spec(
     """The :class:`RunSpec` of :func:`amasim.driver.run`'s arguments, every one checked
     (a ``TypeError``/``ValueError`` naming the argument and the fix), the oracle's
     protocol and the capabilities the mixer, its signal and a checkpoint need included."""
-    if not isinstance(mixer, Mixer):
-        raise TypeError(f"mixer must be an amasim.mixers.Mixer, got {type(mixer).__name__}")
+    check_object(mixer, Mixer, "mixer", "pass a mixer, e.g. amasim.mixers.ama_r(1.0)")
     try:
         k = check_oracle_interface(oracle)
     except OracleError as err:
@@ -184,7 +184,9 @@ def run_spec(
     require_capabilities(oracle, needs, f"mixer {mixer.name!r}")
     steps = _positive_int("steps", steps)
     rounds = _positive_int("rounds", rounds)
-    learning_rate_at(1.0, schedule, 0, 1)
+    learning_rate = _learning_rate(learning_rate)
+    peak = learning_rate_at(learning_rate, schedule, 0, steps)  # the longest step it takes
+    check_step_size(oracle, peak, learning_rate, schedule)  # beyond 2/L: a warning
     apply = mixer.apply if apply is None else apply
     check_apply(apply)
     score = mixer.score if score is None else score
@@ -203,7 +205,7 @@ def run_spec(
         score=score,
         steps=steps,
         batch_size=_positive_int("batch_size", batch_size),
-        learning_rate=_learning_rate(learning_rate),
+        learning_rate=learning_rate,
         schedule=schedule,
         seeds=_seeds(seeds, oracle),
         rounds=rounds,

@@ -29,6 +29,7 @@ from amasim import prng
 from amasim.capabilities import MixtureRoundsFromSteps
 from amasim.oracle import Batch
 from amasim.problems import ConvexProblem, loss_and_slope
+from amasim.validate import check_object
 
 __all__ = ["SimulatedOracle"]
 
@@ -39,6 +40,9 @@ class SimulatedOracle(MixtureRoundsFromSteps):
     max_replicates = None
 
     def __init__(self, problem: ConvexProblem) -> None:
+        check_object(
+            problem, ConvexProblem, "problem", "pass a problem, e.g. make_problem('quadratic')"
+        )
         self.problem = problem
         self.task_names = problem.task_names
         self.task_sizes = problem.sizes

@@ -7,7 +7,10 @@ model or the data selects a different file and a stale cache is never read.  A J
 sidecar records the key in clear.
 
 Integrity (:mod:`llm.integrity`): an entry is written atomically with a checksum trailer
-(it stays an ordinary ``.npz``).  A truncated or altered entry, one that no longer parses,
+(it stays an ordinary ``.npz``) and carries its key inside the seal (the array
+``__owner__``, the key parts as JSON; not returned): an entry whose key differs from the
+one asked for — a file copied or renamed by hand — is rebuilt with a warning naming the
+differing parts.  A truncated or altered entry, one that no longer parses,
 or one holding a NaN is reported (an :class:`~llm.integrity.IntegrityWarning` naming the
 file) and rebuilt.  Freshly computed numbers must be finite: a NaN or an infinity raises
 :class:`~llm.integrity.NonFiniteError` naming the kind, the entry (``where``, or its key)
@@ -48,13 +51,18 @@ from llm.integrity import (
     IntegrityError,
     IntegrityWarning,
     NonFiniteError,
+    canonical_owner,
+    owner_differences,
     remove_stale_temporaries,
     verify,
     write_sealed,
     write_text_atomic,
 )
 
-__all__ = ["cache_key", "entry_path", "load_or_compute"]
+__all__ = ["cache_key", "entry_path", "load_or_compute", "OWNER_ARRAY"]
+
+#: the array of an entry that holds its key parts (JSON), the entry's owner record
+OWNER_ARRAY = "__owner__"
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -68,8 +76,14 @@ def entry_path(cache_dir: str | Path, kind: str, key_parts: dict[str, Any]) -> P
     return Path(cache_dir) / f"{kind}-{cache_key(key_parts)[:24]}.npz"
 
 
-def _read(path: Path) -> tuple[dict[str, np.ndarray] | None, str]:
+def _read(path: Path, key_parts: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str]:
     """The arrays of an entry, or (None, why it cannot be used)."""
+    if path.is_dir():
+        raise IsADirectoryError(
+            21,
+            f"cache entry {path} is a folder, not a file. Fix: move that folder away or delete "
+            "it (the entry is computed again), then rerun",
+        )
     try:
         verify(path)
         with np.load(path, allow_pickle=False) as data:
@@ -80,6 +94,15 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray] | None, str]:
         raise  # the file cannot be opened: not damage, and the message names it
     except Exception as err:  # a damaged zip raises BadZipFile, ValueError, EOFError, zlib.error
         return None, f"cannot be read ({type(err).__name__}: {err})"
+    owner = arrays.pop(OWNER_ARRAY, None)
+    if owner is not None:
+        try:
+            saved = json.loads(str(owner))
+        except ValueError:
+            return None, "holds an unreadable key record"
+        differ = owner_differences(saved, key_parts) if isinstance(saved, dict) else ["key"]
+        if differ:
+            return None, f"was computed for another key ({'; '.join(differ[:3])})"
     for name, array in arrays.items():
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             return None, f"array {name!r} holds NaN or infinite values"
@@ -135,7 +158,7 @@ def load_or_compute(
     path = entry_path(folder, kind, key_parts)
     where = where or f"key {json.dumps(key_parts, sort_keys=True, default=str)[:200]}"
     if path.exists():
-        arrays, why = _read(path)
+        arrays, why = _read(path, key_parts)
         if arrays is not None:
             return arrays
         warnings.warn(
@@ -147,7 +170,8 @@ def load_or_compute(
     arrays = compute()
     _check_finite(arrays, kind, where, sources)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    key = json.dumps(canonical_owner(key_parts), sort_keys=True)
+    np.savez(buffer, **arrays, **{OWNER_ARRAY: np.array(key)})
     write_sealed(path, lambda fh: fh.write(buffer.getbuffer()), kind=f"{kind} cache entry")
     sidecar = path.with_suffix(".json")
     text = json.dumps({"kind": kind, "key": key_parts}, indent=2, default=str)

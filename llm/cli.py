@@ -1,14 +1,20 @@
 """Command line of the LLM backend (also reachable as ``amasim llm ...``).
 
-Every failure prints one message, ``error: <what>, <where>. Fix: <how>``, on stderr and
-exits with 2 for bad input (config, data, paths, a damaged file, a busy output folder)
-or 1 otherwise (training diverged, an internal error); ``--debug`` shows the traceback
-instead.  Warnings (data issues, a rebuilt cache) print as ``warning: ...``.
+Every failure prints one message, ``error: <what>, <where>. Fix: <how>``, on a line of its
+own on stderr (a live progress bar is cleared first) and exits with 2 for bad input
+(config, data, paths, a missing optional package, a damaged, unsealed or foreign
+checkpoint, a busy output folder, a failed write: disk full, file too large, no
+permission), 1 for a run that diverged or an internal error, 130 when interrupted;
+``--debug`` shows the traceback instead.  Warnings (data issues, a rebuilt cache) print as
+``warning: ...``.  Every command that writes holds its output folder's lock
+(:class:`llm.lock.RunLock`) while it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -94,8 +100,11 @@ def _classify(err: BaseException) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from amasim.console import error_line, ignore_file_size_signal
+
     args = _parser().parse_args(argv)
     debug = getattr(args, "debug", False)
+    ignore_file_size_signal()  # a write past ulimit -f fails with EFBIG, named
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
@@ -103,10 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             if debug:
                 raise
-            print(
-                "error: interrupted. Fix: run the same command again to resume from the last "
-                "checkpoint",
-                file=sys.stderr,
+            error_line(
+                "interrupted. Fix: run the same command again to resume from the last checkpoint"
             )
             return 130
         except Exception as err:
@@ -114,26 +121,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             status = _classify(err)
             if status is None:
-                print(
-                    f"error: internal error {type(err).__name__}: {err}. Fix: rerun with "
-                    "--debug for the traceback and report it",
-                    file=sys.stderr,
+                error_line(
+                    f"internal error {type(err).__name__}: {err}. Fix: rerun with --debug for "
+                    "the traceback and report it"
                 )
                 return 1
-            message = str(err)
-            if isinstance(err, OSError) and err.strerror and err.filename is None:
-                message = err.strerror  # ours: the message without "[Errno N]"
-            print(f"error: {message}", file=sys.stderr)
+            error_line(_message(err))
             return status
 
 
+def _message(err: Exception) -> str:
+    """The one line an expected failure prints (an ``OSError`` of the system named)."""
+    message = str(err)
+    if isinstance(err, OSError) and err.strerror:
+        if err.filename is None:
+            message = err.strerror  # ours: the message without "[Errno N]"
+        else:
+            message = (
+                f"cannot use {err.filename}: {err.strerror}. Fix: check that path (it must be "
+                "a readable file, or a writable folder), then rerun"
+            )
+    return message
+
+
 def _run(args: argparse.Namespace) -> int:
+    from llm.lock import RunLock
+
     if args.command == "synth":
-        from llm.lock import prepare_output_folder
         from llm.synth import write_suite
 
-        prepare_output_folder(args.out, "--out")
-        print("wrote", write_suite(args.out, seed=args.seed, suite=args.suite))
+        with RunLock(args.out, what="--out"):  # never rewrite a folder a run is reading
+            print("wrote", write_suite(args.out, seed=args.seed, suite=args.suite))
         return 0
     import dataclasses
 
@@ -143,17 +161,22 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.out is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.out)))
-    prepare_output_folder(cfg.run.out, "--out" if args.out is not None else "[run] out")
-    if args.command == "specialist-cost":
-        return _specialist_cost(args, cfg)
+    what = "--out" if args.out is not None else "[run] out"
+    prepare_output_folder(cfg.run.out, what)
+    # under torchrun rank 0 holds the folder for every rank (as run_pipeline does)
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    lock = RunLock(cfg.run.out, what=f"output folder ({what})")
+    with lock if first_rank else contextlib.nullcontext():
+        if args.command == "specialist-cost":
+            return _specialist_cost(args, cfg)
 
-    from llm.pipeline import run_pipeline
-    from llm.report import summary_table
+        from llm.pipeline import run_pipeline
+        from llm.report import summary_table
 
-    results = run_pipeline(cfg)
-    print(summary_table(results))
-    print(f"wrote {cfg.run.out}/results.md ({results['seconds']:.0f} s)")
-    return 0
+        results = run_pipeline(cfg)
+        print(summary_table(results))
+        print(f"wrote {cfg.run.out}/results.md ({results['seconds']:.0f} s)")
+        return 0
 
 
 def _specialist_cost(args: argparse.Namespace, cfg) -> int:

@@ -24,6 +24,13 @@ checkpoint is skipped with an :class:`~llm.integrity.IntegrityWarning` (the one 
 used), and when none verifies an :class:`~llm.integrity.IntegrityError` names them and
 the fix.  The folders need a filesystem every rank sees (one node, or a shared disk).
 
+**Only this run's.**  Given the run's ``owner`` record (:func:`llm.integrity.owner_record`),
+the sealed manifest carries it, and loading refuses — on every rank alike — a checkpoint
+whose record differs (:class:`~llm.integrity.ForeignFileError`, naming each differing
+entry) or whose manifest is not sealed (:class:`~llm.integrity.UnsealedFileError`); a state
+read back holding a NaN or an infinity is refused too.  A failed save (DCP's
+``CheckpointException`` included) is restated as one ``OSError`` line naming the folder.
+
 **Another world size.**  DCP reads any region of a saved tensor, so a checkpoint fills
 whatever the reader asks for: the shards of this run's sharding (the ``template``: the
 oracle's state after a reset, on 1, 2 or 8 ranks), or whole CPU tensors
@@ -58,15 +65,22 @@ from llm.checkpoint import (
     RECORD_PLACEHOLDERS,
     CheckpointFile,
     NonFiniteStateError,
+    payload_bytes,
     unreadable,
 )
 from llm.integrity import (
+    ForeignFileError,
     IntegrityError,
     IntegrityWarning,
+    UnsealedFileError,
+    canonical_owner,
+    check_owner,
     first_non_finite,
     fsync_folder,
+    os_error_in,
     read_trailer,
     verify,
+    write_failed,
     write_sealed,
 )
 
@@ -161,6 +175,17 @@ def _agree(error: str | None) -> None:
         raise OSError(error)
 
 
+def _os_error_of(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind a failed DCP save: in the chain of ``err``, or among the
+    per-rank failures of a ``CheckpointException``."""
+    found = os_error_in(err) if isinstance(err, Exception) else None
+    for failure in (getattr(err, "failures", None) or {}).values():
+        exc = failure[0] if isinstance(failure, tuple) else failure
+        if found is None and isinstance(exc, BaseException):
+            found = os_error_in(exc) if isinstance(exc, Exception) else None
+    return found
+
+
 # --------------------------------------------------------------------------- files
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -174,17 +199,20 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
 
 
-def _verify_folder(folder: Path, fix: str) -> None:
-    """Raise :class:`IntegrityError` unless ``folder`` holds a sealed manifest and every file
-    it lists with its size and sha256."""
+def _verify_folder(folder: Path, fix: str) -> dict[str, Any]:
+    """The manifest of ``folder``; raises :class:`IntegrityError` unless ``folder`` holds a
+    sealed manifest (unsealed: :class:`~llm.integrity.UnsealedFileError`) and every file it
+    lists with its size and sha256."""
     manifest = folder / "manifest.json"
     if not manifest.is_file():
         raise IntegrityError(
             f"{folder} has no manifest.json: its save did not finish. Fix: {fix}", folder
         )
-    if verify(manifest, f" Fix: {fix}") is None:
-        raise IntegrityError(
-            f"{manifest} is not sealed: not written by llm.dcp. Fix: {fix}", folder
+    if verify(manifest, fix) is None:
+        raise UnsealedFileError(
+            f"the checkpoint {folder} has no checksum trailer on its manifest.json (not "
+            f"written by llm.dcp), so it cannot be shown to be whole and this run's. Fix: {fix}",
+            folder,
         )
     record = read_trailer(manifest)
     size = record["bytes"]
@@ -204,6 +232,7 @@ def _verify_folder(folder: Path, fix: str) -> None:
             raise IntegrityError(
                 f"{path} is altered: its sha256 differs from the manifest's. Fix: {fix}", folder
             )
+    return listed
 
 
 def _no_dist() -> bool:
@@ -238,9 +267,14 @@ class ShardedCheckpoint:
         resume: bool = True,
         template: Callable[[], Mapping[str, Any]] | None = None,
         nan_allowed: tuple[str, ...] = RECORD_PLACEHOLDERS,
+        owner: Mapping[str, Any] | None = None,
     ) -> None:
         self.path, self.resume, self.template = Path(path), resume, template
         self.nan_allowed = nan_allowed
+        self.owner = canonical_owner(owner) if owner is not None else None
+        #: (folder, step) of the newest checkpoint this process loaded or saved whole,
+        #: finite and this run's; ``None`` until then
+        self.verified: tuple[Path, Any] | None = None
         self.previous = self.path.with_name(f"{self.path.name}.prev")
         self.pending = self.path.with_name(f".{self.path.name}.next")
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -258,14 +292,20 @@ class ShardedCheckpoint:
             "then run the same command again (this stage trains again from step 0)"
         )
 
+    def _elsewhere(self) -> str:
+        return (
+            f"point [run] out (or --out) at another folder for this run, or delete "
+            f"{self.path}, {self.previous} and {self.pending.name} to train this stage again "
+            "from step 0"
+        )
+
     def last_good(self) -> str:
-        """A sentence naming the newest checkpoint on disk and its step, or saying none."""
-        for folder in self.files():
-            manifest = folder / "manifest.json"
-            record = read_trailer(manifest) if manifest.is_file() else None
-            step = ((record or {}).get("meta") or {}).get("step", "?")
+        """A sentence naming the newest checkpoint this run verified (loaded or saved whole,
+        finite and its own) and its step, or saying there is none."""
+        if self.verified is not None:
+            folder, step = self.verified
             return f"Last good checkpoint: {folder} (step {step}), unchanged"
-        return f"No checkpoint was saved yet ({self.path} does not exist)"
+        return f"No checkpoint was saved yet by this run ({self.path})"
 
     # ------------------------------------------------------------------ save
     def save(self, state: Mapping[str, Any]) -> None:
@@ -293,8 +333,21 @@ class ShardedCheckpoint:
         from torch.distributed.checkpoint import FileSystemWriter
         from torch.distributed.checkpoint import save as dcp_save
 
-        with _quiet():
-            dcp_save(tensors, storage_writer=FileSystemWriter(self.tmp), no_dist=_no_dist())
+        try:
+            with _quiet():
+                dcp_save(tensors, storage_writer=FileSystemWriter(self.tmp), no_dist=_no_dist())
+        except BaseException as err:  # DCP's CheckpointException is a BaseException
+            cause = _os_error_of(err)
+            if cause is None:
+                raise
+            kept = (
+                f"the previous checkpoint {self.path.name} is intact"
+                if self.path.is_dir()
+                else None
+            )
+            raise write_failed(
+                cause, self.path, "checkpoint", needed=payload_bytes(local), before=kept
+            ) from err
         error = None
         if _rank() == 0:
             try:
@@ -303,18 +356,24 @@ class ShardedCheckpoint:
             except OSError as err:
                 error = f"{err}; the checkpoints before are unchanged"
         _agree(error)
+        self.verified = (self.path, step)
 
     def _seal(self, rest: Any, keys: list[str], step: Any) -> None:
         meta = {"step": step} if isinstance(step, int) else {}
         world = dist.get_world_size() if _distributed() else 1
         saved = {"format": _FORMAT, "rest": rest, "tensors": keys, "world": world}
         write_sealed(
-            self.tmp / "state.pt", lambda fh: torch.save(saved, fh), kind="checkpoint", meta=meta
+            self.tmp / "state.pt",
+            lambda fh: torch.save(saved, fh),
+            kind="checkpoint",
+            meta=meta,
+            label=self.path,
         )
         listed = {
             p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(self.tmp)
         }
-        text = json.dumps({"format": _FORMAT, "files": listed}, sort_keys=True).encode()
+        manifest = {"format": _FORMAT, "files": listed, "owner": self.owner}
+        text = json.dumps(manifest, sort_keys=True).encode()
         write_sealed(
             self.tmp / "manifest.json", lambda fh: fh.write(text), kind="manifest", meta=meta
         )
@@ -333,21 +392,40 @@ class ShardedCheckpoint:
         fsync_folder(self.path.parent)
 
     # ------------------------------------------------------------------ load
-    def _choose(self) -> tuple[Path | None, list[str]]:
-        """(the newest folder that verifies, what was skipped and why), on this process."""
+    def _choose(self) -> tuple[Path | None, list[str], tuple[str, str] | None]:
+        """(the newest folder that verifies, what was skipped and why, the refusal of a
+        folder that is not provably this run's — (error class name, message) — unsealed, or
+        another run's), on this process."""
         # (a killed save's self.tmp is cleared by load() and by the next save, never here:
         # read() may run while another process saves into it)
         skipped = []
         for folder in self.files():
             try:
-                _verify_folder(folder, self._start_over())
+                listed = _verify_folder(folder, self._start_over())
+                if self.owner is not None:
+                    check_owner(
+                        listed.get("owner"),
+                        self.owner,
+                        folder,
+                        "the checkpoint",
+                        self._elsewhere(),
+                    )
+            except (ForeignFileError, UnsealedFileError) as err:
+                return None, skipped, (type(err).__name__, str(err))
             except IntegrityError as err:
                 skipped.append(str(err).split(" Fix: ")[0])
                 continue
-            return folder, skipped
-        return None, skipped
+            return folder, skipped, None
+        return None, skipped, None
 
-    def _found(self, chosen: Path | None, skipped: list[str]) -> Path | None:
+    def _found(
+        self, chosen: Path | None, skipped: list[str], refusal: tuple[str, str] | None
+    ) -> Path | None:
+        if refusal is not None:  # raised on every rank alike
+            kind, message = refusal
+            if kind == UnsealedFileError.__name__:
+                raise UnsealedFileError(message, self.path)
+            raise ForeignFileError(message, self.path, [message])
         if chosen is None and skipped:
             raise unreadable(skipped, self._start_over(), self.path)
         if chosen is not None and skipped:
@@ -366,14 +444,27 @@ class ShardedCheckpoint:
         if _rank() == 0:  # resuming: no save runs now, so a killed save's leftovers go
             shutil.rmtree(self.tmp, ignore_errors=True)
         choice = self._choose() if _rank() == 0 else None
-        chosen, skipped = _from_rank0(choice)
-        chosen = self._found(chosen and Path(chosen), skipped)
+        chosen, skipped, refusal = _from_rank0(choice)
+        chosen = self._found(chosen and Path(chosen), skipped, refusal)
         if chosen is None:
             return None
         saved = _read_state(chosen)
         targets = _targets(chosen, saved["tensors"], self.template() if self.template else {})
         _read_tensors(chosen, targets, no_dist=_no_dist())
-        return _join(saved["rest"], targets)
+        state = _join(saved["rest"], targets)
+        bad = first_non_finite(
+            _join(saved["rest"], {k: _local(v) for k, v in targets.items()}),
+            nan_allowed=self.nan_allowed,
+        )
+        found = next((b for b in _gather(bad) if b is not None), None)
+        if found is not None:
+            raise IntegrityError(
+                f"{chosen} holds a non-finite value ({found[0]}: {found[1]}), so it is not a "
+                f"good checkpoint. Fix: {self._start_over()}",
+                chosen,
+            )
+        self.verified = (chosen, state.get("step"))
+        return state
 
     def read(self, include: Callable[[str], bool] = lambda key: True) -> dict[str, Any] | None:
         """The newest saved state that verifies, read by this process alone (no collective):
@@ -440,15 +531,18 @@ def _read_tensors(folder: Path, targets: dict[str, Any], *, no_dist: bool) -> No
         dcp_load(targets, storage_reader=FileSystemReader(folder), no_dist=no_dist)
 
 
-def read_checkpoint(path: str | Path, *, weights: bool = True) -> dict[str, Any] | None:
+def read_checkpoint(
+    path: str | Path, *, weights: bool = True, owner: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
     """A finished run's newest checkpoint for reading its model, whichever way it was saved:
     ``path`` names the file checkpoint (``.../checkpoint.pt``, :class:`CheckpointFile`);
     when its folder (:func:`sharded_path`) was written instead, the state comes back with the
     policy's tensors whole on the CPU (``["oracle"]["policy"]``; None with ``weights=False``)
     and the optimizer's left out (None).  No collective: any process may call it.  None when
-    nothing was saved."""
-    folder = ShardedCheckpoint(sharded_path(path))
+    nothing was saved.  With ``owner``, a checkpoint of another run is refused
+    (:class:`~llm.integrity.ForeignFileError`)."""
+    folder = ShardedCheckpoint(sharded_path(path), owner=owner)
     if folder.files():
         policy = f"oracle{_SEP}policy{_SEP}"
         return folder.read(lambda key: weights and key.startswith(policy))
-    return CheckpointFile(path).load()
+    return CheckpointFile(path, owner=dict(owner) if owner is not None else None).load()

@@ -17,7 +17,20 @@ altered bytes (sha256 mismatch) raises :class:`IntegrityError` naming the file, 
 wrong and how to rebuild it.  A file without a trailer (written before checksums
 existed, or by hand) is *unsealed*: :func:`verify` returns ``None`` and readers load it as
 it is (a truncated one — its trailer cut off with the end — still fails to parse as a
-zip, and the readers name that failure the same way).
+zip, and the readers name that failure the same way); checkpoints refuse it
+(:class:`UnsealedFileError`).
+
+**Whose file it is.**  A checkpoint, a cache entry or a reference model also carries,
+inside its sealed payload, the *owner record* of the run that wrote it: a flat dict of the
+settings that determine that run (:func:`owner_record`, e.g. ``{"[generalist]
+learning_rate": 0.3, "data": "<fingerprint>", ...}``).  A reader compares it with its own
+(:func:`check_owner`) and refuses another run's file with :class:`ForeignFileError`,
+naming every entry that differs.
+
+**Failed writes** (a full disk, a file-size limit, a permission lost mid-run, a read-only
+file system) are restated as one ``OSError`` line: the file, the errno in words, the bytes
+the file needed where known, and that the previous file is intact — never torch's
+``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``.
 
 :func:`first_non_finite` walks a nested state (dicts, lists, tuples, torch tensors,
 numpy arrays, floats) and names the first key path holding a NaN or an infinity, e.g.
@@ -57,6 +70,12 @@ __all__ = [
     "IntegrityError",
     "IntegrityWarning",
     "NonFiniteError",
+    "ForeignFileError",
+    "UnsealedFileError",
+    "owner_record",
+    "canonical_owner",
+    "owner_differences",
+    "check_owner",
     "write_sealed",
     "write_text_atomic",
     "copy_atomic",
@@ -80,6 +99,19 @@ class IntegrityError(ValueError):
         self.path = Path(path)
 
 
+class ForeignFileError(IntegrityError):
+    """A file written by another run: its owner record differs from this run's
+    (``differences`` lists the entries, e.g. ``"[dpo] beta (0.2, this run 0.1)"``)."""
+
+    def __init__(self, message: str, path: str | Path, differences: list[str]) -> None:
+        super().__init__(message, path)
+        self.differences = differences
+
+
+class UnsealedFileError(IntegrityError):
+    """A file without a checksum trailer where only a sealed, owned one is trusted."""
+
+
 class IntegrityWarning(UserWarning):
     """A damaged file was skipped or rebuilt (a cache entry, an older checkpoint)."""
 
@@ -98,12 +130,17 @@ class _Hashing:
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh, self.sha, self.bytes = fh, hashlib.sha256(), 0
+        self.error: OSError | None = None  # the first failed write (torch hides it)
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         self.sha.update(view)
         self.bytes += view.nbytes
-        return self.fh.write(view)
+        try:
+            return self.fh.write(view)
+        except OSError as err:
+            self.error = self.error or err
+            raise
 
     def flush(self) -> None:
         self.fh.flush()
@@ -132,29 +169,99 @@ def fsync_folder(folder: str | Path) -> None:
         os.close(fd)
 
 
-def _write_failed(err: OSError, path: Path, kind: str) -> OSError:
-    """``err`` restated: which file, that nothing was replaced, and what to do."""
-    if err.errno == errno.ENOSPC:
-        fix = "free disk space (or point --out / [run] out at a larger disk) and rerun"
-    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "make the folder writable, or choose a writable --out / [run] out"
+#: what to do about a failed write, by errno
+_WRITE_FIXES = {
+    errno.ENOSPC: "free disk space, or point --out / [run] out at a larger disk, then rerun",
+    errno.EDQUOT: "free space within your disk quota, or point --out / [run] out elsewhere",
+    errno.EFBIG: "raise the file-size limit (ulimit -f unlimited) or write to a file system "
+    "that allows larger files, then rerun",
+    errno.EACCES: "make the folder writable again, or choose a writable --out / [run] out",
+    errno.EPERM: "make the folder writable again, or choose a writable --out / [run] out",
+    errno.EROFS: "remount the disk read-write, or choose a writable --out / [run] out",
+    errno.EIO: "check the disk (it reported an I/O error), then rerun",
+    errno.EISDIR: "move that folder away or delete it (a file is written at its path), then rerun",
+}
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _errno_words(err: OSError) -> str:
+    """``file too large (EFBIG)``: the errno in words, and its name."""
+    if err.errno is None:
+        return str(err.strerror or err)
+    words = os.strerror(err.errno)
+    name = errno.errorcode.get(err.errno, str(err.errno))
+    if err.errno == errno.EFBIG:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            return f"{words} ({name}: the file-size limit, ulimit -f, is {_size(limit)})"
+    return f"{words} ({name})"
+
+
+def write_failed(
+    err: OSError,
+    path: Path,
+    kind: str,
+    *,
+    needed: int | None = None,
+    written: int | None = None,
+    before: str | None = None,
+) -> OSError:
+    """``err`` restated on one line: the file, the errno in words, the bytes the file
+    needed (``needed``, estimated) and had got (``written``) where known, that the previous
+    file is intact (or ``before``, what is left instead), and the fix.  The same
+    ``OSError`` subclass and errno."""
+    sizes = []
+    if needed:
+        sizes.append(f"it needed about {_size(needed)}")
+    if written:
+        sizes.append(f"{_size(written)} were written")
+    if before is not None:
+        pass
+    elif path.is_dir():
+        before = "a folder of that name is in the way (left as it is)"
+    elif path.exists():
+        before = f"the previous {path.name} is intact"
     else:
-        fix = "check the disk and the folder, then rerun"
-    message = (
-        f"cannot write the {kind} {path}: {err.strerror or err}; the previous file (if any) "
-        f"is unchanged. Fix: {fix}"
-    )
+        before = "nothing was written there (no earlier file)"
+    fix = _WRITE_FIXES.get(err.errno, "check the disk and the folder, then rerun")
+    message = "; ".join([f"cannot write the {kind} {path}: {_errno_words(err)}", *sizes, before])
+    message += f". Fix: {fix}"
     return type(err)(err.errno, message) if err.errno is not None else OSError(message)
 
 
+def os_error_in(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``err`` (itself, or its cause or context: torch's writer turns
+    a failed write into ``RuntimeError: ... unexpected pos``), or ``None``."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
 @contextlib.contextmanager
-def _replacing(path: Path, kind: str, mode: str) -> Iterator[Any]:
+def _replacing(
+    path: Path, kind: str, mode: str, *, label: Path | None = None, needed: int | None = None
+) -> Iterator[Any]:
     """A file opened beside ``path`` (``.name.<pid>.tmp``) for the caller to fill; on a clean
     exit it is flushed, fsync'ed and renamed over ``path`` (then the folder is fsync'ed).  On
-    any failure it is removed and ``path`` is untouched; an ``OSError`` is restated naming
-    the file and the fix."""
+    any failure it is removed and ``path`` is untouched; a failed write (an ``OSError``, or
+    a ``RuntimeError`` a writer raised over one) is restated by :func:`write_failed`,
+    naming ``label`` (default ``path``)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
             yield fh
@@ -162,14 +269,15 @@ def _replacing(path: Path, kind: str, mode: str) -> Iterator[Any]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_folder(path.parent)
-    except OSError as err:
+    except BaseException as err:
+        written = tmp.stat().st_size if tmp.is_file() else None
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise _write_failed(err, path, kind) from err
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
+        cause = os_error_in(err) if isinstance(err, Exception) else None
+        if cause is None:
+            raise
+        label = label or path
+        raise write_failed(cause, label, kind, needed=needed, written=written) from err
 
 
 def write_sealed(
@@ -178,16 +286,28 @@ def write_sealed(
     *,
     kind: str,
     meta: Mapping[str, Any] | None = None,
+    label: str | Path | None = None,
+    needed: int | None = None,
 ) -> None:
     """Atomically write ``dump(file)``'s bytes to ``path``, sealed with a checksum trailer.
 
     ``dump`` receives a write-only file object (``torch.save(state, f)`` works; for
     ``np.savez`` serialise to bytes first).  On any failure the temporary file is removed
-    and the previous ``path`` is untouched; an ``OSError`` is restated naming the file.
+    and the previous ``path`` is untouched; a failed write is restated naming the file
+    (``label``, when messages should name another path than ``path``) and the bytes it
+    ``needed`` (an estimate, where the caller knows one).
     """
-    with _replacing(Path(path), kind, "wb") as fh:
+    path = Path(path)
+    with _replacing(path, kind, "wb", label=Path(label or path), needed=needed) as fh:
         sink = _Hashing(fh)
-        dump(sink)
+        try:
+            dump(sink)
+        except OSError:
+            raise
+        except Exception as err:
+            if sink.error is not None:  # the writer hid the OSError behind its own error
+                raise sink.error from err
+            raise
         fh.write(_trailer(kind, sink.bytes, sink.sha.hexdigest(), meta or {}))
 
 
@@ -288,6 +408,87 @@ def verify(path: str | Path, fix: str = "") -> dict[str, Any] | None:
             path,
         )
     return record
+
+
+# ----------------------------------------------------------------------------- owners
+def owner_record(sections: Mapping[str, Any] | None = None, **entries: Any) -> dict[str, Any]:
+    """A flat owner record: every field of each config section as ``"[section] key"``
+    (a dataclass or a mapping; nested mappings as ``"[section] key.sub"``), then
+    ``entries`` as they are (fingerprints, numerics, the method, the seed).
+
+    >>> owner_record({"dpo": {"beta": 0.1, "loss_type": "sigmoid"}}, data="ab12")
+    {'[dpo] beta': 0.1, '[dpo] loss_type': 'sigmoid', 'data': 'ab12'}
+    """
+    import dataclasses
+
+    out: dict[str, Any] = {}
+
+    def add(prefix: str, value: Any) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                add(f"{prefix}.{key}" if not prefix.endswith("]") else f"{prefix} {key}", item)
+        else:
+            out[prefix] = value
+
+    for name, section in (sections or {}).items():
+        add(f"[{name}]", section)
+    out.update(entries)
+    return canonical_owner(out)
+
+
+def canonical_owner(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """``owner`` as its JSON gives it back (tuples as lists, keys as strings), so a record
+    compares equal to itself after a round trip through any file."""
+    return json.loads(json.dumps(dict(owner), sort_keys=True, default=str))
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def owner_differences(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
+    """The entries in which two owner records differ, e.g. ``"[dpo] beta (0.2, this run
+    0.1)"`` (an entry one of them lacks reads ``absent``)."""
+    saved, ours = canonical_owner(saved), canonical_owner(ours)
+    out = []
+    for key in sorted(set(saved) | set(ours)):
+        if saved.get(key, _ABSENT) == ours.get(key, _ABSENT):
+            continue
+        a = _shown(saved[key]) if key in saved else "absent"
+        b = _shown(ours[key]) if key in ours else "absent"
+        out.append(f"{key} ({a}, this run {b})")
+    return out
+
+
+_ABSENT = object()
+
+
+def check_owner(
+    saved: Mapping[str, Any] | None, owner: Mapping[str, Any], path: Path, what: str, fix: str
+) -> None:
+    """Raise :class:`ForeignFileError` unless ``saved`` (the owner record read from the
+    file at ``path``, ``None`` when it has none) is ``owner``; the message names ``what``
+    the file is, every entry that differs and ``fix``."""
+    if saved is None:
+        raise ForeignFileError(
+            f"{what} {path} carries no owner record (written by an older version or by "
+            f"another tool), so it cannot be shown to belong to this run. Fix: {fix}",
+            path,
+            ["owner record (absent)"],
+        )
+    differences = owner_differences(saved, owner)
+    if not differences:
+        return
+    shown = " and ".join(differences[:4])
+    more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
+    raise ForeignFileError(
+        f"{what} {path} was written by a run with a different {shown}{more}. Fix: {fix}",
+        path,
+        differences,
+    )
 
 
 # ----------------------------------------------------------------------- finite values

@@ -6,7 +6,11 @@ owner's pid, host and start time; a second run into the same folder is refused w
 :class:`FolderLocked` naming that pid.  A lock whose process no longer runs (on this host)
 is stale: it is taken over with a warning (:class:`StaleLockWarning`).  The lock is
 removed when the run ends, however it ends (short of ``kill -9``, which leaves a stale
-lock for the next run to take over).
+lock for the next run to take over).  A process is one run: taking a lock it already holds
+nests (a command holds its folder while the pipeline it calls takes it again); the file
+goes when the outermost holder releases it.  Every writer takes it: ``python -m llm run``,
+``specialist-cost`` and ``synth``, and ``amasim converge``, ``claims``, ``compare`` and
+``reproduce``.
 
 >>> import tempfile, pathlib
 >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -34,7 +38,7 @@ from llm.integrity import fsync_folder
 
 __all__ = ["FolderLocked", "StaleLockWarning", "RunLock", "prepare_output_folder"]
 
-_HELD: set[str] = set()  # lock files this process holds
+_HELD: dict[str, int] = {}  # lock files this process holds, and how many times (nesting)
 
 
 class FolderLocked(RuntimeError):
@@ -101,7 +105,7 @@ def _running(holder: dict[str, Any] | None, path: Path) -> bool:
         return True  # cannot see another machine's processes
     pid = holder["pid"]
     if pid == os.getpid():
-        return str(path) in _HELD  # the same pid again after a restart is a stale lock
+        return _key(path) in _HELD  # the same pid again after a restart is a stale lock
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -109,6 +113,19 @@ def _running(holder: dict[str, Any] | None, path: Path) -> bool:
     except OSError:
         return True  # exists, owned by another user
     return True
+
+
+def _key(path: Path) -> str:
+    """The name under which this process counts its hold on a lock file."""
+    return os.path.realpath(path)
+
+
+def _mine(path: Path) -> dict[str, Any] | None:
+    """The lock record at ``path`` when this process wrote it, else ``None``."""
+    holder = _holder(path)
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        return holder
+    return None
 
 
 class RunLock:
@@ -125,6 +142,12 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> RunLock:
+        if self.held:
+            return self
+        if _HELD.get(self._key()) and _mine(self.path) is not None:
+            _HELD[self._key()] += 1  # this process holds it already: nest
+            self.held = True
+            return self
         prepare_output_folder(self.folder, self.what)
         record = {
             "pid": os.getpid(),
@@ -143,7 +166,7 @@ class RunLock:
                 os.fsync(fh.fileno())
             fsync_folder(self.folder)
             self.held = True
-            _HELD.add(str(self.path))
+            _HELD[self._key()] = 1
             return self
         raise FolderLocked(f"{self.path}: could not take the lock (another run keeps taking it)")
 
@@ -173,11 +196,18 @@ class RunLock:
             stacklevel=3,
         )
 
+    def _key(self) -> str:
+        return _key(self.path)
+
     def release(self) -> None:
         if not self.held:
             return
         self.held = False
-        _HELD.discard(str(self.path))
+        count = _HELD.get(self._key(), 0) - 1
+        if count > 0:  # an outer holder in this process keeps it
+            _HELD[self._key()] = count
+            return
+        _HELD.pop(self._key(), None)
         holder = _holder(self.path)
         if holder is not None and holder.get("pid") == os.getpid():
             with contextlib.suppress(OSError):

@@ -7,9 +7,9 @@ the machine — still in seconds, before a model is built:
 * every method of ``[run] methods`` is registered, listed once, buildable with the ``[mix]``
   settings, affordable at the ``[mix] examples`` budget (sweeps and rounds included) and
   needs only capabilities the oracle offers;
-* the optional packages the config needs are installed (PEFT for LoRA, transformers for a
-  Hugging Face model, TensorBoard for ``[run] tensorboard``), with the ``pip install``
-  that fixes each;
+* the optional packages the config needs are installed (:mod:`llm.requirements`: PEFT for
+  LoRA, transformers for a Hugging Face model, TensorBoard for ``[run] tensorboard``), with
+  the ``pip install`` that fixes each;
 * the device exists (a ``cuda`` config on a machine without CUDA is refused at once).
 
 Every problem is one line of one :class:`~llm.config.ConfigError`.
@@ -25,12 +25,12 @@ llm.config.ConfigError: config [run] methods = ['amar']: ...
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from llm.config import Config, ConfigError, MixSection
+from llm.requirements import check_optional_dependencies
 
-__all__ = ["preflight", "mix_policy", "task_count", "OPTIONAL_PACKAGES"]
+__all__ = ["preflight", "mix_policy", "task_count"]
 
 #: (config needs it?, package, what for, the install that fixes it)
 OPTIONAL_PACKAGES = (
@@ -90,7 +90,7 @@ def preflight(
     if check_capabilities and methods:
         methods = _check_capabilities(cfg, str(source), methods, oracle, problems)
     _check_budgets(cfg, str(source), methods, problems)
-    _check_packages(cfg, str(source), problems)
+    problems += check_optional_dependencies(cfg, str(source))
     _check_device(cfg, str(source), problems)
     if problems:
         raise ConfigError(problems)
@@ -198,15 +198,6 @@ def _check_budgets(cfg: Config, source: str, methods: list[str], problems: list[
         except ValueError as err:
             fix = "raise examples, or drop the method"
             problems.append(_line(source, "mix", "examples", mix.examples, str(err), fix))
-
-
-def _check_packages(cfg: Config, source: str, problems: list[str]) -> None:
-    for needed, package, why, fix in OPTIONAL_PACKAGES:
-        if needed(cfg) and importlib.util.find_spec(package) is None:
-            problems.append(
-                f"{source}: {why} needs the {package} package, which is not installed. Fix: "
-                f"{fix}, or change the setting"
-            )
 
 
 def _check_device(cfg: Config, source: str, problems: list[str]) -> None:

@@ -8,7 +8,9 @@ given the oracle's extra duties as capabilities:
   ``"checkpointing"`` capability); the loop's task draws are a pure function of the step,
   so a run killed mid-way and resumed gives the numbers of an uninterrupted one (bitwise
   on CPU).  Saves are atomic and checksummed; the last two are kept (``checkpoint.pt``,
-  ``checkpoint.prev.pt``) and a damaged newest one is skipped with a warning.
+  ``checkpoint.prev.pt``) and a damaged newest one is skipped with a warning.  Given the
+  run's ``owner`` record, a checkpoint of another run, or one without a seal, is refused
+  by name (never resumed).
 * **divergence** — a non-finite loss stops training with
   :class:`amasim.driver.TrainingDiverged` before the parameters change; a state holding a
   NaN or an infinity (weights, optimizer, mixer) is never saved
@@ -195,6 +197,7 @@ def train(
     progress: str | None = None,
     rounds: int = 10,
     shard: tuple[int, int] | None = None,
+    owner: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train ``oracle``'s policy with ``mixer`` for ``config.steps`` steps; the record of
     every step (:func:`history`).  ``out_dir/checkpoint.pt`` (a sharded policy:
@@ -202,7 +205,14 @@ def train(
     ``on_step(t)`` is called after each step (tests use it to interrupt a run);
     ``progress``, when given, labels a progress bar.  ``shard=(rank, world)`` (default: the
     policy's data-parallel group, see the module docstring) trains this rank's block of the
-    global batch; a sharded run's metrics are logged by rank 0 alone (one shared folder)."""
+    global batch; a sharded run's metrics are logged by rank 0 alone (one shared folder).
+
+    ``owner`` is the run's owner record (:func:`llm.integrity.owner_record`: the settings
+    that determine this run — stage, DPO and mixer settings, data, model and numerics
+    fingerprints, method, seed): every checkpoint carries it, and resuming refuses, by
+    name, a checkpoint of another run or one without a seal
+    (:class:`~llm.integrity.ForeignFileError`, :class:`~llm.integrity.UnsealedFileError`).
+    """
     policy = getattr(oracle, "policy", None)
     shard = shard if shard is not None else shard_of(policy)
     rank, world = shard if shard is not None else (0, 1)
@@ -221,11 +231,13 @@ def train(
             oracle.reset(seeds)  # copies: the driver resets the oracle again before loading
             return {"oracle": _copied(oracle.state_dict())}
 
-        checkpoint = ShardedCheckpoint(folder / "checkpoint", resume=resume, template=template)
+        checkpoint = ShardedCheckpoint(
+            folder / "checkpoint", resume=resume, template=template, owner=owner
+        )
         if rank != 0:
             log = None
     else:
-        checkpoint = CheckpointFile(folder / "checkpoint.pt", resume=resume)
+        checkpoint = CheckpointFile(folder / "checkpoint.pt", resume=resume, owner=owner)
     if log is not None and flops_per_token and config.peak_flops:
         log.flops_per_token, log.peak_flops = flops_per_token, config.peak_flops
     return run(

@@ -224,3 +224,28 @@ def distributed_worker(rank: int, world: int, store: str, out_dir: str, steps: i
         )
     finally:
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------ failed writes
+class FillsUp:
+    """A file that takes ``room`` bytes, then fails with ``OSError(code, words)``: a full
+    disk (ENOSPC), a file-size limit (EFBIG), an I/O error (EIO)."""
+
+    def __init__(self, fh: Any, room: int, code: int = 28, words: str = "No space left on device"):
+        self.fh, self.room, self.code, self.words = fh, room, code, words
+
+    def write(self, data: Any) -> int:
+        size = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(self.code, self.words)
+        self.room -= size
+        return self.fh.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
+    def __enter__(self) -> FillsUp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()

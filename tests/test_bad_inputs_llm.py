@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-from llm_helpers import write_suite_small, write_toml
+import torch
+from llm_helpers import FillsUp, write_suite_small, write_toml
 
+from llm.checkpoint import CheckpointFile
 from llm.cli import main as llm_main
 from llm.config import ConfigError, load_config
 from llm.data import (
@@ -27,6 +32,13 @@ from llm.data import (
     report_audit,
     tokenize_pairs,
 )
+from llm.integrity import (
+    ForeignFileError,
+    IntegrityError,
+    IntegrityWarning,
+    UnsealedFileError,
+)
+from llm.preflight import preflight
 from llm.tokenizer import CharTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +46,12 @@ TOK = CharTokenizer()
 
 
 # ------------------------------------------------------------------------------ runners
+def checked(path: Path) -> Any:
+    """A config file loaded and checked as a run checks it before any work: each value
+    (:func:`llm.config.load_config`), then with the package (:func:`llm.preflight.preflight`)."""
+    return preflight(load_config(path), path)
+
+
 def config(**changes: dict[str, Any]) -> Callable[[Path], Any]:
     """Load a config: the built-in suite, one method, one seed, with ``changes``."""
 
@@ -43,7 +61,7 @@ def config(**changes: dict[str, Any]) -> Callable[[Path], Any]:
         }
         for section, values in changes.items():
             sections[section] = {**sections.get(section, {}), **values}
-        return load_config(write_toml(tmp / "c.toml", sections))
+        return checked(write_toml(tmp / "c.toml", sections))
 
     return go
 
@@ -52,7 +70,7 @@ def config_text(text: bytes) -> Callable[[Path], Any]:
     def go(tmp: Path) -> Any:
         path = tmp / "c.toml"
         path.write_bytes(text)
-        return load_config(path)
+        return checked(path)
 
     return go
 
@@ -159,6 +177,58 @@ def duplicates_in_strict_mode(tmp: Path) -> None:
     first = path.read_text().splitlines()[0]
     with path.open("a") as fh:
         fh.write(first + "\n")
+
+
+def blocking(*packages: str, run: Callable[[Path], Any]) -> Callable[[Path], Any]:
+    """``run`` where ``packages`` cannot be imported (as if not installed: importlib finds
+    no spec for a name mapped to None in sys.modules)."""
+
+    def go(tmp: Path) -> Any:
+        saved = {name: sys.modules.get(name) for name in packages}
+        sys.modules.update(dict.fromkeys(packages))
+        try:
+            return run(tmp)
+        finally:
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+
+    return go
+
+
+def hf_folder(tmp: Path) -> str:
+    folder = tmp / "hf"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    return str(folder)
+
+
+def hf_config(tmp: Path) -> Any:
+    return config(model={"kind": "hf", "path": hf_folder(tmp)})(tmp)
+
+
+def held_folder(tmp: Path) -> None:
+    """``tmp/out`` held by a live process (the test's parent), and a tiny config."""
+    locked_by_a_live_process(tmp)
+
+
+def specialist_rows(given: dict[str, Any], sizes: tuple[int, ...] = (2, 1)):
+    """Per-row specialist losses built from per-task ``given`` (TRL's trainer does this)."""
+    from llm.trl.tasks import rows_by_task
+
+    ids = np.repeat(np.arange(len(sizes)), sizes)
+    return lambda tmp: rows_by_task(ids, ("math", "chat")[: len(sizes)], given)
+
+
+def checked_rows(losses: list[float], *, from_cache: bool):
+    from llm.trl.tasks import check_specialist_rows
+
+    ids = np.array([0, 0, 1])
+    return lambda tmp: check_specialist_rows(
+        np.array(losses), ids, ("math", "chat"), from_cache=from_cache
+    )
 
 
 # --------------------------------------------------------------------------------- rows
@@ -575,6 +645,111 @@ ROWS: list[tuple[str, Callable[[Path], Any], type[BaseException], str]] = [
         Exit2,
         r"^error: task 'format' \(train, .*\): 1 of 61 rows repeat an earlier row.*strict = false",
     ),
+    # ---- optional packages, checked with the config (before any work)
+    (
+        "tensorboard not installed",
+        blocking("tensorboard", run=config(run={"tensorboard": True})),
+        ConfigError,
+        r"\[run\] tensorboard = True: needs the tensorboard package, which is not installed\. "
+        r"Fix: pip install tensorboard, or set tensorboard = false",
+    ),
+    (
+        "peft not installed",
+        blocking("peft", run=config_text(b"[model]\nlora = { r = 4 }\n")),
+        ConfigError,
+        r"\[model\] lora\.r = 4: needs the peft package.*Fix: pip install 'amasim\[hf\]', or "
+        r"set lora\.r = 0",
+    ),
+    (
+        "transformers not installed",
+        blocking("transformers", run=hf_config),
+        ConfigError,
+        r"\[model\] kind = 'hf': needs the transformers package.*Fix: pip install 'amasim\[hf\]'",
+    ),
+    (
+        "safetensors not installed",
+        blocking("safetensors", run=hf_config),
+        ConfigError,
+        r"needs the safetensors package",
+    ),
+    (
+        "cli: tensorboard not installed",
+        blocking(
+            "tensorboard",
+            run=cli(
+                "run",
+                "--config",
+                "{tmp}/c.toml",
+                setup=lambda t: tiny_config(t, run={"tensorboard": True}),
+            ),
+        ),
+        Exit2,
+        r"^error: .*c\.toml \[run\] tensorboard = True: needs the tensorboard package.*Fix: pip",
+    ),
+    # ---- every writer takes the lock
+    (
+        "cli: synth into a held folder",
+        cli("synth", "--out", "{tmp}/out", setup=held_folder),
+        Exit2,
+        rf"^error: --out .*out is in use by another run \(pid {os.getppid()}.*Fix: wait",
+    ),
+    (
+        "cli: specialist-cost into a held folder",
+        cli("specialist-cost", "--config", "{tmp}/c.toml", "--seeds", "0,1", setup=held_folder),
+        Exit2,
+        rf"^error: output folder \(\[run\] out\) .*out is in use by another run \(pid "
+        rf"{os.getppid()}",
+    ),
+    (
+        "cli: run --out into a held folder",
+        cli("run", "--config", "{tmp}/c.toml", "--out", "{tmp}/out", setup=held_folder),
+        Exit2,
+        r"^error: output folder \(--out\) .*out is in use by another run",
+    ),
+    # ---- TRL: the specialist losses handed to AMADPOTrainer
+    (
+        "trl: losses as strings",
+        specialist_rows({"math": ["0.3", "0.2"], "chat": [0.1]}),
+        TypeError,
+        r"the specialist losses of task 'math' are not numbers \(they hold str '0\.3'\)\. Fix",
+    ),
+    (
+        "trl: losses as objects",
+        specialist_rows({"math": [0.3, None], "chat": [0.1]}),
+        TypeError,
+        r"task 'math' are not numbers \(they hold NoneType None\)",
+    ),
+    (
+        "trl: a task without losses",
+        specialist_rows({"math": [0.3, 0.2]}),
+        ValueError,
+        r"no specialist losses for task 'chat'",
+    ),
+    (
+        "trl: too few losses",
+        specialist_rows({"math": [0.3], "chat": [0.1]}),
+        ValueError,
+        r"task 'math' has 2 rows in the training set but 1 specialist losses",
+    ),
+    (
+        "trl: a NaN loss given",
+        checked_rows([0.3, 0.2, float("nan")], from_cache=False),
+        ValueError,
+        r"1 training rows \(first in task 'chat'\) have a NaN specialist loss in the "
+        r"specialist_losses given\. Fix: pass finite losses",
+    ),
+    (
+        "trl: an infinite loss",
+        checked_rows([float("inf"), 0.2, 0.1], from_cache=True),
+        ValueError,
+        r"\(first in task 'math'\) have an infinite specialist loss",
+    ),
+    (
+        "trl: rows TRL dropped",
+        checked_rows([0.3, float("nan"), float("nan")], from_cache=True),
+        ValueError,
+        r"2 training rows \(first in task 'math'\) have no specialist loss: TRL dropped them",
+    ),
 ]
 
 
@@ -643,3 +818,405 @@ def test_data_warnings_in_the_default_mode(tmp_path):
     assert len(caught) == 2 == len(said)
     assert "1 of 3 rows repeat an earlier row (first: " in said[0]
     assert "1 of 3 pairs have chosen = rejected" in said[1]
+
+
+# ------------------------------------------------------------------------------- files
+# Checkpoints, caches, the reference model and failed writes: each row gets a copy of one
+# tiny training run, made once (``trained``: llm.train.train with an owner record,
+# checkpoints at steps 4 and 6).
+def owner(rate: float = 0.01) -> dict[str, Any]:
+    from llm.integrity import owner_record
+
+    return owner_record({"generalist": {"learning_rate": rate}}, data="d0")
+
+
+def tiny_loop():
+    from llm.train import LoopConfig
+
+    return LoopConfig(steps=6, batch_size=4, learning_rate=1e-2, checkpoint_every=2)
+
+
+def resume(folder: Path, run_owner: dict[str, Any] | None = None) -> Any:
+    """Train the tiny run again in ``folder`` (resuming what is there)."""
+    from llm_helpers import build_oracle
+
+    from amasim import mixers
+    from llm.train import train
+
+    return train(
+        build_oracle(), mixers.ama_r(1.0), tiny_loop(), out_dir=folder, owner=run_owner or owner()
+    )
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """{"trained": the folder of one tiny train() run with an owner record}."""
+    trained = tmp_path_factory.mktemp("trained")
+    resume(trained)
+    return {"trained": trained}
+
+
+def copied(made: dict[str, Path], tmp: Path, which: str = "trained") -> Path:
+    folder = tmp / which
+    shutil.copytree(made[which], folder)
+    return folder
+
+
+def unsealed(made, tmp: Path, *, nan: bool = False) -> Path:
+    folder = copied(made, tmp)
+    state = torch.load(folder / "checkpoint.pt", weights_only=False)
+    weights = state["oracle"]["policy"]
+    next(iter(weights.values())).fill_(float("nan") if nan else 0.5)
+    torch.save(state, folder / "checkpoint.pt")
+    return folder
+
+
+def sealed_nan(made, tmp: Path) -> Path:
+    """Both kept checkpoints sealed, each holding a NaN weight (another writer's files)."""
+    from llm.checkpoint import OWNER_KEY, load
+    from llm.integrity import write_sealed
+
+    folder = copied(made, tmp)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        state = load(folder / name) | {OWNER_KEY: owner()}
+        next(iter(state["oracle"]["policy"].values())).fill_(float("nan"))
+        write_sealed(folder / name, lambda fh, s=state: torch.save(s, fh), kind="checkpoint")
+    return folder
+
+
+def a_folder_at(made, tmp: Path, name: str = "checkpoint.pt") -> Path:
+    folder = copied(made, tmp)
+    (folder / name).unlink()
+    (folder / name / "inside").mkdir(parents=True)
+    return folder
+
+
+def failing_write(code: int, words: str, after: int = 2000):
+    """Save a checkpoint over the trained one while every write past ``after`` bytes (or,
+    with ``after=0``, opening the file) fails with ``code``."""
+
+    def go(made, tmp: Path) -> Any:
+        import builtins
+
+        import llm.integrity
+        from llm.checkpoint import CheckpointFile, load
+
+        folder = copied(made, tmp)
+        state = load(folder / "checkpoint.pt")
+        real_open = builtins.open
+
+        def opening(*args, **kwargs):
+            if after == 0:
+                raise OSError(code, words)
+            return FillsUp(real_open(*args, **kwargs), after, code, words)
+
+        llm.integrity.open = opening  # the module's open() (a global shadowing the builtin)
+        try:
+            CheckpointFile(folder / "checkpoint.pt").save(state)
+        finally:
+            del llm.integrity.open
+
+    return go
+
+
+def warned(category: type[Warning], run: Callable[[Path], Any]):
+    """``run`` with ``category`` warnings raised (a row for a warning that rebuilds)."""
+
+    def go(made, tmp: Path) -> Any:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", category)
+            return run(made, tmp)
+
+    return go
+
+
+def foreign_cache_entry(made, tmp: Path) -> Any:
+    from llm.cache import entry_path, load_or_compute
+
+    def compute():
+        return {"x": np.arange(3.0)}
+
+    load_or_compute(tmp, "reference", {"model": "m2"}, compute)
+    shutil.copy(
+        entry_path(tmp, "reference", {"model": "m2"}), entry_path(tmp, "reference", {"model": "m1"})
+    )
+    return load_or_compute(tmp, "reference", {"model": "m1"}, compute)
+
+
+def cache_entry_folder(made, tmp: Path) -> Any:
+    from llm.cache import entry_path, load_or_compute
+
+    entry_path(tmp, "reference", {"model": "m"}).mkdir(parents=True)
+    return load_or_compute(tmp, "reference", {"model": "m"}, lambda: {"x": np.ones(2)})
+
+
+def reference_file(made, tmp: Path, *, sealed: bool, rate: float = 0.01) -> Any:
+    from llm.checkpoint import load, load_owned, save_atomic
+
+    path = tmp / "models" / "reference-0.pt"
+    path.parent.mkdir()
+    if sealed:
+        save_atomic({"w": torch.ones(2)}, path, kind="reference model", owner=owner(rate))
+        return load_owned(path, owner=owner(), kind="reference model")
+    torch.save({"w": torch.ones(2)}, path)
+    return load(path, kind="reference model")
+
+
+def sharded(made, tmp: Path, *, seal: bool = True) -> Any:
+    from llm.dcp import ShardedCheckpoint
+
+    folder = tmp / "checkpoint"
+    ShardedCheckpoint(folder, owner=owner(0.3)).save({"step": 2, "w": {"x": torch.ones(3)}})
+    if not seal:
+        manifest = folder / "manifest.json"
+        manifest.write_bytes(manifest.read_bytes()[:-256])
+    return ShardedCheckpoint(folder, owner=owner(0.3 if not seal else 0.01)).load()
+
+
+def cli_over_a_folder_at_the_checkpoint(made, tmp: Path) -> Any:
+    """``python -m llm run`` whose training stage (stood in for by the train call it makes)
+    finds a folder where its checkpoint file belongs."""
+    import llm.pipeline
+
+    out = a_folder_at(made, tmp)
+    write_toml(tmp / "c.toml", {"run": {"out": str(out), "seeds": [0], "methods": ["ama-r"]}})
+    real = llm.pipeline.run_pipeline
+    llm.pipeline.run_pipeline = lambda cfg, **kwargs: resume(Path(cfg.run.out))
+    try:
+        return cli("run", "--config", str(tmp / "c.toml"))(tmp)
+    finally:
+        llm.pipeline.run_pipeline = real
+
+
+def metrics_log_disk_full(made, tmp: Path) -> Any:
+    import builtins
+
+    import llm.integrity
+    from llm.train import MetricsLog
+
+    path = tmp / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": step}) + "\n" for step in range(6)))
+    log = MetricsLog(path)
+    real_open = builtins.open
+    llm.integrity.open = lambda *a, **k: FillsUp(real_open(*a, **k), 0, 28, "No space")
+    try:
+        log.write({"step": 3, "loss": 1.0})  # a resumed run: the log rewritten up to step 3
+    finally:
+        del llm.integrity.open
+
+
+def rotation_refused(made, tmp: Path) -> Any:
+    from llm.checkpoint import CheckpointFile, load
+
+    folder = copied(made, tmp)
+    state = load(folder / "checkpoint.pt")
+    real = os.replace
+
+    def refuse(src, dst):
+        if str(dst).endswith("checkpoint.prev.pt"):
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    os.replace = refuse
+    try:
+        CheckpointFile(folder / "checkpoint.pt").save(state)
+    finally:
+        os.replace = real
+
+
+def sharded_disk_full(made, tmp: Path) -> Any:
+    """DCP's own writer hits a full disk (DCP reports it as a CheckpointException, which
+    is not even an Exception)."""
+    from torch.distributed.checkpoint import filesystem
+
+    from llm.dcp import ShardedCheckpoint
+
+    keeper = ShardedCheckpoint(tmp / "checkpoint")
+    keeper.save({"step": 2, "w": {"x": torch.ones(1000)}})
+    real = filesystem._write_item
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    filesystem._write_item = full
+    try:
+        keeper.save({"step": 4, "w": {"x": torch.zeros(1000)}})
+    finally:
+        filesystem._write_item = real
+
+
+FILES: list[tuple[str, Callable[[dict, Path], Any], type[BaseException], str]] = [
+    (
+        "checkpoint of another run",
+        lambda made, tmp: resume(copied(made, tmp), owner(0.3)),
+        ForeignFileError,
+        r"the checkpoint .*checkpoint\.pt was written by a run with a different \[generalist\] "
+        r"learning_rate \(0\.01, this run 0\.3\)\. Fix: point \[run\] out",
+    ),
+    (
+        "checkpoint without an owner",
+        lambda made, tmp: CheckpointFile(_unowned(tmp), owner=owner()).load(),
+        ForeignFileError,
+        r"carries no owner record .*Fix: point \[run\] out",
+    ),
+    (
+        "unsealed checkpoint",
+        lambda made, tmp: resume(unsealed(made, tmp)),
+        UnsealedFileError,
+        r"the checkpoint .*checkpoint\.pt has no checksum trailer .*Fix: delete",
+    ),
+    (
+        "unsealed checkpoint holding NaN",
+        lambda made, tmp: resume(unsealed(made, tmp, nan=True)),
+        UnsealedFileError,
+        r"has no checksum trailer",
+    ),
+    (
+        "sealed checkpoints holding NaN",
+        lambda made, tmp: resume(sealed_nan(made, tmp)),
+        IntegrityError,
+        r"no checkpoint of this run can be read: .*checkpoint\.pt holds a non-finite value "
+        r"\(oracle\.policy\..*: .*nan",
+    ),
+    (
+        "checkpoint.pt is a folder",
+        lambda made, tmp: resume(a_folder_at(made, tmp)),
+        IsADirectoryError,
+        r"the checkpoint .*checkpoint\.pt is a folder, not a file\. Fix: move that folder away",
+    ),
+    (
+        "cli: checkpoint.pt is a folder",
+        cli_over_a_folder_at_the_checkpoint,
+        Exit2,
+        r"^error: the checkpoint .*checkpoint\.pt is a folder, not a file\. Fix",
+    ),
+    (
+        "sharded checkpoint of another run",
+        sharded,
+        ForeignFileError,
+        r"the checkpoint .*checkpoint was written by a run with a different \[generalist\] "
+        r"learning_rate \(0\.3, this run 0\.01\)",
+    ),
+    (
+        "unsealed sharded checkpoint",
+        lambda made, tmp: sharded(made, tmp, seal=False),
+        UnsealedFileError,
+        r"no checksum trailer on its manifest\.json",
+    ),
+    (
+        "cache entry of another key",
+        warned(IntegrityWarning, foreign_cache_entry),
+        IntegrityWarning,
+        r"cache entry .*reference-.*\.npz .*computed for another key \(model \(\"m2\", this run "
+        r"\"m1\"\)\): rebuilding it",
+    ),
+    (
+        "cache entry is a folder",
+        cache_entry_folder,
+        IsADirectoryError,
+        r"cache entry .*\.npz is a folder, not a file\. Fix",
+    ),
+    (
+        "reference model of another run",
+        warned(
+            IntegrityWarning, lambda made, tmp: reference_file(made, tmp, sealed=True, rate=0.3)
+        ),
+        IntegrityWarning,
+        r"the reference model .*reference-0\.pt was written by a run with a different .*: "
+        r"computing it again",
+    ),
+    (
+        "unsealed reference model",
+        lambda made, tmp: reference_file(made, tmp, sealed=False),
+        UnsealedFileError,
+        r"the reference model .* has no checksum trailer",
+    ),
+    (
+        "disk full while saving",
+        failing_write(28, "No space left on device"),
+        OSError,
+        r"cannot write the checkpoint .*checkpoint\.pt: No space left on device \(ENOSPC\); it "
+        r"needed about .* kB; .* were written; the previous checkpoint\.pt is intact\. "
+        r"Fix: free disk space",
+    ),
+    (
+        "file too large while saving",
+        failing_write(27, "File too large"),
+        OSError,
+        r"checkpoint\.pt: File too large \(EFBIG.*\); .*previous checkpoint\.pt is intact\. "
+        r"Fix: raise the file-size limit",
+    ),
+    (
+        "permission lost while saving",
+        failing_write(13, "Permission denied", after=0),
+        PermissionError,
+        r"checkpoint\.pt: Permission denied \(EACCES\); it needed about .*; the previous "
+        r"checkpoint\.pt is intact\. Fix: make the folder writable",
+    ),
+    (
+        "read-only file system while saving",
+        failing_write(30, "Read-only file system", after=0),
+        OSError,
+        r"checkpoint\.pt: Read-only file system \(EROFS\).*Fix: remount",
+    ),
+    (
+        "I/O error while saving",
+        failing_write(5, "Input/output error"),
+        OSError,
+        r"checkpoint\.pt: Input/output error \(EIO\).*Fix: check the disk",
+    ),
+    (
+        "disk full while saving a sharded checkpoint",
+        sharded_disk_full,
+        OSError,
+        r"cannot write the checkpoint .*checkpoint: No space left on device \(ENOSPC\); it "
+        r"needed about 4\.0 kB; the previous checkpoint checkpoint is intact\. Fix: free",
+    ),
+    (
+        "checkpoints cannot rotate",
+        rotation_refused,
+        OSError,
+        r"cannot rotate the checkpoints in .*: permission denied; the new state is kept at .*"
+        r"\.checkpoint\.pt\.next\. Fix",
+    ),
+    (
+        "disk full while logging",
+        metrics_log_disk_full,
+        OSError,
+        r"cannot write the metrics log .*metrics\.jsonl: No space left on device \(ENOSPC\); .*"
+        r"the previous metrics\.jsonl is intact",
+    ),
+]
+
+
+def _unowned(tmp: Path) -> Path:
+    """A sealed checkpoint written without an owner record (an older version's)."""
+    from llm.checkpoint import save_atomic
+
+    path = tmp / "checkpoint.pt"
+    save_atomic({"step": 2, "w": torch.ones(2)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("run", "error", "pattern"), [r[1:] for r in FILES], ids=[r[0] for r in FILES]
+)
+def test_a_bad_file_is_a_named_error(made, tmp_path, run, error, pattern):
+    with pytest.raises(error, match=pattern):
+        run(made, tmp_path)
+
+
+def test_the_battery_counts_its_rows():
+    """Every case tried is a row; the number is the size of the battery (with the amasim
+    rows of test_bad_inputs.py)."""
+    import test_bad_inputs as amasim_rows
+
+    ours = len(ROWS) + len(FILES)
+    theirs = sum(
+        len(table)
+        for table in (amasim_rows.API, amasim_rows.CLI, amasim_rows.WRITERS, amasim_rows.EXITS)
+    ) + len(amasim_rows.WRITERS)  # each writer is tried twice: a held folder, a file
+    assert ours >= 100 and theirs >= 90 and ours + theirs >= 130, (ours, theirs)
+    assert len({r[0] for r in FILES}) == len(FILES)

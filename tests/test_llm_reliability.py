@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +28,7 @@ torch = pytest.importorskip("torch")
 
 from llm_helpers import (  # noqa: E402
     SIZES,
+    FillsUp,
     build_oracle,
     char_tasks,
     flat_state,
@@ -38,14 +40,19 @@ from llm_helpers import (  # noqa: E402
 
 from amasim import mixers  # noqa: E402
 from llm.cache import entry_path, load_or_compute  # noqa: E402
-from llm.checkpoint import CheckpointFile, NonFiniteStateError, load  # noqa: E402
+from llm.checkpoint import CheckpointFile, NonFiniteStateError, load, save_atomic  # noqa: E402
 from llm.config import load_config  # noqa: E402
 from llm.context import open_run  # noqa: E402
 from llm.integrity import (  # noqa: E402
+    TRAILER_BYTES,
+    ForeignFileError,
     IntegrityError,
     IntegrityWarning,
     NonFiniteError,
+    UnsealedFileError,
     first_non_finite,
+    owner_record,
+    write_sealed,
 )
 from llm.lock import FolderLocked, RunLock, StaleLockWarning  # noqa: E402
 from llm.pipeline import run_pipeline  # noqa: E402
@@ -57,6 +64,8 @@ from llm.stages.tasks import load_tasks  # noqa: E402
 from llm.train import LoopConfig, MetricsLog, TrainingDiverged, history, train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: where the driver's checkpoint marks steps not taken yet ("not recorded") with NaN
 PLACEHOLDERS = ("record.loss_sums",)
@@ -313,7 +322,11 @@ def test_a_read_only_run_folder_loses_nothing(tmp_path, monkeypatch):
         train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=folder, on_step=interrupt_at(2))
     before = snapshot(folder)
     with read_only(folder, monkeypatch):
-        with pytest.raises(PermissionError, match=r"cannot write the checkpoint .*Fix: make"):
+        with pytest.raises(
+            PermissionError,
+            match=r"cannot write the checkpoint .*checkpoint\.pt: Read-only file system \(EROFS\); "
+            r"it needed about .*; the previous checkpoint\.pt is intact\. Fix: remount",
+        ):
             train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=folder)
     assert snapshot(folder) == before
 
@@ -720,3 +733,265 @@ def test_data_issues_reach_results_json_and_results_md(suite, tmp_path):
     assert counts["unknown_symbols"] == 2  # é, and NUL (outside the character vocabulary)
     table = (tmp_path / "out" / "results.md").read_text()
     assert "## Data" in table and "| safety | train | 35 | 1 | 0 | 0 | 1 | 1 | 2 | 1 |" in table
+
+
+# ------------------------------------------------------------- whose checkpoint it is
+def owner(rate: float = 0.01, **more) -> dict:
+    """A run's owner record: its [generalist] settings and fingerprints."""
+    return owner_record({"generalist": {"learning_rate": rate, "steps": 6}}, data="d0", **more)
+
+
+def test_a_checkpoint_copied_from_another_run_is_refused_by_name(tmp_path):
+    """The checkpoint of a run with another learning rate, copied into this run's folder:
+    resuming refuses it, naming the setting and both values, and touches nothing."""
+    train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=tmp_path / "a", owner=owner(0.3))
+    with pytest.raises(Interrupt):
+        train(
+            build_oracle(),
+            mixers.ama_r(1.0),
+            loop(),
+            out_dir=tmp_path / "b",
+            owner=owner(0.01),
+            on_step=interrupt_at(2),
+        )
+    shutil.copy(tmp_path / "a" / "checkpoint.pt", tmp_path / "b" / "checkpoint.pt")
+    before = snapshot(tmp_path / "b")
+    with pytest.raises(ForeignFileError) as info:
+        train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=tmp_path / "b", owner=owner())
+    message = str(info.value)
+    assert re.search(
+        r"the checkpoint .*b/checkpoint\.pt was written by a run with a different "
+        r"\[generalist\] learning_rate \(0\.3, this run 0\.01\)\. Fix: point \[run\] out "
+        r"\(or --out\) at another folder for this run, or delete .*b to train this stage again",
+        message,
+    ), message
+    assert info.value.differences == ["[generalist] learning_rate (0.3, this run 0.01)"]
+    assert snapshot(tmp_path / "b") == before
+    # the same run resumes its own checkpoint as before
+    calls = []
+    train(
+        build_oracle(),
+        mixers.ama_r(1.0),
+        loop(),
+        out_dir=tmp_path / "a",
+        owner=owner(0.3),
+        on_step=calls.append,
+    )
+    assert calls == []  # finished: nothing to redo
+
+
+def test_the_command_line_refuses_another_runs_checkpoint_with_exit_2(tmp_path, monkeypatch):
+    """``python -m llm run`` over a folder holding another run's checkpoint: one line naming
+    it, exit status 2 (the pipeline's stage is stood in for by the train call it makes)."""
+    import contextlib
+
+    import llm.pipeline
+    from llm.cli import main as llm_main
+
+    train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=tmp_path / "out", owner=owner(0.3))
+
+    def pipeline(cfg, **kwargs):
+        train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=cfg.run.out, owner=owner())
+
+    monkeypatch.setattr(llm.pipeline, "run_pipeline", pipeline)
+    config = write_toml(tmp_path / "c.toml", {"run": {"seeds": [0], "methods": ["ama-r"]}})
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = llm_main(["run", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert code == 2
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the checkpoint ")
+    assert "different [generalist] learning_rate (0.3, this run 0.01)" in lines[0]
+
+
+def test_an_unsealed_checkpoint_is_refused_not_loaded(tmp_path):
+    """Altered weights saved without a seal (by hand, by another tool): refused by name."""
+    train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=tmp_path, owner=owner())
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    for tensor in state["oracle"]["policy"].values():
+        tensor.add_(0.5)
+    torch.save(state, path)  # no trailer
+    with pytest.raises(UnsealedFileError, match=r"checkpoint\.pt has no checksum trailer.*Fix"):
+        train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=tmp_path, owner=owner())
+
+
+def test_an_unsealed_nan_checkpoint_is_refused_never_named_the_last_good(tmp_path):
+    with pytest.raises(Interrupt):
+        train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=tmp_path, on_step=interrupt_at(2))
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    next(iter(state["oracle"]["policy"].values())).fill_(float("nan"))
+    torch.save(state, path)
+    with pytest.raises(UnsealedFileError) as info:
+        train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=tmp_path)
+    assert "Last good checkpoint" not in str(info.value)
+
+
+def test_a_sealed_checkpoint_holding_nan_is_skipped_and_never_called_good(tmp_path):
+    """A sealed file with a NaN weight (another writer's): damage, so the one before is
+    resumed with a warning, and that one is what the checkpoint verified."""
+    with pytest.raises(Interrupt):
+        train(build_oracle(), mixers.ama_r(1.0), loop(), out_dir=tmp_path, on_step=interrupt_at(4))
+    path = tmp_path / "checkpoint.pt"
+    state = load(path)
+    next(iter(state["oracle"]["policy"].values())).fill_(float("nan"))
+    write_sealed(path, lambda fh: torch.save(state, fh), kind="checkpoint", meta={"step": 4})
+    keeper = CheckpointFile(path)
+    with pytest.warns(IntegrityWarning, match=r"checkpoint\.pt holds a non-finite value"):
+        resumed = keeper.load()
+    assert resumed["step"] == 2
+    assert keeper.verified == (tmp_path / "checkpoint.prev.pt", 2)
+    assert "checkpoint.prev.pt (step 2)" in keeper.last_good()
+
+
+def test_a_checkpoint_without_an_owner_is_refused_by_a_run_that_has_one(tmp_path):
+    train(build_oracle(), mixers.ama_r(1.0), loop(steps=2), out_dir=tmp_path)  # no owner
+    with pytest.raises(ForeignFileError, match=r"carries no owner record.*Fix: point"):
+        CheckpointFile(tmp_path / "checkpoint.pt", owner=owner()).load()
+
+
+def test_a_sharded_checkpoint_of_another_run_or_unsealed_is_refused(tmp_path):
+    from llm.dcp import ShardedCheckpoint
+
+    folder = tmp_path / "checkpoint"
+    ShardedCheckpoint(folder, owner=owner(0.3)).save({"step": 2, "w": {"x": torch.ones(3)}})
+    assert ShardedCheckpoint(folder, owner=owner(0.3)).load()["step"] == 2
+    with pytest.raises(ForeignFileError, match=r"learning_rate \(0\.3, this run 0\.01\)"):
+        ShardedCheckpoint(folder, owner=owner()).load()
+    manifest = folder / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:-TRAILER_BYTES])  # the seal taken off
+    with pytest.raises(UnsealedFileError, match=r"no checksum trailer on its manifest"):
+        ShardedCheckpoint(folder, owner=owner(0.3)).load()
+
+
+def test_a_cache_entry_carries_its_key_and_one_of_another_key_is_rebuilt(tmp_path):
+    calls = []
+    load_or_compute(tmp_path, "reference", {"m": 1}, arrays_once(calls))
+    load_or_compute(tmp_path, "reference", {"m": 2}, arrays_once(calls, 2.0))
+    one, two = (
+        entry_path(tmp_path, "reference", {"m": 1}),
+        entry_path(tmp_path, "reference", {"m": 2}),
+    )
+    shutil.copy(two, one)  # another key's entry under this key's name
+    with pytest.warns(IntegrityWarning, match=r"computed for another key \(m \(2, this run 1\)\)"):
+        got = load_or_compute(tmp_path, "reference", {"m": 1}, arrays_once(calls))
+    assert calls == [1.0, 2.0, 1.0]
+    np.testing.assert_array_equal(got["losses"], np.linspace(0.0, 1.0, 7))
+    assert "__owner__" not in got
+
+
+def test_the_reference_model_file_carries_its_owner(tmp_path):
+    from llm.checkpoint import load_owned, save_atomic
+
+    path = tmp_path / "reference.pt"
+    assert load_owned(path, owner=owner(), kind="reference model") is None  # absent
+    save_atomic({"w": torch.ones(2)}, path, kind="reference model", owner=owner())
+    assert torch.equal(load_owned(path, owner=owner(), kind="reference model")["w"], torch.ones(2))
+    with pytest.warns(IntegrityWarning, match=r"learning_rate \(0\.01, this run 0\.3\): computing"):
+        assert load_owned(path, owner=owner(0.3), kind="reference model") is None
+
+
+def test_a_process_may_take_its_own_folder_again(tmp_path):
+    """A command holds its folder while the pipeline it calls takes it again; the lock goes
+    with the outermost holder, and another process is refused meanwhile."""
+    outer = RunLock(tmp_path).acquire()
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").exists()
+    assert (tmp_path / ".lock").exists()
+    outer.release()
+    assert not (tmp_path / ".lock").exists()
+
+
+# ------------------------------------------------------------------ failed writes
+def test_a_write_past_the_file_size_limit_exits_2_naming_the_file(tmp_path, suite):
+    """Under ``ulimit -f`` (150 kB: the data, the reference model and the caches fit, a
+    checkpoint does not) ``python -m llm run`` ends with exit 2 and one line naming the
+    checkpoint, "File too large" and the limit — not SIGXFSZ, not torch's "unexpected pos"."""
+    import resource
+
+    config = config_at(tmp_path, suite)
+    limit = 150_000
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "llm", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=limited,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert re.search(
+        r"^error: cannot write the checkpoint .*/checkpoint\.pt: File too large \(EFBIG: the "
+        r"file-size limit, ulimit -f, is 150\.0 kB\); it needed about .* kB; .*"
+        r"Fix: raise the file-size limit",
+        line,
+    ), line
+    assert "unexpected pos" not in done.stderr and "Traceback" not in done.stderr
+    assert not list((tmp_path / "out").rglob(".*.tmp"))  # no temporary file left
+
+
+def test_a_full_disk_inside_torch_save_is_named_not_an_internal_error(tmp_path, monkeypatch):
+    """ENOSPC raised by a write inside torch.save (which torch reports as "unexpected
+    pos"): the OSError, naming the file, the errno in words, the bytes and the old file."""
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"w": torch.ones(4)}, path)
+    before = path.read_bytes()
+    real_open = builtins.open
+    monkeypatch.setattr(
+        "llm.integrity.open",
+        lambda *args, **kwargs: FillsUp(real_open(*args, **kwargs), 4000),
+        raising=False,
+    )
+    with pytest.raises(OSError) as info:
+        save_atomic({"w": torch.zeros(4096)}, path)
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert re.search(
+        r"cannot write the checkpoint .*checkpoint\.pt: No space left on device \(ENOSPC\); "
+        r"it needed about 16\.4 kB; .* were written; the previous checkpoint\.pt is intact\. "
+        r"Fix: free disk space",
+        message,
+    ), message
+    assert "unexpected pos" not in message
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary
+
+
+# ------------------------------------------------------------- optional packages
+def test_tensorboard_without_the_package_fails_in_seconds_before_any_training(tmp_path, suite):
+    """``[run] tensorboard = true`` where TensorBoard is not importable (blocked here, as an
+    uninstalled package reads to importlib): ``python -m llm run`` refuses at once, naming
+    the setting and the ``pip install`` — before the reference or any specialist trains."""
+    config = config_at(tmp_path, suite, run={"tensorboard": True})
+    blocked = (
+        "import runpy, sys; sys.modules['tensorboard'] = None; "
+        "sys.argv = ['llm', 'run', '--config', sys.argv[1]]; "
+        "runpy.run_module('llm', run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", blocked, str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    seconds = time.perf_counter() - started
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert re.search(
+        r"error: .*config\.toml \[run\] tensorboard = True: needs the tensorboard package, which "
+        r"is not installed\. Fix: pip install tensorboard, or set tensorboard = false",
+        done.stderr,
+    ), done.stderr
+    assert seconds < 5, seconds
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written

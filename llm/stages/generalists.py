@@ -3,9 +3,10 @@ example budget.
 
 Reads ``[generalist]`` and ``[mix]``.  Each run is checkpointed under
 ``OUT/generalists/<method>-seed<seed>-<key>/`` (``sharded/`` for FSDP, ``rank<r>/`` for DDP
-ranks) and resumes from there; the key (:func:`generalist_key`) names everything the run
-depends on besides its method and seed — the reference, the specialists' losses it reads,
-the DPO settings, the data, the numerics and the LoRA settings.  Under data parallelism
+ranks) and resumes from there; its owner record seals every checkpoint — the stage and mix
+settings, the method and seed, and (:func:`generalist_key`) the reference, the specialists'
+losses it reads, the DPO settings, the data, the numerics and the LoRA settings — so a
+checkpoint of another run is refused by name.  Under data parallelism
 every rank draws the same global batch and trains on its block; the per-task scores are
 reduced before each mixer update (:mod:`llm.parallel`).
 """
@@ -13,7 +14,7 @@ reduced before each mixer update (:mod:`llm.parallel`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from amasim.oracle import Oracle
@@ -21,6 +22,7 @@ from amasim.registry import build, steps_for_budget
 from llm import lora
 from llm.cache import cache_key
 from llm.context import RunContext
+from llm.integrity import owner_record
 from llm.preflight import mix_policy
 from llm.stages.records import Reference, Scores, Specialist, Task, task_data
 from llm.stages.specialists import lora_key
@@ -102,8 +104,10 @@ def train_generalist(
     policy = mix_policy(mix)
     mixer = build(method, steps=steps, sizes=sizes, policy=policy)
     step_size, smoothing = policy(steps, k)  # what the tuning set (the method may fix some)
-    run_key = key | {"mix": asdict(mix), "stage": asdict(stage), "driver": 1}
-    folder = ctx.folders.generalists / f"{method}-seed{seed}-{cache_key(run_key)[:12]}"
+    owner = owner_record(
+        {"generalist": stage, "mix": mix}, method=method, seed=seed, driver=2, **key
+    )
+    folder = ctx.folders.generalists / f"{method}-seed{seed}-{cache_key(owner)[:12]}"
     # sharded: one folder for every rank and world size (llm.dcp); DDP: one per rank
     folder /= "sharded" if ctx.parallel.mode == "fsdp" else f"rank{ctx.parallel.rank}"
     model = getattr(oracle, "policy", None)
@@ -125,7 +129,7 @@ def train_generalist(
         checkpoint_every=stage.checkpoint_every,
     )
     label = ctx.bar_label(f"{method} seed {seed}") if progress else None
-    result = train(oracle, mixer, loop, out_dir=folder, log=log, progress=label)
+    result = train(oracle, mixer, loop, out_dir=folder, log=log, progress=label, owner=owner)
     log.close()
     tuned = {"step_size": step_size, "smoothing": smoothing, "tuning": mix.tuning}
     return GeneralistRun(steps, history(result), tuned)

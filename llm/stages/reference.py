@@ -5,16 +5,15 @@ Reads ``[model]`` and ``[sft]``.  The SFT is a driver run (:class:`llm.sft.SFTOr
 the ``uniform`` mixer: batches uniform over all pairs of all tasks), on the run's device
 and precision, data-parallel under ``torchrun``, checkpointed under
 ``OUT/reference/sft-<key>`` (an interrupted SFT resumes).  Its weights are cached as
-``OUT/models/reference-<key>.pt``, keyed by the model and SFT settings, the initial weights,
-the tasks' token ids and the numerics (device, dtype, layout, threads), so a run on warm
-caches loads them.  The model then takes its training form (:meth:`RunContext.scale`:
-device, adapters, activation checkpointing, shards, compilation).
+``OUT/models/reference-<key>.pt``, sealed with their owner record (:mod:`llm.integrity`:
+the model and SFT settings, the initial weights, the tasks' token ids and the numerics —
+device, dtype, layout, threads), so a run on warm caches loads them and a file of another
+run is never taken for this one's.  The model then takes its training form
+(:meth:`RunContext.scale`: device, adapters, activation checkpointing, shards, compilation).
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,9 @@ import torch
 
 from amasim import mixers
 from llm.cache import cache_key
-from llm.checkpoint import load, save_atomic
+from llm.checkpoint import load_owned, save_atomic
 from llm.context import RunContext
-from llm.integrity import IntegrityError, IntegrityWarning
+from llm.integrity import owner_record
 from llm.model import GPT, GPTConfig, fingerprint
 from llm.parallel import full_state
 from llm.sft import SFTOracle, sft_task
@@ -63,40 +62,29 @@ def reference(ctx: RunContext, tasks: dict[str, Task]) -> Reference:
 def sft_weights(ctx: RunContext, tasks: dict[str, Task]) -> dict[str, torch.Tensor]:
     """The GPT's weights after ``[sft]`` (cached; the initial weights for ``steps = 0``)."""
     init = initial_model(ctx)
-    key = cache_key(
-        {"model": asdict(ctx.cfg.model), "sft": asdict(ctx.cfg.sft), "init": fingerprint(init)}
-        | {name: t.train.fingerprint for name, t in tasks.items()}
-        | ctx.numerics(init)  # device, dtype, layout, CPU threads
-        | {"sft_version": _SFT_VERSION}
+    owner = owner_record(
+        {"model": ctx.cfg.model, "sft": ctx.cfg.sft},
+        init=fingerprint(init),
+        data={name: t.train.fingerprint for name, t in tasks.items()},
+        numerics=ctx.numerics(init),  # device, dtype, layout, CPU threads
+        sft_version=_SFT_VERSION,
     )
+    key = cache_key(owner)
     path = ctx.folders.models / f"reference-{key[:16]}.pt"
-    state = _cached(path, key)
-    if state is None:
-        state = init.state_dict()
-        if ctx.cfg.sft.steps:
-            state = _train(ctx, init, tasks, ctx.folders.reference / f"sft-{key[:12]}")
-        if ctx.parallel.is_main:
-            save_atomic({"key": key, "state": state}, path, kind="reference model")
+    saved = load_owned(path, owner=owner, kind="reference model")
+    if saved is not None:
+        return saved["state"]
+    state = init.state_dict()
+    if ctx.cfg.sft.steps:
+        folder = ctx.folders.reference / f"sft-{key[:12]}"
+        state = _train(ctx, init, tasks, folder, owner)
+    if ctx.parallel.is_main:
+        save_atomic({"state": state}, path, kind="reference model", owner=owner)
     return state
 
 
-def _cached(path: Path, key: str) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        saved = load(path)
-    except IntegrityError as err:
-        warnings.warn(
-            f"reference model {str(err).split(' Fix: ')[0]}: training it again",
-            IntegrityWarning,
-            stacklevel=3,
-        )
-        return None
-    return saved["state"] if saved.get("key") == key else None
-
-
 def _train(
-    ctx: RunContext, model: GPT, tasks: dict[str, Task], folder: Path
+    ctx: RunContext, model: GPT, tasks: dict[str, Task], folder: Path, owner: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
     """SFT through the driver (module docstring); the trained weights, whole, on the CPU.
     The global RNG is left as it was (dropout masks draw from it)."""
@@ -124,7 +112,8 @@ def _train(
         )
         log = MetricsLog(folder / "metrics.jsonl")
         mixer = mixers.uniform([len(t.train) for t in tasks.values()])
-        train(oracle, mixer, loop, out_dir=folder, log=log, progress=ctx.bar_label("reference SFT"))
+        label = ctx.bar_label("reference SFT")
+        train(oracle, mixer, loop, out_dir=folder, log=log, progress=label, owner=owner)
         log.close()
         trained = getattr(trainee, "module", trainee)  # DDP: the replica
         state = full_state(trained.state_dict())  # FSDP: gathered on every rank

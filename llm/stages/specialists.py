@@ -2,8 +2,9 @@
 its per-pair losses cached once.
 
 Reads ``[specialist]`` and ``[eval]``.  A specialist's losses are cached (:mod:`llm.cache`),
-keyed by the reference, the pairs, the DPO and stage settings, the numerics and the LoRA
-settings; its weights stay in ``OUT/specialists/<task>-<key>/`` for the merges.  With
+keyed by its owner record — the reference, the pairs, the DPO and stage settings, the
+numerics and the LoRA settings — which also seals its checkpoints: its weights stay in
+``OUT/specialists/<task>-<key>/`` for the merges, and a checkpoint of another run is refused.  With
 ``[eval] generate`` > 0 each specialist's greedy exact match on its own task's held-out
 prompts is measured once (cached).  ``fraction`` < 1 makes *early-stopped* specialists
 (the cost study, :mod:`llm.specialist_cost`): the first steps of the full run
@@ -27,7 +28,7 @@ from llm.config import StageSection
 from llm.context import RunContext
 from llm.dcp import read_checkpoint
 from llm.evaluate import greedy_exact_match
-from llm.integrity import IntegrityError
+from llm.integrity import IntegrityError, owner_record
 from llm.oracle import load_policy, pair_losses
 from llm.stages.records import SPLITS, Reference, Scores, Specialist, Task, task_data
 from llm.train import LoopConfig, MetricsLog, train
@@ -67,13 +68,13 @@ def stopped_stage(stage: StageSection, fraction: float) -> StageSection:
     return dataclasses.replace(stage, steps=steps, learning_rate=rate)
 
 
-def finished(path: Path | None, steps: int) -> bool:
-    """Whether the checkpoints at ``path`` hold a run finished at ``steps`` (a damaged
-    newest one falls back to the one before, which a resumed run finishes)."""
+def finished(path: Path | None, steps: int, owner: dict[str, Any] | None = None) -> bool:
+    """Whether the checkpoints at ``path`` hold a run of ``owner`` finished at ``steps`` (a
+    damaged newest one falls back to the one before, which a resumed run finishes)."""
     if path is None:
         return False
     try:
-        saved = read_checkpoint(path, weights=False)
+        saved = read_checkpoint(path, weights=False, owner=owner)
     except IntegrityError:
         return False
     return saved is not None and saved.get("step") == steps
@@ -115,17 +116,15 @@ def _one(
     need_weights: bool,
     exact_match: bool,
 ) -> Specialist:
-    key = (
-        {
-            "reference": ref.fingerprint,
-            "pairs": task.train.fingerprint,
-            "eval_pairs": task.eval.fingerprint,
-            "dpo": ctx.dpo,
-            "stage": asdict(section) if section is not None else "the reference",
-            "version": _VERSION,
-        }
-        | ref.numerics
-        | lora_key(ctx)
+    key = owner_record(
+        {"specialist": section if section is not None else "the reference", "dpo": ctx.dpo},
+        task=task.name,
+        reference=ref.fingerprint,
+        pairs=task.train.fingerprint,
+        eval_pairs=task.eval.fingerprint,
+        numerics=ref.numerics,
+        version=_VERSION,
+        **lora_key(ctx),
     )
     folder = ctx.folders.specialists / f"{task.name}-{cache_key(key)[:12]}"
     if ctx.parallel.replicated:  # DDP: every rank trains the same specialist; own files
@@ -136,7 +135,7 @@ def _one(
     def compute() -> dict[str, np.ndarray]:
         ref.restore()
         if section is not None:
-            _train(ctx, ref, task, scores, section, folder)
+            _train(ctx, ref, task, scores, section, folder, key)
         return {split: _losses(ctx, ref, task, scores, split) for split in SPLITS}
 
     where = f"task {task.name!r} (specialist losses)"
@@ -144,7 +143,7 @@ def _one(
     cached = load_or_compute(
         ctx.folders.cache, "specialist", key, compute, where=where, sources=sources
     )
-    if need_weights and not finished(checkpoint, steps):
+    if need_weights and not finished(checkpoint, steps, key):
         ctx.say(f"specialist {task.name}: final checkpoint missing, training it for the merges")
         compute()
     made = Specialist(cached["train"], cached["eval"], checkpoint, key, steps)
@@ -161,6 +160,7 @@ def _train(
     scores: Scores,
     section: StageSection,
     folder: Path,
+    owner: dict[str, Any],
 ) -> None:
     oracle = ctx.make_oracle(
         ref.model,
@@ -179,7 +179,7 @@ def _train(
     )
     log = MetricsLog(folder / "metrics.jsonl")
     label = ctx.bar_label(f"specialist {task.name}")
-    train(oracle, mixers.stratified(), loop, out_dir=folder, log=log, progress=label)
+    train(oracle, mixers.stratified(), loop, out_dir=folder, log=log, progress=label, owner=owner)
     log.close()
 
 
@@ -206,9 +206,10 @@ def _exact_match(
     em_key = made.key | {"generate": settings.generate, "max_new_tokens": settings.max_new_tokens}
 
     def compute() -> dict[str, np.ndarray]:
-        if not finished(made.checkpoint, made.steps):
+        if not finished(made.checkpoint, made.steps, made.key):
             train_again()
-        load_policy(ref.model, read_checkpoint(made.checkpoint)["oracle"]["policy"])
+        saved = read_checkpoint(made.checkpoint, owner=made.key)
+        load_policy(ref.model, saved["oracle"]["policy"])
         value = greedy_exact_match(
             ref.model,
             ctx.tokenizer,

@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["concatenate_tasks", "task_ids", "rows_by_task", "dataset_digest"]
+__all__ = [
+    "concatenate_tasks",
+    "task_ids",
+    "rows_by_task",
+    "check_specialist_rows",
+    "dataset_digest",
+]
 
 
 def concatenate_tasks(datasets: Mapping[str, Any], task_column: str = "task") -> Any:
@@ -96,7 +102,7 @@ def rows_by_task(ids: np.ndarray, names: Sequence[str], per_task: Mapping[str, A
     for i, name in enumerate(names):
         if name not in per_task:
             raise ValueError(f"no specialist losses for task {name!r}: pass one array per task")
-        values = np.asarray(per_task[name], dtype=np.float64)
+        values = _losses(per_task[name], name)
         rows = np.flatnonzero(ids == i)
         if values.shape != rows.shape:
             raise ValueError(
@@ -106,6 +112,54 @@ def rows_by_task(ids: np.ndarray, names: Sequence[str], per_task: Mapping[str, A
             )
         out[rows] = values
     return out
+
+
+def _losses(given: Any, name: str) -> np.ndarray:
+    """Task ``name``'s specialist losses as float64, or an error naming what they hold
+    (text, ``None`` or other objects: numpy would turn ``"0.3"`` into 0.3 and ``None``
+    into NaN without a word)."""
+    raw = np.asarray(given, dtype=object if isinstance(given, list | tuple) else None)
+    if raw.dtype.kind in "fiu":
+        return raw.astype(np.float64)
+    found = [
+        v
+        for v in raw.ravel()
+        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating)
+    ]
+    if found or raw.dtype.kind != "O":
+        bad = found[0] if found else raw.ravel()[0]
+        raise TypeError(
+            f"the specialist losses of task {name!r} are not numbers (they hold "
+            f"{type(bad).__name__} {bad!r}). Fix: pass one float per row, e.g. the arrays "
+            "cache_specialist_losses(...) returns"
+        )
+    return raw.astype(np.float64)
+
+
+def check_specialist_rows(
+    losses: np.ndarray, ids: np.ndarray, names: Sequence[str], *, from_cache: bool
+) -> None:
+    """Raise ``ValueError`` unless every training row's specialist loss is finite, naming
+    the task and why: rows TRL dropped when the losses were computed (``from_cache``: NaN
+    marks them in :func:`~llm.trl.specialists.cache_specialist_losses`), or NaN or infinite
+    values in the losses given."""
+    bad = ~np.isfinite(losses)
+    if not bad.any():
+        return
+    task = names[int(ids[np.argmax(bad)])]
+    count = int(bad.sum())
+    if np.isinf(losses).any() or not from_cache:
+        kind = "an infinite" if np.isinf(losses).any() else "a NaN"
+        raise ValueError(
+            f"{count} training rows (first in task {task!r}) have {kind} specialist loss in "
+            "the specialist_losses given. Fix: pass finite losses, one per row, e.g. from "
+            "cache_specialist_losses(...)"
+        )
+    raise ValueError(
+        f"{count} training rows (first in task {task!r}) have no specialist loss: TRL dropped "
+        "them when the losses were computed (their prompt filled max_length). Fix: compute "
+        "them with this run's max_length, truncation_mode and tokenizer"
+    )
 
 
 class _HashSink:

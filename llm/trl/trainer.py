@@ -76,7 +76,7 @@ from llm.trl.specialists import (
     loss_settings,
     tokenizer_digest,
 )
-from llm.trl.tasks import rows_by_task, task_ids
+from llm.trl.tasks import check_specialist_rows, rows_by_task, task_ids
 
 __all__ = ["AMADPOTrainer", "TASK_COLUMN", "SPECIALIST_COLUMN", "REWEIGHT_ORDERS"]
 
@@ -198,13 +198,9 @@ class AMADPOTrainer(DPOTrainer):
         prepared = self.train_dataset
         kept_ids = np.asarray(prepared[TASK_COLUMN], dtype=np.int64)
         kept_spec = np.asarray(prepared[SPECIALIST_COLUMN], dtype=np.float64)
-        if mixer.score != "loss" and not np.isfinite(kept_spec).all():
-            missing = int((~np.isfinite(kept_spec)).sum())
-            raise ValueError(
-                f"{missing} training rows have no specialist loss (TRL dropped them when the "
-                "losses were computed): compute them with this run's max_length, "
-                "truncation_mode and tokenizer"
-            )
+        if mixer.score != "loss":
+            from_cache = isinstance(specialist_losses, SpecialistLosses)
+            check_specialist_rows(kept_spec, kept_ids, names, from_cache=from_cache)
         self.data_collator = _TaskCollator(self.data_collator)
         self.seed = int(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
         self.task_sampler = TaskMixtureSampler(
