@@ -166,12 +166,12 @@ def _fsdp_worker(rank: int, world: int, store: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from llm.parallel import Group, wrap
+    from llm.parallel import ParallelDims, wrap
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        group = Group(rank, world, 0, "cpu")
+        group = ParallelDims(rank, world, 0, "cpu", "fsdp")
         found = {}
         for label, lora_on in (("fsdp", False), ("fsdp+lora", True)):
             found[label] = _measure(wrap(_build(lora_on), "fsdp", group))

@@ -406,9 +406,10 @@ class DPOOracle(MixtureRoundsFromSteps):
         self.tokens_seen = 0
         self.tokens_computed = 0
         self._pending: tuple[Batch, object] | None = None
-        # the rank's shift of the sample stream (llm.distributed.rank_streams) applies too
-        rank_shift = self.sample_stream - prng.SAMPLE_STREAM
-        self.reset_mixture_rounds(seeds, prng.MIXTURE_STREAM + rank_shift)
+        # train_on_mixture (the capability, for callers of their own: the driver takes round
+        # steps through amasim.mixing) draws from the mixture stream, shifted like the samples
+        shift = self.sample_stream - prng.SAMPLE_STREAM
+        self.reset_mixture_rounds(seeds, prng.MIXTURE_STREAM + shift)
 
     def sample(self, task_ids: np.ndarray) -> Batch:
         if self._keys is None:

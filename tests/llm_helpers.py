@@ -173,59 +173,6 @@ def reduce_inputs() -> list[tuple[np.ndarray, np.ndarray]]:
     ]
 
 
-def distributed_worker(rank: int, world: int, store: str, out_dir: str, steps: int) -> None:
-    """One gloo group, two checks (one spawn is seconds of start-up):
-
-    1. ``reduce_task_scores`` of this rank's :func:`reduce_inputs` → ``reduce{rank}.npz``;
-    2. data-parallel AMA-S training of the tiny GPT (DDP, ``reduce_task_scores``, one
-       stream per rank) → ``train{rank}.pt`` (parameters, mixer state, draws, history).
-    """
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from amasim import mixers
-    from llm.distributed import rank_streams, reduce_task_scores
-    from llm.train import LoopConfig, history, train
-
-    init_gloo(rank, world, store)
-    try:
-        means, counts = reduce_inputs()[rank]
-        got_means, got_counts = reduce_task_scores(means, counts)
-        np.savez(Path(out_dir) / f"reduce{rank}.npz", means=got_means, counts=got_counts)
-
-        loop_stream, oracle_stream = rank_streams(rank)
-        oracle = build_oracle(wrap=DistributedDataParallel, sample_stream=oracle_stream)
-        drawn = []
-        sample = oracle.sample
-
-        def recording_sample(task_ids):
-            batch = sample(task_ids)
-            drawn.append(np.asarray(batch.data).copy())
-            return batch
-
-        oracle.sample = recording_sample
-        config = LoopConfig(steps=steps, batch_size=4, learning_rate=1e-2, checkpoint_every=100)
-        result = train(
-            oracle,
-            mixers.ama_s(1.0, 0.2),
-            config,
-            out_dir=Path(out_dir) / f"rank{rank}",
-            reduce=reduce_task_scores,
-            stream=loop_stream,
-        )
-        torch.save(
-            {
-                "params": parameters(oracle),
-                "mixer": flat_state(result.mixer_state),
-                "drawn": drawn,
-                "history": history(result),
-            },
-            Path(out_dir) / f"train{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
-
-
 # ------------------------------------------------------------------------ failed writes
 class FillsUp:
     """A file that takes ``room`` bytes, then fails with ``OSError(code, words)``: a full

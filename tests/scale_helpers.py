@@ -24,7 +24,7 @@ from llm_helpers import DPO, TOKENIZER, task_data, tiny_gpt
 from amasim import mixers
 from llm import lora
 from llm.oracle import DPOOracle, dpo_settings
-from llm.parallel import Group, full_state, wrap
+from llm.parallel import ParallelDims, full_state, wrap
 from llm.train import LoopConfig, history, train
 
 WORLD = 2
@@ -69,7 +69,7 @@ def tiny_hf(seed: int = 0) -> torch.nn.Module:
         return HFCausalLM(transformers.GPT2LMHeadModel(config).eval())
 
 
-def build(case: str, group: Group | None = None) -> DPOOracle:
+def build(case: str, group: ParallelDims | None = None) -> DPOOracle:
     """The oracle of ``case``: the reference log-probs of the plain model, then (``group``)
     the model sharded over the group's ranks."""
     spec = CASES[case]
@@ -90,7 +90,7 @@ def build(case: str, group: Group | None = None) -> DPOOracle:
 def run_case(
     case: str,
     out_dir: Path,
-    group: Group | None = None,
+    group: ParallelDims | None = None,
     *,
     stop_at: int | None = None,
     resume: bool = True,
@@ -133,10 +133,10 @@ def spawn(worker, world: int, folder: Path, *args: Any) -> None:
     mp.spawn(worker, args=(world, str(store), *args), nprocs=world, join=True)
 
 
-def _join(rank: int, world: int, store: str) -> Group:
+def _join(rank: int, world: int, store: str) -> ParallelDims:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    return Group(rank, world, 0, "cpu")
+    return ParallelDims(rank, world, 0, "cpu", "fsdp")
 
 
 def fsdp_worker(rank: int, world: int, store: str, out: str, cases: list[str]) -> None:
@@ -175,7 +175,7 @@ def ddp_worker(rank: int, world: int, store: str, out: str, steps: int) -> None:
     from llm_helpers import build_oracle, parameters, reduce_inputs
     from torch.nn.parallel import DistributedDataParallel
 
-    from llm.distributed import reduce_task_scores
+    from llm.parallel import reduce_task_scores
 
     _join(rank, world, store)
     try:

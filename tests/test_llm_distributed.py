@@ -1,4 +1,4 @@
-"""llm.distributed: per-task score all-reduce and data-parallel training (DDP) on a
+"""llm.parallel: per-task score all-reduce and data-parallel training (DDP) on a
 2-process gloo group, every rank training on its block of one global batch.
 
 One spawn per module (process start-up and DDP set-up cost seconds): the worker in
@@ -19,7 +19,7 @@ if not dist.is_available():  # pragma: no cover - the CPU wheels ship gloo
 from llm_helpers import build_oracle, flat_state, parameters, reduce_inputs, tiny_gpt
 from scale_helpers import ddp_worker, spawn
 
-from llm.distributed import init_from_env, rank_streams
+from llm.parallel import join
 
 WORLD = 2
 STEPS = 3
@@ -82,24 +82,9 @@ def test_two_ddp_ranks_equal_one_process_of_the_global_batch(ranks, tmp_path):
         torch.testing.assert_close(got["params"][name], value, atol=1e-4, rtol=0)
 
 
-def test_rank_streams_are_distinct_and_rank0_is_the_single_process_run():
-    streams = [s for rank in range(4) for s in rank_streams(rank)]
-    assert len(set(streams)) == len(streams)
-    assert rank_streams(0) == (0, 1)  # train()'s default loop stream, DPOOracle's sample stream
-
-
-def test_init_from_env_without_torchrun_is_single_process(monkeypatch):
+def test_join_without_torchrun_is_single_process(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
-    assert init_from_env() == (0, 1)
+    dims = join("ddp")
+    assert (dims.rank, dims.world, dims.shard, dims.replicated) == (0, 1, None, False)
     assert not dist.is_initialized()
-
-
-def test_each_rank_draws_its_own_mixture_rounds():
-    """train_on_mixture draws from a stream shifted with the rank, like the samples."""
-    keys = []
-    for rank in range(2):
-        oracle = build_oracle(sample_stream=rank_streams(rank)[1])
-        oracle.reset([0])
-        keys.append(oracle.mixture_keys.copy())
-    assert not np.array_equal(keys[0], keys[1])
