@@ -63,14 +63,21 @@ def counts_observed(apply: str) -> bool:
 
 
 def batch_tasks(
-    apply: str, distribution: np.ndarray | None, uniforms: np.ndarray, *, num_tasks: int
+    apply: str,
+    distribution: np.ndarray | None,
+    uniforms: np.ndarray,
+    *,
+    num_tasks: int,
+    interleaved: bool = False,
 ) -> np.ndarray:
     """Task ids (R, n) of a batch of n = ``uniforms.shape[-1]`` examples.
 
-    ``reweight``: the fixed layout, task i at positions i·n/k … (i+1)·n/k − 1 (n must be a
-    multiple of k; ``distribution`` and the uniforms are not read).  ``resample`` and
-    ``importance``: one categorical draw per uniform from ``distribution`` (R, k), the
-    result of :func:`draw_distribution`.
+    ``reweight``: the fixed layout, task i at positions i·n/k … (i+1)·n/k − 1, or with
+    ``interleaved`` at positions ≡ i (mod k), so that any run of consecutive positions (a
+    micro-batch, a rank's share) holds the tasks evenly; n must be a multiple of k, and
+    ``distribution`` and the uniforms are not read.  ``resample`` and ``importance``: one
+    categorical draw per uniform from ``distribution`` (R, k), the result of
+    :func:`draw_distribution`.
     """
     check_apply(apply)
     r, n = uniforms.shape
@@ -80,6 +87,8 @@ def batch_tasks(
                 f"a reweighting batch holds every task equally often: n = {n} examples is not "
                 f"a multiple of the {num_tasks} tasks"
             )
+        if interleaved:
+            return np.tile(np.arange(n) % num_tasks, (r, 1))
         return np.tile(np.repeat(np.arange(num_tasks), n // num_tasks), (r, 1))
     return prng.categorical(uniforms, np.asarray(distribution, dtype=np.float64))
 
@@ -97,7 +106,9 @@ def loss_coefficients(
     ``weights`` (R, k) are the α that weight the step — for ``reweight`` and ``importance``
     the *updated* α (Group DRO Alg. 1 order); ``task_ids`` (R, n) the batch's tasks;
     ``sampling`` (R, k) or (k,) the q an ``importance`` batch was drawn from.  ``reweight``
-    expects every task n/k times (in any order: a TRL micro-batch interleaves them).
+    gives α_i·k/n to each example of task i: exactly the mean of each task's n/k examples
+    when the batch holds them all, and in expectation over the micro-batches of a step when
+    it is one share of a batch that does (a TRL micro-batch).
     """
     check_apply(apply)
     weights = np.asarray(weights, dtype=np.float64)
@@ -109,7 +120,5 @@ def loss_coefficients(
             raise ValueError("apply='importance' needs the sampling distribution q")
         return grdpo.importance_loss_weights(weights, sampling, task_ids, n, check=False)
     k = weights.shape[-1] if num_tasks is None else num_tasks
-    per_task = n // k
-    if per_task * k != n:
-        raise ValueError(f"a reweighting batch of {n} examples is not a multiple of {k} tasks")
+    per_task = n // k if n % k == 0 else n / k  # an int when it divides: α/B, bit for bit
     return np.take_along_axis(weights / per_task, task_ids, axis=-1)

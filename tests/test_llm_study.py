@@ -15,7 +15,7 @@ from llm_helpers import SIZES, tiny_config_dict, write_suite_small, write_toml
 
 from amasim.driver import learning_rate_at
 from llm.config import StageSection, load_config
-from llm.pipeline import run_pipeline, stopped_stage
+from llm.pipeline import run_pipeline
 from llm.report import (
     CLAIMS,
     difference_panels,
@@ -26,6 +26,7 @@ from llm.report import (
     verdict,
     verdict_table,
 )
+from llm.stages.specialists import stopped_stage
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "llm" / "configs"

@@ -585,3 +585,101 @@ def test_mixer_state_round_trips_through_its_leaves(mixer):
         assert type(a) is type(b) and np.array_equal(a, b)
     with pytest.raises(ValueError, match="shape"):
         unflatten(mixer.init(2, seed=[0]), [np.asarray(x) for x in flatten(state)])
+
+
+# ------------------------------------------------------------------ one apply rule
+class _Recording:
+    """A three-task oracle for :class:`amasim.driver.Mixing` that keeps what the driver hands
+    its step: the batch's task ids and the per-example loss weights."""
+
+    task_names = ("arithmetic", "safety", "format")
+    max_replicates = None
+
+    def __init__(self, losses: float) -> None:
+        self.value, self.seen = losses, []
+
+    def sample(self, task_ids):
+        from amasim.oracle import Batch
+
+        return Batch(task_ids, np.zeros(task_ids.shape), np.zeros(task_ids.shape))
+
+    def losses(self, batch):
+        return np.full(batch.task_ids.shape, self.value)
+
+    def step(self, batch, loss_weights, learning_rate):
+        self.seen.append((batch.task_ids.copy(), loss_weights.copy()))
+
+
+@pytest.mark.parametrize("method", ["ama-r", "ama-s", "gr-dpo"])
+def test_the_trainer_applies_the_drivers_coefficients_on_the_same_draws(tiny, tmp_path, method):
+    """One apply rule (amasim.apply): for reweight (AMA-R), resample (AMA-S) and importance
+    (GR-DPO), the per-example coefficients AMADPOTrainer puts on a batch equal the loss
+    weights the driver's Mixing gives the same batch, at the same mixer state; and the
+    trainer's sampler draws the driver's tasks (the same stream; reweighting interleaves
+    the same multiset)."""
+    from amasim.driver import Mixing
+    from amasim.registry import build
+
+    path, tokenizer, data = tiny
+    sizes = tuple(len(ds) for ds in data.values())
+    mixer = build(method, steps=4, sizes=sizes)
+    spec = {name: np.full(len(ds), 0.5) for name, ds in data.items()}  # L = 1 > ℓ: clipping on
+    trainer = AMADPOTrainer(
+        path,
+        args=dpo_args(tmp_path, per_device_train_batch_size=6),
+        train_dataset=concatenate_tasks(data),
+        processing_class=tokenizer,
+        mixer=mixer,
+        specialist_losses=spec,
+    )
+    oracle, state = _Recording(1.0), mixer.init(3, seed=[0])
+    per_task = 2 if mixer.apply == "reweight" else 6  # B of the driver: per task, or in all
+    mixing = Mixing(
+        mixer, oracle, seeds=[0], batch_size=per_task, apply=mixer.apply, score=mixer.score
+    )
+    for t in range(3):
+        alpha_before = mixer.weights(state)
+        out = mixing.step(state, t, learning_rate=0.1)
+        tasks, weights = oracle.seen[-1]
+        trainer.mixer_state, trainer._alpha = out.state, alpha_before[0]
+        alpha = mixer.weights(out.state)[0] if mixer.apply != "resample" else alpha_before[0]
+        np.testing.assert_allclose(trainer._coefficients(alpha, tasks[0]), weights[0], rtol=1e-12)
+        if mixer.apply == "reweight":  # the same tasks, interleaved over the micro-batches
+            drawn = trainer.task_sampler.draw(t)[1]
+            assert sorted(drawn.tolist()) == sorted(tasks[0].tolist())
+        else:  # drawn from α_t (resample) or q (importance): the same stream, the same tasks
+            trainer.mixer_state, trainer._alpha = state, alpha_before[0]
+            trainer.task_sampler.weights = trainer._drawn_from()
+            np.testing.assert_array_equal(trainer.task_sampler.draw(t)[1], tasks[0])
+        state = out.state
+
+
+def test_gr_dpo_trains_inside_the_trainer_from_its_fixed_distribution(tiny, tmp_path):
+    """GR-DPO's batches are drawn from its fixed q (the task sizes), not from α, and every
+    pair is weighted α/(B q) — as the driver trains it."""
+    from amasim.grdpo import sampling_distribution
+    from amasim.registry import build
+
+    path, tokenizer, data = tiny
+    sizes = tuple(len(ds) for ds in data.values())
+    mixer = build("gr-dpo", steps=4, sizes=sizes)
+    trainer = AMADPOTrainer(
+        path,
+        args=dpo_args(tmp_path, max_steps=4, per_device_train_batch_size=6),
+        train_dataset=concatenate_tasks(data),
+        processing_class=tokenizer,
+        mixer=mixer,
+        specialist_losses={name: np.full(len(ds), 0.69) for name, ds in data.items()},
+    )
+    trainer.train()
+    q = sampling_distribution(trainer.mixer_state)[0]
+    np.testing.assert_allclose(q, np.asarray(sizes) / sum(sizes))
+    np.testing.assert_allclose(trainer.task_sampler.weights, q)  # drawn from q, not α
+    log = trainer.mixture_log
+    assert log["weights"].std() > 0  # α moved
+    draws = TaskMixtureSampler(
+        trainer.train_dataset["ama_task_id"], 3, batch_size=6, apply="importance", seed=0
+    )
+    draws.weights = q
+    for t in range(4):  # the counts are those of batches drawn from q
+        assert np.array_equal(np.bincount(draws.draw(t)[1], minlength=3), log["counts"][t])

@@ -8,12 +8,15 @@ G gradient-accumulation micro-batches, B pairs per micro-batch.  Slot q of step 
   (AMA-S, ODM, uniform, stratified);
 * ``apply="reweight"``: task q mod k — every task N/k times, the mixer weights the loss
   instead (AMA-R, Group DRO, DoReMi);
+* ``apply="importance"``: task ~ Categorical(q), the fixed distribution the mixer's state
+  names (GR-DPO); the mixer weights the loss by α/(B q);
 
-and its row is uniform over that task's rows (with replacement, as
-:class:`llm.oracle.DPOOracle` draws).  Every draw is a pure function of (seed, t, q) by
-:mod:`amasim.prng` — task choices from the loop stream, rows from the sample stream — so
-each process computes the same global batch without communication and yields its own
-share: micro-batch g of process p holds slots (g·P + p)·B … (g·P + p + 1)·B − 1.
+(:func:`amasim.apply.batch_tasks`, the driver's rule: the sampler's ``weights`` are the
+distribution the batch is drawn from, α or q) and its row is uniform over that task's rows
+(with replacement, as :class:`llm.oracle.DPOOracle` draws).  Every draw is a pure function
+of (seed, t, q) by :mod:`amasim.prng` — task choices from the loop stream, rows from the
+sample stream — so each process computes the same global batch without communication and
+yields its own share: micro-batch g of process p holds slots (g·P + p)·B … (g·P + p + 1)·B − 1.
 
 The position is the step counter :attr:`step` (the number of mixer updates so far): the
 trainer calls :meth:`advance` with the new weights after each update, and saves
@@ -51,6 +54,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from amasim import prng
+from amasim.apply import batch_tasks
 from amasim.mixers import check_apply
 
 __all__ = ["TaskMixtureSampler"]
@@ -154,15 +158,15 @@ class TaskMixtureSampler(Sampler[int]):
     def draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, tasks) of the whole global batch of ``step``, shape (N,) each.
 
-        Resampling draws the tasks from the current :attr:`weights`; a pure function of
-        (seed, step) and the weights, identical on every process.
+        ``resample`` and ``importance`` draw the tasks from the current :attr:`weights` (α,
+        or the fixed q); a pure function of (seed, step) and the weights, identical on every
+        process.
         """
         n = self.global_batch
-        if self.apply == "resample":
-            u = prng.uniform(self._task_keys, step, n)
-            tasks = prng.categorical(u, self.weights[None, :])[0]
-        else:
-            tasks = np.arange(n) % self.num_tasks
+        u = prng.uniform(self._task_keys, step, n)
+        tasks = batch_tasks(
+            self.apply, self.weights[None, :], u, num_tasks=self.num_tasks, interleaved=True
+        )[0]
         within = prng.integers(prng.uniform(self._row_keys, step, n)[0], self.sizes[tasks])
         return self._order[self._offsets[tasks] + within], tasks
 

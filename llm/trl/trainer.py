@@ -4,23 +4,26 @@ One optimizer step t (global batch of N = P·G·B pairs: P processes, G accumula
 micro-batches of B pairs; the order of :mod:`amasim.driver`'s step, Group DRO Alg. 1):
 
 1. :class:`~llm.trl.sampler.TaskMixtureSampler` draws the step's rows from α_t
-   (resampling mixers) or takes every task N/k times (reweighting mixers);
+   (resampling mixers) or the fixed q (``importance``), or takes every task N/k times
+   (reweighting mixers);
 2. for each micro-batch TRL's ``compute_loss`` runs unchanged and
    :func:`~llm.trl.losses.pair_losses` reads its per-pair losses L(z) (any ``loss_type``);
 3. the mixer's score (``amasim.scores.example_scores``: loss, excess L − ℓ or clipped
    excess max(L − ℓ, 0) over the cached specialist loss ℓ(z)) is summed per task over the
    step's micro-batches, then the sums and counts are all-reduced over the processes;
 4. one mixer update per optimizer step: α_{t+1} = update(α_t, per-task means, counts)
-   (counts only for resampling mixers, as in amasim), identical on every process;
-5. the micro-batch loss is Σ_z c_z·L(z) with c_z = (dscore/dL)(z)/B when resampling and
-   c_z = α_i·(dscore/dL)(z)·k/B for a pair of task i when reweighting (so that, after the
-   Trainer's division by G and DDP's mean over P, the step's gradient is that of
-   Σ_i α_i·mean_i score); its reported value is Σ_z c_z·score(z), the mixed objective
-   itself (for the ``"loss"`` score the two agree); TRL's batch-level terms (``"sft"``, a
-   MoE router loss) are added unweighted, as plain DPOTrainer adds them.
+   (counts only for drawn batches, as in amasim), identical on every process;
+5. the micro-batch loss is Σ_z c_z·(dscore/dL)(z)·L(z) with the driver's apply rule
+   (:mod:`amasim.apply`): c_z = 1/B when resampling, α_i·k/B for a pair of task i when
+   reweighting, α_i/(B q_i) for GR-DPO's importance weighting (batches drawn from its fixed
+   q) — so that, after the Trainer's division by G and DDP's mean over P, the step's
+   gradient is that of Σ_i α_i·mean_i score; its reported value is Σ_z c_z·score(z), the
+   mixed objective itself (for the ``"loss"`` score the two agree); TRL's batch-level terms
+   (``"sft"``, a MoE router loss) are added unweighted, as plain DPOTrainer adds them.
 
-Which α weights a reweighting step (``reweight_order``): ``"updated"`` (default; Group
-DRO Alg. 1 and AMA-R: the step's own scores update α first, α_{t+1} weights its loss) —
+Which α weights a reweighting or importance-weighted step (``reweight_order``):
+``"updated"`` (default; Group DRO Alg. 1, AMA-R and GR-DPO: the step's own scores update α
+first, α_{t+1} weights its loss) —
 with ``gradient_accumulation_steps`` G > 1 the scores of all G micro-batches are needed
 before the first backward, so the step's micro-batches are first scored without gradients
 (one extra forward each, the trade :class:`llm.oracle.DPOOracle` makes with micro-batches);
@@ -64,6 +67,7 @@ from torch.utils.data import DataLoader
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import DPOConfig, DPOTrainer
 
+from amasim.apply import counts_observed, draw_distribution, loss_coefficients
 from amasim.capabilities import require_capabilities
 from amasim.mixers import APPLY_MODES, Mixer
 from amasim.scores import check_score, example_scores
@@ -148,27 +152,9 @@ class AMADPOTrainer(DPOTrainer):
             args = DPOConfig(f"{str(name).split('/')[-1]}-DPO")
         self._check_mixer(mixer)
         self._check_args(args, train_dataset, reweight_order)
-        names_hint = (
-            tasks
-            if tasks is not None
-            else (list(specialist_losses) if specialist_losses is not None else None)
+        train_dataset, names = self._with_task_columns(
+            train_dataset, mixer, task_column, specialist_losses, tasks
         )
-        ids, names = task_ids(train_dataset, task_column, names_hint)
-        if check_score(mixer.score) != "loss" and specialist_losses is None:
-            raise ValueError(
-                f"mixer {mixer.name!r} scores the {mixer.score} loss over each task's specialist: "
-                "pass specialist_losses=cache_specialist_losses(...)"
-            )
-        for column in (TASK_COLUMN, SPECIALIST_COLUMN):
-            if column in train_dataset.column_names:
-                raise ValueError(f"the training set already has a column {column!r}: rename it")
-        spec = (
-            rows_by_task(ids, names, specialist_losses)
-            if specialist_losses is not None
-            else np.zeros(len(ids))
-        )
-        train_dataset = train_dataset.add_column(TASK_COLUMN, ids.tolist())
-        train_dataset = train_dataset.add_column(SPECIALIST_COLUMN, spec.tolist())
         super().__init__(
             model,
             ref_model=ref_model,
@@ -184,27 +170,11 @@ class AMADPOTrainer(DPOTrainer):
             peft_config=peft_config,
         )
         self.mixer, self.task_names, self.reweight_order = mixer, names, reweight_order
-        if isinstance(specialist_losses, SpecialistLosses):
-            ours = {
-                **loss_settings(self.args),
-                "tokenizer": tokenizer_digest(self.processing_class),
-            }
-            differ = compare_settings(specialist_losses.settings, ours)
-            if differ:
-                raise ValueError(
-                    f"the specialist losses were computed with other settings ({', '.join(differ)} "
-                    "differ from this run's): compute them with this run's DPOConfig and tokenizer"
-                )
-        prepared = self.train_dataset
-        kept_ids = np.asarray(prepared[TASK_COLUMN], dtype=np.int64)
-        kept_spec = np.asarray(prepared[SPECIALIST_COLUMN], dtype=np.float64)
-        if mixer.score != "loss":
-            from_cache = isinstance(specialist_losses, SpecialistLosses)
-            check_specialist_rows(kept_spec, kept_ids, names, from_cache=from_cache)
+        self._check_specialists(specialist_losses)
         self.data_collator = _TaskCollator(self.data_collator)
         self.seed = int(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
         self.task_sampler = TaskMixtureSampler(
-            kept_ids,
+            np.asarray(self.train_dataset[TASK_COLUMN], dtype=np.int64),
             len(names),
             batch_size=self.args.per_device_train_batch_size,
             apply=mixer.apply,
@@ -216,6 +186,55 @@ class AMADPOTrainer(DPOTrainer):
             replay_epoch_start=not self.args.ignore_data_skip,
         )
         self._reset_mixture()
+
+    @staticmethod
+    def _with_task_columns(
+        dataset: Any,
+        mixer: Mixer,
+        task_column: str,
+        specialist_losses: Mapping[str, Any] | None,
+        tasks: Sequence[str] | None,
+    ) -> tuple[Any, tuple[str, ...]]:
+        """The training set with each row's task index and cached specialist loss (before
+        TRL prepares it), and the task names in order."""
+        if tasks is None and specialist_losses is not None:
+            tasks = list(specialist_losses)
+        ids, names = task_ids(dataset, task_column, tasks)
+        if check_score(mixer.score) != "loss" and specialist_losses is None:
+            raise ValueError(
+                f"mixer {mixer.name!r} scores the {mixer.score} loss over each task's specialist: "
+                "pass specialist_losses=cache_specialist_losses(...)"
+            )
+        for column in (TASK_COLUMN, SPECIALIST_COLUMN):
+            if column in dataset.column_names:
+                raise ValueError(f"the training set already has a column {column!r}: rename it")
+        spec = (
+            rows_by_task(ids, names, specialist_losses)
+            if specialist_losses is not None
+            else np.zeros(len(ids))
+        )
+        dataset = dataset.add_column(TASK_COLUMN, ids.tolist())
+        return dataset.add_column(SPECIALIST_COLUMN, spec.tolist()), names
+
+    def _check_specialists(self, specialist_losses: Mapping[str, Any] | None) -> None:
+        """The cached specialist losses were made with this run's settings, and every row
+        TRL kept has one (for the excess scores)."""
+        if isinstance(specialist_losses, SpecialistLosses):
+            ours = {
+                **loss_settings(self.args),
+                "tokenizer": tokenizer_digest(self.processing_class),
+            }
+            differ = compare_settings(specialist_losses.settings, ours)
+            if differ:
+                raise ValueError(
+                    f"the specialist losses were computed with other settings ({', '.join(differ)} "
+                    "differ from this run's): compute them with this run's DPOConfig and tokenizer"
+                )
+        if self.mixer.score != "loss":
+            kept_ids = np.asarray(self.train_dataset[TASK_COLUMN], dtype=np.int64)
+            kept_spec = np.asarray(self.train_dataset[SPECIALIST_COLUMN], dtype=np.float64)
+            from_cache = isinstance(specialist_losses, SpecialistLosses)
+            check_specialist_rows(kept_spec, kept_ids, self.task_names, from_cache=from_cache)
 
     # ----------------------------------------------------------------- checks
     def _check_mixer(self, mixer: Any) -> None:
@@ -280,7 +299,7 @@ class AMADPOTrainer(DPOTrainer):
         k = len(self.task_names)
         self.mixer_state = self.mixer.init(k, seed=[self.seed])
         self._alpha = np.asarray(self.mixer.weights(self.mixer_state), dtype=np.float64)[0]
-        self.task_sampler.reset(self._alpha)
+        self.task_sampler.reset(self._drawn_from())
         self._sums, self._counts, self._micro = np.zeros(k), np.zeros(k), 0
         self._scored_alpha: np.ndarray | None = None
         self._log: dict[str, list] = {"step": [], "weights": [], "scores": [], "counts": []}
@@ -326,12 +345,10 @@ class AMADPOTrainer(DPOTrainer):
             )
         counts = np.rint(counts).astype(np.int64)
         means = sums / np.maximum(counts, 1)
-        resample = self.mixer.apply == "resample"
-        new, self.mixer_state = self.mixer.update(
-            self.mixer_state, means[None, :], counts[None, :] if resample else None
-        )
+        observed = counts[None, :] if counts_observed(self.mixer.apply) else None
+        new, self.mixer_state = self.mixer.update(self.mixer_state, means[None, :], observed)
         self._alpha = np.asarray(self.mixer.weights(self.mixer_state), dtype=np.float64)[0]
-        self.task_sampler.advance(self._alpha)
+        self.task_sampler.advance(self._drawn_from())
         self._log["step"].append(self.task_sampler.step)
         self._log["weights"].append(self._alpha.tolist())
         self._log["scores"].append(means.tolist())
@@ -343,6 +360,14 @@ class AMADPOTrainer(DPOTrainer):
             metrics[f"mixer/count/{name}"].append(int(counts[i]))
         self._sums, self._counts = np.zeros(k), np.zeros(k)
         return np.asarray(new, dtype=np.float64)[0]
+
+    def _drawn_from(self) -> np.ndarray:
+        """The distribution the sampler draws the next step from (:mod:`amasim.apply`): α
+        for resampling mixers, the state's fixed q for ``importance`` (GR-DPO); unused by
+        the fixed layout of ``reweight``."""
+        alpha = self._alpha[None, :]
+        drawn = draw_distribution(self.mixer.apply, alpha, self.mixer_state)
+        return np.asarray(alpha if drawn is None else drawn, dtype=np.float64).reshape(-1)
 
     def _scores(self, per_pair: torch.Tensor, tasks: np.ndarray, spec: np.ndarray):
         losses = per_pair.detach().double().cpu().numpy()
@@ -377,7 +402,7 @@ class AMADPOTrainer(DPOTrainer):
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        scoring = self.mixer.apply == "reweight" and self.reweight_order == "updated"
+        scoring = self._weighted and self.reweight_order == "updated"
         if scoring and self.args.gradient_accumulation_steps > 1 and batches:
             self._scored_alpha = self._score_step(batches)
         return batches, num_items
@@ -428,14 +453,14 @@ class AMADPOTrainer(DPOTrainer):
         compute = functools.partial(parent, num_items_in_batch=num_items_in_batch)
         result = pair_losses(self, model, inputs, compute=compute, return_outputs=return_outputs)
         losses, values, dvalues = self._scores(result.per_pair, tasks, spec)
-        k, b = len(self.task_names), self.args.per_device_train_batch_size
         scored = self._scored_alpha is not None
         if not scored:
             self._accumulate(tasks, values)
         self._micro += 1
         last = self._micro == self.args.gradient_accumulation_steps
         updated = False
-        if self.mixer.apply == "reweight":
+        alpha = self._alpha
+        if self._weighted:  # the α that weights this step (reweight_order)
             if scored:
                 alpha = self._scored_alpha
             elif self.reweight_order == "updated":  # G = 1: the step's scores are all here
@@ -445,11 +470,9 @@ class AMADPOTrainer(DPOTrainer):
                         "(Trainer.get_batch_samples was not called); use reweight_order='played'"
                     )
                 alpha, updated = self._update_mixer(), True
-            else:
-                alpha = self._alpha
-            coef = alpha[tasks] * dvalues * (k / b)
-        else:
-            coef = dvalues / b
+        # c_z of amasim.apply, per micro-batch: the Trainer divides by G and DDP averages over
+        # P, so the step descends Σ_i α_i · mean_i score over the global batch
+        coef = dvalues * self._coefficients(alpha, tasks)
         if last:
             if not scored and not updated:
                 self._update_mixer()
@@ -459,6 +482,25 @@ class AMADPOTrainer(DPOTrainer):
         if self.mixer.score != "loss":  # report the objective Σ c·score; its gradient is Σ c·∇L
             loss = loss + float(np.dot(coef, values - losses))
         return (loss, result.outputs) if return_outputs else loss
+
+    @property
+    def _weighted(self) -> bool:
+        """Whether α weights the loss (``reweight``, ``importance``) rather than the draws."""
+        return self.mixer.apply != "resample"
+
+    def _coefficients(self, alpha: np.ndarray, tasks: np.ndarray) -> np.ndarray:
+        """The apply rule's per-example coefficients of this micro-batch (``tasks``)."""
+        sampling = None
+        if self.mixer.apply == "importance":
+            sampling = draw_distribution("importance", alpha[None, :], self.mixer_state)
+        coefficients = loss_coefficients(
+            self.mixer.apply,
+            np.asarray(alpha, dtype=np.float64)[None, :],
+            np.asarray(tasks)[None, :],
+            sampling=sampling,
+            num_tasks=len(self.task_names),
+        )
+        return coefficients[0]
 
     # ------------------------------------------------------------- checkpoints
     def save_mixture(self, folder: str | os.PathLike) -> None:
