@@ -30,9 +30,11 @@ interval over instances (df N − 1).  Its verdict:
 ===================  =================================================================
 agrees               holds on every instance
 disagrees            reversed on every instance
-mixed                holds on some instances and is reversed on others
-mostly agrees        otherwise, when the sign test favours the claim (Holm p ≤ α)
-mostly disagrees     otherwise, when the sign test goes against it (Holm p ≤ α)
+mixed                holds on some instances and is reversed on others (or the sign
+                     test goes against the instances that are significant)
+mostly agrees        reversed on none, and holds on more than half or the sign test
+                     favours the claim (Holm p ≤ α)
+mostly disagrees     the mirror image
 not significant      otherwise
 ===================  =================================================================
 
@@ -81,6 +83,7 @@ __all__ = [
     "decide",
     "over_instances",
     "sentence",
+    "verdict_cells",
 ]
 
 #: the level of every test (family-wise, after Holm) and of every interval
@@ -359,14 +362,17 @@ def decide(
 
 
 def _claim_verdict(counts: Mapping[str, int], n: int, sign_p: float, favour: bool) -> str:
-    if counts["holds"] == n:
+    holds, reversed_ = counts["holds"], counts["reversed"]
+    if holds == n:
         return "agrees"
-    if counts["reversed"] == n:
+    if reversed_ == n:
         return "disagrees"
-    if counts["holds"] and counts["reversed"]:
+    if holds and reversed_:
         return "mixed"
-    if sign_p <= ALPHA:
-        return "mostly agrees" if favour else "mostly disagrees"
+    if holds > n / 2 or (sign_p <= ALPHA and favour):
+        return "mostly agrees" if not reversed_ else "mixed"
+    if reversed_ > n / 2 or (sign_p <= ALPHA and not favour):
+        return "mostly disagrees" if not holds else "mixed"
     return "not significant"
 
 
@@ -458,3 +464,22 @@ def sentence(rec: Mapping[str, Any]) -> str:
         f"{claim}: {verdict}{where} — advantage {_num(rec['estimate'])} ({span}){margin}, "
         f"p = {_p(rec['p'])}, {holm_p}."
     )
+
+
+def verdict_cells(rec: Mapping[str, Any], digits: int = 3) -> list[str]:
+    """A decided record as markdown cells: the advantage with its 95% interval (and the
+    margin of a non-inferiority claim), p, Holm p and the verdict in bold.
+
+    >>> verdict_cells({"estimate": 0.25, "interval": [0.2, 0.3], "p": 0.001, "p_holm": 0.003,
+    ...                "margin": None, "verdict": "holds"})
+    ['+0.25 (+0.2, +0.3)', '0.001', '0.003', '**holds**']
+    """
+    ci = rec["interval"]
+    cell = f"{rec['estimate']:+.{digits}g}"
+    if ci is not None:
+        cell += f" ({ci[0]:+.{digits}g}, {ci[1]:+.{digits}g})"
+    if rec.get("margin") is not None:
+        cell += f"; margin {rec['margin']:g}"
+    p = "–" if rec["p"] is None else _p(rec["p"])
+    p_holm = "–" if rec["p_holm"] is None else _p(rec["p_holm"])
+    return [cell, p, p_holm, f"**{rec['verdict']}**"]

@@ -206,6 +206,8 @@ def _decided(verdicts: list[str], estimates: list[float]) -> list[dict]:
         (["holds"] * 5 + ["n.s."], [0.1] * 6, "mostly agrees"),
         (["n.s."] * 12, [-0.01] * 11 + [0.01], "mostly disagrees"),
         (["n.s."] * 6, [0.01, -0.01] * 3, "not significant"),
+        (["holds"] * 4 + ["n.s."] * 2, [0.1] * 4 + [-0.01] * 2, "mostly agrees"),
+        (["reversed"] + ["n.s."] * 11, [-0.1] + [0.01] * 11, "mixed"),
     ],
 )
 def test_the_verdict_over_instances(verdicts, estimates, expected):

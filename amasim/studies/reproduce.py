@@ -37,7 +37,7 @@ from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS
 from amasim.simulator import SimulatedOracle
 from amasim.studies import IMBALANCED, Tuning, run_tuned
-from amasim.studies.claims import claims_markdown, measure_claims
+from amasim.studies.claims import claims_markdown, decide_tables, measure_claims
 from amasim.studies.compare import SUITES, compare, compare_markdown, write_compare
 from amasim.studies.converge import converge, write_converge
 from amasim.studies.seed_claims import seed_claims, seed_claims_markdown
@@ -150,10 +150,12 @@ def reproduce(
         png_path.replace(figures / png_path.name)
         studies.append(study)
         plot_weights(problem, figures / f"weights_{problem}.png")
-    tables = [
-        measure_claims(problem, budget=settings["budget"], seeds=settings["seeds"])
-        for problem in PROBLEMS
-    ]
+    tables = decide_tables(  # one family: the claims of the three tables
+        [
+            measure_claims(problem, budget=settings["budget"], seeds=settings["seeds"])
+            for problem in PROBLEMS
+        ]
+    )
     claims_study = seed_claims(
         problem_seeds=settings["problem_seeds"],
         seeds=settings["claim_seeds"],
