@@ -380,19 +380,22 @@ def over_instances(
     claims: Sequence[Claim],
     instance_records: Mapping[str, Sequence[dict[str, Any]]],
     *,
-    margin: float | None = None,
     alpha: float = ALPHA,
 ) -> list[dict[str, Any]]:
     """One summary per claim over its decided instance records (``instance_records[claim.
     statement]``, after :func:`decide` over the study's instance family): the counts, the
-    sign test (Holm over ``claims``), the mean instance estimate with its t interval over
-    instances, and the verdict of the module docstring's table."""
+    sign test (against the records' margin for a non-inferiority claim; Holm over
+    ``claims``), the mean instance estimate with its t interval over instances, and the
+    verdict of the module docstring's table."""
     rows = []
     for claim in claims:
         recs = list(instance_records[claim.statement])
         if not recs:
             raise ValueError(f"claim {claim.statement!r} has no instance record")
-        m = margin if claim.noninferior else None
+        margins = {r.get("margin") for r in recs}
+        if len(margins) != 1:
+            raise ValueError(f"claim {claim.statement!r}: its instances have margins {margins}")
+        m = margins.pop()
         estimates = [r["estimate"] for r in recs]
         sign = sign_test(estimates, margin=m)
         spread = interval(estimates, f"{claim.statement}: instance estimates")
@@ -444,6 +447,8 @@ def sentence(rec: Mapping[str, Any]) -> str:
     'A beats B: holds — advantage +0.2 (95% CI [+0.1, +0.3], df 4), p = 0.001, Holm p = 0.004 over 4 tests.'
     """  # noqa: E501
     claim, verdict = rec["claim"], rec["verdict"]
+    if rec.get("metric"):
+        claim += f", on {rec['metric']}"
     if rec["p_holm"] is None:
         return f"{claim}: untested (one seed) — advantage {_num(rec['estimate'])}."
     ci = rec["interval"]

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from amasim.stats import interval
 from llm.config import Config, check_config
 from llm.distributed import rank_streams
 from llm.integrity import write_text_atomic
@@ -48,7 +49,7 @@ from llm.pipeline import (
     specialists,
     stopped_stage,
 )
-from llm.report import interval, write_results
+from llm.report import write_results
 
 __all__ = [
     "FRACTIONS",

@@ -67,7 +67,7 @@ def seed_claims(
                         records.append(rec)
     decided = decide(records, family=FAMILY)
     by_claim = {c.statement: [r for r in decided if r["claim"] == c.statement] for c in claims}
-    summaries = over_instances(claims, by_claim, margin=CONVEX_MARGIN)
+    summaries = over_instances(claims, by_claim)
     for summary in summaries:
         mine = by_claim[summary["claim"]]
         summary["holds_by_setting"] = {
