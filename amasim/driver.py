@@ -226,6 +226,8 @@ class Mixing:
         require_capabilities(oracle, mixer.requires, f"mixer {mixer.name!r}")
         self.mixer, self.oracle, self.reduce = mixer, oracle, reduce
         self.batch_size, self.score = batch_size, check_score(score)
+        # DoReMi scores against the oracle's default-mixture reference, not the specialists
+        self.default_reference = "default_reference" in mixer.requires
         self.resample = apply != "reweight"  # resample, importance: the batch is drawn
         self.importance = apply == "importance"
         self.num_tasks = k = len(oracle.task_names)
@@ -258,7 +260,10 @@ class Mixing:
         if self.local is not None:  # keep this rank's share of the global batch
             batch, task_ids = _shard(batch, self.local), task_ids[:, self.local]
         losses = self.oracle.losses(batch)
-        values, dvalues = example_scores(self.score, losses, batch.reference_losses)
+        reference = batch.reference_losses
+        if self.default_reference:
+            reference = self.oracle.default_reference_losses(batch)
+        values, dvalues = example_scores(self.score, losses, reference)
         if self.resample:
             means, counts = task_means(values, task_ids, k, check=False)
         else:  # the fixed layout: B examples of every task, task by task

@@ -339,7 +339,15 @@ def test_specialist_cost_refuses_bad_fractions(tiny_study):
 def test_small_cpu_config_loads_and_runs_the_study():
     cfg = load_config(CONFIGS / "small-cpu.toml")
     assert cfg.data.suite == "learnable" and len(cfg.run.seeds) >= 5
-    for method in ("uniform", "stratified", "group-dro", "doremi", "ama-r", "ama-s", "gr-dpo"):
+    for method in (
+        "uniform",
+        "stratified",
+        "group-dro",
+        "doremi-specialists",
+        "ama-r",
+        "ama-s",
+        "gr-dpo",
+    ):
         assert method in cfg.run.methods
     assert any(m.startswith("merge-") for m in cfg.run.methods)
     assert cfg.mix.tuning == "theory"  # one stated rule for every method
