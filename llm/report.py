@@ -61,6 +61,7 @@ __all__ = [
     "claim_records",
     "summarize",
     "claims_over_instances",
+    "readme_blocks",
     "write_report",
     "summary_table",
     "task_table",
@@ -324,6 +325,17 @@ def claims_over_instances(
     for summary in summaries:
         summary["records"] = grouped[summary["claim"]]
     return {"instances": list(instances), "rule": STATISTICS, "claims": summaries}
+
+
+def readme_blocks(results_dir: str | Path, name: str = "small_cpu") -> dict[str, str]:
+    """The README's LLM verdict block (``llm-verdicts``), recomputed by :func:`summarize`
+    from the runs of ``results_dir/llm_<name>.json``; empty when the file is absent."""
+    path = Path(results_dir) / f"llm_{name}.json"
+    if not path.is_file():
+        return {}
+    summary = summarize(read_results(path))
+    sentences = "\n".join(f"- {v['sentence']}" for v in summary["verdicts"])
+    return {"llm-verdicts": f"{verdict_note(summary)}\n\n{verdict_table(summary)}\n\n{sentences}"}
 
 
 # ------------------------------------------------------------------------------ tables

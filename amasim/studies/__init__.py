@@ -9,6 +9,7 @@ module              study (``amasim <command>``)
 ``seed_claims``     every seed paper's claim over many problem instances
 ``specialist_cost`` how cheap AMA's specialists can be
 ``reproduce``       all of the above, with figures (the main job)
+``readme``          the README's result blocks, written from ``results/``
 ==================  ===========================================================
 
 Every verdict a study draws is one row of :data:`CLAIMS` — stated before it runs, tested by

@@ -20,6 +20,10 @@ nothing tracked is rewritten — ``--out .`` regenerates the committed tables an
   convergence theory's checks, measured gap beside each bound, when the caller passes
   ``prove`` (the CLI passes :mod:`proofs_check`; the library never imports it).
 
+Every verdict in these files comes from :mod:`amasim.stats` (paired tests over the shared
+seeds, Holm over each study's family); with ``--out .`` the CLI then rewrites the README's
+generated blocks from them (:mod:`amasim.studies.readme`).
+
 ``--quick`` uses T ≤ 10⁴, 4 seeds and a smaller budget (under 2 minutes on 2 cores).
 """
 
