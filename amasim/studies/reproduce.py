@@ -154,12 +154,10 @@ def reproduce(
         png_path.replace(figures / png_path.name)
         studies.append(study)
         plot_weights(problem, figures / f"weights_{problem}.png")
-    tables = decide_tables(  # one family: the claims of the three tables
-        [
-            measure_claims(problem, budget=settings["budget"], seeds=settings["seeds"])
-            for problem in PROBLEMS
-        ]
-    )
+    tables = [
+        measure_claims(p, budget=settings["budget"], seeds=settings["seeds"]) for p in PROBLEMS
+    ]
+    tables = decide_tables(tables)  # one family: the claims of the three tables
     claims_study = seed_claims(
         problem_seeds=settings["problem_seeds"],
         seeds=settings["claim_seeds"],
