@@ -386,7 +386,15 @@ def over_instances(
     statement]``, after :func:`decide` over the study's instance family): the counts, the
     sign test (against the records' margin for a non-inferiority claim; Holm over
     ``claims``), the mean instance estimate with its t interval over instances, and the
-    verdict of the module docstring's table."""
+    verdict of the module docstring's table.
+
+    >>> claim = Claim("A beats B", "a", "b")
+    >>> tests = [paired_test([0.1, 0.2, 0.1], [0.3 + i, 0.5 + i, 0.4 + i]) for i in range(6)]
+    >>> records = decide([record(claim, t) for t in tests])
+    >>> row = over_instances([claim], {"A beats B": records})[0]
+    >>> row["verdict"], row["counts"], row["sign_test"]["favour"]
+    ('agrees', {'holds': 6, 'reversed': 0, 'n.s.': 0}, 6)
+    """
     rows = []
     for claim in claims:
         recs = list(instance_records[claim.statement])
