@@ -22,6 +22,11 @@ are batched over the R replicates of ``reset(seeds)`` like the base protocol's:
                        examples whose groups are drawn from ``mixture`` (R, k) (or (k,)),
                        with the mean loss; ``steps=0`` leaves the model unchanged.
                        (Aioli's LearnParams, Skill-It's graph, DML's sweep)
+``"default_reference"`` ``default_reference_losses(batch) -> (R, N)``: the loss of each
+                       example of ``batch`` under ONE reference model trained on the
+                       default (natural) mixture, as DoReMi (Xie et al. 2023) scores its
+                       excess; ``batch.reference_losses`` holds the task's specialist's.
+                       A pure function of the batch, cached like the specialists'.  (DoReMi)
 ``"checkpointing"``    ``state_dict() -> dict`` and ``load_state_dict(state)``: the
                        oracle's whole training state (model, optimizer, data position),
                        so the driver can save a run and resume it with the same numbers.
@@ -44,7 +49,7 @@ implementation.
 >>> from amasim.simulator import SimulatedOracle
 >>> oracle = SimulatedOracle(make_problem("quadratic", sizes=(30, 10), dim=3))
 >>> sorted(capabilities_of(oracle))
-['group_validation', 'mixture_rounds']
+['default_reference', 'group_validation', 'mixture_rounds']
 >>> oracle.reset([0, 1])
 >>> before = oracle.evaluate_groups()
 >>> oracle.train_on_mixture([0.9, 0.1], 20, learning_rate=0.1)
@@ -69,6 +74,7 @@ __all__ = [
     "TargetSet",
     "GroupValidation",
     "MixtureRounds",
+    "DefaultReference",
     "MissingCapabilityError",
     "MixtureRoundsFromSteps",
     "Checkpointing",
@@ -113,6 +119,13 @@ class MixtureRounds(Protocol):
     def train_on_mixture(
         self, mixture: Any, steps: int, *, learning_rate: float, batch_size: int = 8
     ) -> None: ...
+
+
+@runtime_checkable
+class DefaultReference(Protocol):
+    """``"default_reference"``: per-example losses (R, N) of one default-mixture reference."""
+
+    def default_reference_losses(self, batch: Any) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -167,6 +180,13 @@ CAPABILITIES: dict[str, Capability] = {
         "implement train_on_mixture(mixture, steps, *, learning_rate, batch_size), or "
         "inherit amasim.capabilities.MixtureRoundsFromSteps and call "
         "self.reset_mixture_rounds(seeds) in reset",
+    ),
+    "default_reference": Capability(
+        DefaultReference,
+        ("default_reference_losses",),
+        "implement default_reference_losses(batch) -> (R, N), each example's loss under one "
+        "reference model trained on the default mixture (amasim.simulator.SimulatedOracle "
+        "does), or run 'doremi-specialists', which scores the excess over the specialists",
     ),
     "checkpointing": Capability(
         Checkpointing,

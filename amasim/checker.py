@@ -231,6 +231,13 @@ def _episode(oracle: Any, names: tuple[str, ...], seeds: tuple[int, ...]) -> lis
                 "evaluate on fixed validation data, without random draws",
             )
         seen.append(values)
+    if "default_reference" in names:
+        where = "default_reference_losses(batch)"
+        values = oracle.default_reference_losses(batch)
+        seen.append(_check_array(where, values, (r, k), "f", "one loss per example of the batch"))
+        unchanged(where, "changed the model")
+        if not np.array_equal(values, oracle.default_reference_losses(batch)):
+            _fail(where, "gave different values on a second call", "cache the reference's losses")
     if "mixture_rounds" in names:
         seen += _check_rounds(oracle, names, seeds, batch, before)
     return seen

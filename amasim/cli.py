@@ -331,7 +331,20 @@ def _run(args: argparse.Namespace) -> int:
             from llm.study import publish_study
 
             print("wrote", ", ".join(map(str, publish_study(out))))
+        _update_readme(Path(out))
     return 0
+
+
+def _update_readme(out: Path) -> None:
+    """Rewrite the generated blocks of ``out/README.md`` (``--out .``) from ``out/results``."""
+    readme = out / "README.md"
+    if not readme.is_file():
+        return
+    from amasim.studies.readme import convex_blocks, update_readme
+    from llm.report import readme_blocks
+
+    blocks = {**convex_blocks(out / "results"), **readme_blocks(out / "results")}
+    print("rewrote the README blocks", ", ".join(update_readme(readme, blocks)))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ __all__ = [
     "averaged",
     "hold_last_scores",
     "doremi",
+    "DOREMI_REFERENCES",
     "odm",
     "odm_exploration",
     "Signal",
@@ -549,7 +550,14 @@ def hold_last_scores(mixer: Mixer) -> Mixer:
     return mixer._replace(init=init, update=update, weights=weights)
 
 
-def doremi(step_size: float = 1.0, smoothing: float = 1e-3) -> Mixer:
+#: where DoReMi's excess is measured: its paper's one default-mixture reference, or AMA's
+#: per-task specialists (a variant, registered as ``doremi-specialists``)
+DOREMI_REFERENCES = ("default-mixture", "specialists")
+
+
+def doremi(
+    step_size: float = 1.0, smoothing: float = 1e-3, reference: str = "default-mixture"
+) -> Mixer:
     """DoReMi (Xie et al. 2023, Alg. 1; notes §5): EG on clipped excess loss over one reference.
 
     Every step, with λ_t the per-domain clipped excess and α_{t−1} the weights played last:
@@ -562,12 +570,23 @@ def doremi(step_size: float = 1.0, smoothing: float = 1e-3) -> Mixer:
     the *average* ᾱ of the weights over the run, on which a fresh model is then trained
     (``signal.retrain``: :func:`amasim.driver.run` does it, and reports that model).
     Per-token clipping becomes per-example clipping with this oracle protocol (scores are
-    per example).  With c = 0 the update is AMA-R's.
+    per example).  With c = 0 the weight update is AMA-R's.
+
+    ``reference="default-mixture"`` (the paper): λ is the excess over ONE reference model
+    trained on the default mixture, which the oracle provides per example (capability
+    ``"default_reference"``; the driver then scores against it), and the proxy's θ descends
+    the α-weighted loss, as the official trainer's ``loss = Σ pertoken_loss·α_d/Σα_d`` does:
+    the clipping is in the weight update only (score ``"dro-clipped"``).
+    ``"specialists"``: this project's earlier DoReMi, kept as a named variant
+    (``doremi-specialists``): the excess over each task's specialist, and θ descending the
+    clipped excess (score ``"clipped"``), as AMA-R does.
     """
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float, np.floating)):
         raise TypeError(f"smoothing must be a real number, got {type(smoothing).__name__}")
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"smoothing={smoothing!r} must lie in [0, 1]")
+    if reference not in DOREMI_REFERENCES:
+        raise ValueError(f"reference={reference!r} must be one of {', '.join(DOREMI_REFERENCES)}")
     eta, c = check_positive("step_size", step_size), float(smoothing)
 
     def init(num_tasks: int, seed: int | Sequence[int] = 0) -> EGState:
@@ -584,7 +603,11 @@ def doremi(step_size: float = 1.0, smoothing: float = 1e-3) -> Mixer:
             log_alpha = np.log(alpha)
         return alpha, EGState(log_alpha, alpha)
 
-    played = Mixer(init, update, played_weights, "clipped", "reweight", "doremi")
+    if reference == "default-mixture":
+        name, score, requires = "doremi", "dro-clipped", ("default_reference",)
+    else:
+        name, score, requires = "doremi-specialists", "clipped", ()
+    played = Mixer(init, update, played_weights, score, "reweight", name, requires)
     return hold_last_scores(played)._replace(signal=Signal("batch", retrain=True))
 
 

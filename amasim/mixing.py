@@ -118,6 +118,8 @@ class Mixing:
         check_apply(apply)
         self.mixer, self.oracle, self.reduce = mixer, oracle, reduce
         self.batch_size, self.score, self.apply = batch_size, check_score(score), apply
+        # DoReMi scores against the oracle's default-mixture reference, not the specialists
+        self.default_reference = "default_reference" in mixer.requires
         self.drawn = counts_observed(apply)  # resample, importance: the batch is drawn
         self.num_tasks = k = len(oracle.task_names)
         rank, world = (0, 1) if shard is None else shard
@@ -150,7 +152,10 @@ class Mixing:
         if self.local is not None:  # keep this rank's share of the global batch
             batch, task_ids = _shard(batch, self.local), task_ids[:, self.local]
         losses = self.oracle.losses(batch)
-        values, dvalues = example_scores(self.score, losses, batch.reference_losses)
+        reference = batch.reference_losses
+        if self.default_reference:
+            reference = self.oracle.default_reference_losses(batch)
+        values, dvalues = example_scores(self.score, losses, reference)
         means, counts, loss_sum, loss_count = self._observed(values, losses, task_ids)
         try:  # zero cost unless raised
             new_alpha = alpha

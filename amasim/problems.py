@@ -12,7 +12,9 @@ with x = β(φ_w − φ_l) and offset y = β θ_ref·(φ_w − φ_l).
 
 θ lives in the ball ‖θ‖ ≤ radius (the bounded domain of the convergence theory).  Each
 task's specialist minimises its own mean loss over that ball (scipy SLSQP, analytic
-gradients) and its per-example losses ℓ(z) are cached in ``reference_losses``.
+gradients) and its per-example losses ℓ(z) are cached in ``reference_losses``.  DoReMi's
+one reference model, trained on the default (natural) mixture, is
+:func:`default_reference`, solved on first use.
 
 >>> problem = make_problem("quadratic", sizes=(200, 20, 20), dim=4, seed=0)
 >>> problem.num_tasks, problem.dim, problem.sizes
@@ -24,10 +26,11 @@ True
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,6 +47,8 @@ __all__ = [
     "check_sizes",
     "assemble",
     "check_family",
+    "Reference",
+    "default_reference",
 ]
 
 PROBLEMS = ("quadratic", "logistic", "loglinear-dpo")
@@ -121,6 +126,11 @@ class ConvexProblem:
         loss, slope = loss_and_slope(self.loss, x @ theta, y)
         return float(loss.mean()), slope @ x / (hi - lo)
 
+    def pooled_loss_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean loss over every example (the natural mixture) and its gradient."""
+        loss, slope = loss_and_slope(self.loss, self.features @ theta, self.targets)
+        return float(loss.mean()), slope @ self.features / len(self.targets)
+
     def project(self, theta: np.ndarray) -> np.ndarray:
         """Euclidean projection onto ‖θ‖ ≤ radius, batched over leading axes.
 
@@ -137,24 +147,59 @@ class ConvexProblem:
         return theta * np.minimum(1.0, self.radius / np.maximum(np.sqrt(squares), 1e-300))
 
 
-def _train_specialists(problem: ConvexProblem) -> ConvexProblem:
+def _minimise_in_ball(problem: ConvexProblem, loss_and_grad: Any, *args: Any) -> np.ndarray:
+    """argmin of ``loss_and_grad(θ, *args) -> (loss, gradient)`` over ‖θ‖ ≤ radius (SLSQP
+    from θ₀ = 0, analytic gradients), projected."""
     from scipy.optimize import minimize
 
     r2 = problem.radius**2
-    offsets = problem.offsets
     ball = {"type": "ineq", "fun": lambda t: r2 - t @ t, "jac": lambda t: -2 * t}
-    specialists = []
-    for i in range(problem.num_tasks):
-        res = minimize(
-            problem.task_loss_and_grad,
-            np.zeros(problem.dim),
-            args=(i,),
-            jac=True,
-            method="SLSQP",
-            constraints=[ball],
-            options={"ftol": 1e-13, "maxiter": 1000},
-        )
-        specialists.append(problem.project(res.x))
+    res = minimize(
+        loss_and_grad,
+        np.zeros(problem.dim),
+        args=args,
+        jac=True,
+        method="SLSQP",
+        constraints=[ball],
+        options={"ftol": 1e-13, "maxiter": 1000},
+    )
+    return problem.project(res.x)
+
+
+class Reference(NamedTuple):
+    """A reference model: θ (d,) and its loss on every example (n,)."""
+
+    theta: np.ndarray
+    losses: np.ndarray
+
+
+_DEFAULT_REFERENCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def default_reference(problem: ConvexProblem) -> Reference:
+    """DoReMi's reference model (Xie et al. 2023): ONE model trained on the default mixture —
+    here the natural one, every example alike (task weights ∝ sizes) — solved exactly like
+    the specialists, and its loss on every example; computed once per problem.
+
+    >>> problem = make_problem("quadratic", sizes=(40, 10), dim=3)
+    >>> ref = default_reference(problem)
+    >>> ref.theta.shape, ref.losses.shape
+    ((3,), (50,))
+    >>> bool(problem.example_losses(ref.theta).mean() <= problem.example_losses(
+    ...     problem.specialists[0]).mean())  # the best single model on the pooled data
+    True
+    """
+    if problem not in _DEFAULT_REFERENCES:
+        theta = _minimise_in_ball(problem, problem.pooled_loss_and_grad)
+        _DEFAULT_REFERENCES[problem] = Reference(theta, problem.example_losses(theta))
+    return _DEFAULT_REFERENCES[problem]
+
+
+def _train_specialists(problem: ConvexProblem) -> ConvexProblem:
+    offsets = problem.offsets
+    specialists = [
+        _minimise_in_ball(problem, problem.task_loss_and_grad, i) for i in range(problem.num_tasks)
+    ]
     specialists = np.array(specialists)
     # The same call task_scores makes, so E_i(specialist_i) is exactly 0, not 1e-17.
     reference = np.concatenate(

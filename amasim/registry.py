@@ -110,8 +110,15 @@ METHODS: dict[str, Method] = {
     "doremi": Method(
         lambda h: mixers.doremi(h.step_size, 1e-3),
         _STEP,
-        "EG on clipped excess over one reference, smoothing 1e-3; retrain on mean α",
+        "EG on clipped excess over one default-mixture reference, smoothing 1e-3; retrain on "
+        "mean α",
+    ),
+    "doremi-specialists": Method(
+        lambda h: mixers.doremi(h.step_size, 1e-3, reference="specialists"),
+        _STEP,
+        "DoReMi scoring the excess over the per-task specialists (a variant)",
         True,
+        ablation=True,
     ),
     "odm": Method(lambda h: mixers.odm(), (), "EXP3 on the raw loss, decaying exploration", True),
     "ama-r": Method(

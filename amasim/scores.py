@@ -8,7 +8,13 @@ score              value                   d value / d L (for ∇θ)
 ``"loss"``         L                       1
 ``"excess"``       L − ℓ                   1
 ``"clipped"``      max(L − ℓ, 0)           1[L > ℓ]
+``"dro-clipped"``  max(L − ℓ, 0)           1
 =================  ======================  ===========================
+
+``"dro-clipped"`` is DoReMi's (Xie et al. 2023, Alg. 1 and the official trainer): the
+weights are updated on the clipped excess, while θ descends the α-weighted objective
+Σ α_i (L − ℓ), whose gradient is the loss's — the clipping lives in the weight update
+only, so the coefficient is deliberately not the derivative of the value.
 
 A NaN loss stays NaN in every score (never a clipped 0), so the mixers' finiteness checks
 catch it.
@@ -32,8 +38,8 @@ import numpy as np
 
 __all__ = ["SCORES", "ScoreName", "example_scores", "task_means", "check_score"]
 
-ScoreName = Literal["loss", "excess", "clipped"]
-SCORES: tuple[str, ...] = ("loss", "excess", "clipped")
+ScoreName = Literal["loss", "excess", "clipped", "dro-clipped"]
+SCORES: tuple[str, ...] = ("loss", "excess", "clipped", "dro-clipped")
 
 
 def check_score(score: str) -> str:
@@ -54,6 +60,8 @@ def example_scores(
         return excess, np.ones_like(losses)
     if score == "clipped":  # np.maximum propagates a NaN loss, so no score hides one
         return np.maximum(excess, 0.0), (excess > 0.0).astype(losses.dtype)
+    if score == "dro-clipped":  # DoReMi: clipped for the weights, L − ℓ for θ
+        return np.maximum(excess, 0.0), np.ones_like(losses)
     raise ValueError(check_score(score))
 
 

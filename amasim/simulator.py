@@ -7,8 +7,10 @@ examples alone or beside others.
 
 Optional capabilities (:mod:`amasim.capabilities`): ``"group_validation"``
 (:meth:`SimulatedOracle.evaluate_groups`; the validation set of a group is its whole
-dataset, the data ``evaluate`` reads) and ``"mixture_rounds"`` (``train_on_mixture``,
-through ``sample``/``losses``/``step``, so those steps enter θ̄ too).
+dataset, the data ``evaluate`` reads), ``"mixture_rounds"`` (``train_on_mixture``,
+through ``sample``/``losses``/``step``, so those steps enter θ̄ too) and
+``"default_reference"`` (:meth:`SimulatedOracle.default_reference_losses`: DoReMi's one
+reference model, trained on the natural mixture, :func:`amasim.problems.default_reference`).
 
 >>> import numpy as np
 >>> from amasim.problems import make_problem
@@ -28,7 +30,7 @@ import numpy as np
 from amasim import prng
 from amasim.capabilities import MixtureRoundsFromSteps
 from amasim.oracle import Batch
-from amasim.problems import ConvexProblem, loss_and_slope
+from amasim.problems import ConvexProblem, default_reference, loss_and_slope
 from amasim.validate import check_object
 
 __all__ = ["SimulatedOracle"]
@@ -100,6 +102,10 @@ class SimulatedOracle(MixtureRoundsFromSteps):
     def evaluate(self, score: str = "clipped", averaged: bool = False) -> np.ndarray:
         theta = self.average_theta if averaged else self.theta
         return self.problem.task_scores(theta, score)
+
+    def default_reference_losses(self, batch: Batch) -> np.ndarray:
+        """Each example's loss under the default-mixture reference model, (R, N)."""
+        return default_reference(self.problem).losses[batch.data]
 
     def evaluate_groups(self, score: str = "loss") -> np.ndarray:
         """Every group's mean ``score`` over its data at the current θ, (R, k)."""

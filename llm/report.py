@@ -7,40 +7,61 @@ data audit, and plots (weights, per-task excess loss, differences from stratifie
 instead of read.  No table prints a figure computed from a non-finite value, and an
 interval is printed only over two or more seeds.
 
-Statistics (:func:`summarize`): per method and metric the mean over seeds with a 95%
-Student-t interval (mean ± t₀.₉₇₅,ₙ₋₁ · s/√n).  A claim "A beats B" on a metric *agrees*
-when the difference of the seed means exceeds two standard errors of that difference
-(SE² = s_A²/n_A + s_B²/n_B) in the claimed direction, *disagrees* when it exceeds them the
-other way, and is *not significant* otherwise; a non-inferiority claim ("A at least as
-good as B") agrees unless A is worse beyond two SE.  Verdicts are computed, never written.
+Statistics (:func:`summarize`, all from :mod:`amasim.stats`): per method and metric the
+mean over seeds with a 95% Student-t interval (mean ± t₀.₉₇₅,ₙ₋₁ · s/√n).  Every method
+trains on the same seeds (the ``seed`` of each run), so a claim "A beats B" is a *paired*
+t-test over the seeds both ran (df = n − 1), on the worst-task excess and on the worst-task
+exact match; the family is every claim × metric of the report, Holm-corrected, and a claim
+*holds* / is *reversed* when its Holm-adjusted p ≤ 0.05 in the claimed / the opposite
+direction.  "A is at least as good as B" is tested against a margin stated in advance
+(:data:`amasim.stats.LLM_EXCESS_MARGIN`, :data:`amasim.stats.LLM_EXACT_MATCH_MARGIN`).
+Evaluation noise enters when the runs carry per-item values — ``run["tasks"][task]
+["items"]`` = ``{"clipped": [one value per held-out pair], "exact_match": [one 0/1 per
+held-out prompt]}``, the same items in the same order in every run —: the variance of the
+paired estimate then adds the item bootstrap's (:func:`amasim.stats.item_bootstrap_variance`);
+without them the intervals are over seeds only, and the report says so.  Verdicts and
+their sentences are computed, never written.  :func:`claims_over_instances` counts the
+claims over several instances (data sets) of the study.
 
 >>> results = {"tasks": ["a"], "sizes": [3], "runs": {"m": [
 ...     {"steps": 5, "worst_task_excess": 0.25, "tasks": {"a": {"clipped": 0.25, "exact_match": 1.0}}}]}}
 >>> print(summary_table(results).splitlines()[0])
 Held-out metrics of one seed (no interval); tasks a (train sizes 3).
->>> verdict([0.1, 0.2, 0.15], [0.5, 0.6, 0.55], lower_is_better=True)["verdict"]
-'agrees'
 """  # noqa: E501
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from amasim.stats import (
+    LLM_EXACT_MATCH_MARGIN,
+    LLM_EXCESS_MARGIN,
+    Claim,
+    decide,
+    interval,
+    item_bootstrap_variance,
+    over_instances,
+    paired_test,
+    record,
+    verdict_cells,
+)
 from llm.integrity import IntegrityError, write_text_atomic
 
 __all__ = [
     "Claim",
     "CLAIMS",
-    "interval",
-    "verdict",
+    "VerdictMetric",
+    "VERDICT_METRICS",
+    "claim_records",
     "summarize",
+    "claims_over_instances",
+    "readme_blocks",
     "write_report",
     "summary_table",
     "task_table",
@@ -57,17 +78,10 @@ __all__ = [
 REFERENCE_METHOD = "stratified"
 
 
-class Claim(NamedTuple):
-    """``better`` beats ``worse`` (``"best-merge"``: the merge with the lowest mean
-    worst-task excess in the run); ``noninferior``: no worse beyond two SE."""
+#: the seed papers' claims the LLM study can test (AutoMixAlign; GR-DPO as the rival), stated
+#: in advance: ``better`` beats ``worse`` (``"best-merge"``: the merge with the lowest mean
+#: worst-task excess in the run); ``noninferior``: at least as good, up to the metric's margin
 
-    statement: str
-    better: str
-    worse: str
-    noninferior: bool = False
-
-
-#: the seed papers' claims the LLM study can test (AutoMixAlign; GR-DPO as the rival)
 CLAIMS: tuple[Claim, ...] = (
     Claim("AMA-R beats uniform mixing", "ama-r", "uniform"),
     Claim("AMA-S beats uniform mixing", "ama-s", "uniform"),
@@ -80,11 +94,36 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("AMA-S beats GR-DPO (the rival)", "ama-s", "gr-dpo"),
 )
 
-#: (key, title, lower is better) of the metrics the verdicts are computed on
+
+class VerdictMetric(NamedTuple):
+    """A metric the claims are tested on: its key in :func:`summarize`'s rows, its title,
+    its direction, its non-inferiority margin, how a run's tasks fold into it (``reduce``
+    over the per-task values) and the per-task value (and per-item values) it folds."""
+
+    key: str
+    title: str
+    lower_is_better: bool
+    margin: float
+    reduce: str
+    task_metric: str
+
+
+#: the metrics the verdicts are computed on
 VERDICT_METRICS = (
-    ("worst_task_excess", "worst-task excess", True),
-    ("worst_task_exact_match", "worst-task exact match", False),
+    VerdictMetric(
+        "worst_task_excess", "worst-task excess", True, LLM_EXCESS_MARGIN, "max", "clipped"
+    ),
+    VerdictMetric(
+        "worst_task_exact_match",
+        "worst-task exact match",
+        False,
+        LLM_EXACT_MATCH_MARGIN,
+        "min",
+        "exact_match",
+    ),
 )
+#: the family of a report's tests, as the records name it
+FAMILY = "every claim × verdict metric of the run"
 
 
 def _digest(record: dict[str, Any]) -> str:
@@ -128,66 +167,6 @@ def read_results(path: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- statistics
-def _finite(values: Sequence[float], what: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0 or not np.isfinite(arr).all():
-        raise ValueError(f"{what} is not finite ({arr.tolist()}): no figure is printed from it")
-    return arr
-
-
-def interval(values: Sequence[float], what: str = "values") -> dict[str, Any]:
-    """Mean, standard deviation and 95% Student-t half-width over seeds (``ci95`` is
-    ``None`` for one seed: no interval from one sample).
-
-    >>> row = interval([1.0, 2.0, 3.0])
-    >>> row["mean"], row["std"], round(row["ci95"], 4)  # t(0.975, 2) = 4.3027
-    (2.0, 1.0, 2.4841)
-    """
-    from scipy.stats import t
-
-    arr = _finite(values, what)
-    n = arr.size
-    std = float(arr.std(ddof=1)) if n > 1 else 0.0
-    ci = float(t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else None
-    return {"mean": float(arr.mean()), "std": std, "ci95": ci, "n": n, "values": arr.tolist()}
-
-
-def verdict(
-    better: Sequence[float],
-    worse: Sequence[float],
-    *,
-    lower_is_better: bool,
-    noninferior: bool = False,
-) -> dict[str, Any]:
-    """Whether ``better`` beats ``worse`` beyond two standard errors (seeds as samples).
-
-    ``difference`` is the advantage of ``better`` (positive: the claimed direction);
-    ``verdict`` is ``"agrees"``, ``"disagrees"`` or ``"not significant"`` (a
-    non-inferiority claim: ``"agrees"`` unless ``better`` is worse beyond two SE), or
-    ``"no interval"`` with one seed on either side.
-
-    >>> verdict([0.5, 0.6, 0.55], [0.1, 0.2, 0.15], lower_is_better=True)["verdict"]
-    'disagrees'
-    >>> verdict([0.5, 0.6, 0.55], [0.1, 0.2, 0.15], lower_is_better=True, noninferior=True)["verdict"]
-    'disagrees'
-    >>> verdict([0.1, 0.9], [0.2, 0.8], lower_is_better=True)["verdict"]
-    'not significant'
-    """  # noqa: E501
-    a, b = _finite(better, "claimed better"), _finite(worse, "claimed worse")
-    diff = float(b.mean() - a.mean()) if lower_is_better else float(a.mean() - b.mean())
-    out: dict[str, Any] = {"difference": diff}
-    if a.size < 2 or b.size < 2:
-        return out | {"two_se": None, "verdict": "no interval"}
-    two_se = 2.0 * math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-    if noninferior:
-        outcome = "disagrees" if diff < -two_se else "agrees"
-    else:
-        outcome = (
-            "agrees" if diff > two_se else "disagrees" if diff < -two_se else "not significant"
-        )
-    return out | {"two_se": two_se, "verdict": outcome}
-
-
 def _per_run(run: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
     """A run's summary metrics: worst/mean-task excess and exact match, over its tasks."""
     excess = [run["tasks"][t]["clipped"] for t in names]
@@ -211,9 +190,8 @@ def _best_merge(methods: dict[str, Any]) -> str | None:
     return min(merges, key=lambda m: methods[m]["worst_task_excess"]["mean"])
 
 
-def summarize(results: dict[str, Any], claims: Sequence[Claim] = CLAIMS) -> dict[str, Any]:
-    """Per method the summary metrics and per-task metrics (mean, std, 95% t-interval over
-    seeds), and the verdict of every claim whose methods the run has, per verdict metric."""
+def _methods(results: dict[str, Any]) -> dict[str, Any]:
+    """Per method the summary and per-task metrics, mean ± 95% t-interval over seeds."""
     names = results["tasks"]
     methods: dict[str, Any] = {}
     for method, runs in results["runs"].items():
@@ -232,29 +210,132 @@ def summarize(results: dict[str, Any], claims: Sequence[Claim] = CLAIMS) -> dict
         if runs[0].get("tuned"):
             entry["tuned"] = runs[0]["tuned"]
         methods[method] = entry
-    best = _best_merge(methods)
-    verdicts = []
+    return methods
+
+
+def _by_seed(runs: Sequence[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """A method's runs by their ``seed`` (by position where a run names none)."""
+    return {run.get("seed", i): run for i, run in enumerate(runs)}
+
+
+def _item_variance(
+    pairs: Sequence[tuple[dict, dict]], names: Sequence[str], metric: VerdictMetric
+) -> float | None:
+    """The item bootstrap's variance of the paired estimate, when every run of the pairs
+    carries per-item values of ``metric`` for every task (else ``None``)."""
+    item = metric.task_metric
+
+    def items(run: dict[str, Any], task: str) -> Any:
+        return (run["tasks"][task].get("items") or {}).get(item)
+
+    if any(items(run, t) is None for pair in pairs for run in pair for t in names):
+        return None
+    per_task = [
+        [np.array([items(pair[side], t) for pair in pairs], dtype=float) for t in names]
+        for side in (0, 1)
+    ]
+    return item_bootstrap_variance(
+        per_task[0], per_task[1], reduce=metric.reduce, lower_is_better=metric.lower_is_better
+    )
+
+
+def claim_records(
+    results: dict[str, Any], claims: Sequence[Claim] = CLAIMS, best: str | None = None
+) -> list[dict[str, Any]]:
+    """The undecided :func:`amasim.stats.record` of every claim × verdict metric whose
+    methods ran: paired over the seeds both methods ran, the item bootstrap's variance
+    added when the runs carry per-item values."""
+    names, runs = results["tasks"], results["runs"]
+    out = []
     for claim in claims:
         worse = best if claim.worse == "best-merge" else claim.worse
-        if claim.better not in methods or worse is None or worse not in methods:
+        if claim.better not in runs or worse is None or worse not in runs:
             continue
-        for key, title, lower in VERDICT_METRICS:
-            if key not in methods[claim.better] or key not in methods[worse]:
+        a, b = _by_seed(runs[claim.better]), _by_seed(runs[worse])
+        pairs = [(a[s], b[s]) for s in a if s in b]
+        for metric in VERDICT_METRICS:
+            values = [(_per_run(x, names), _per_run(y, names)) for x, y in pairs]
+            if not values or any(metric.key not in v for pair in values for v in pair):
                 continue  # no exact match without greedy decoding ([eval] generate = 0)
-            record = verdict(
-                methods[claim.better][key]["values"],
-                methods[worse][key]["values"],
-                lower_is_better=lower,
-                noninferior=claim.noninferior,
+            extra = _item_variance(pairs, names, metric)
+            test = paired_test(
+                [x[metric.key] for x, _ in values],
+                [y[metric.key] for _, y in values],
+                lower_is_better=metric.lower_is_better,
+                margin=metric.margin if claim.noninferior else None,
+                extra_variance=extra or 0.0,
             )
-            verdicts.append({**claim._asdict(), "worse_method": worse, "metric": title} | record)
+            out.append(
+                record(
+                    claim,
+                    test,
+                    statement=claim.statement,
+                    better=claim.better,
+                    worse_method=worse,
+                    metric=metric.title,
+                    paired_seeds=[s for s in a if s in b],
+                    evaluation_noise="item bootstrap" if extra is not None else "not included",
+                )
+            )
+    return out
+
+
+STATISTICS = (
+    "paired t over the seeds both methods ran (df = n − 1), two-sided; 'at least as good' "
+    "against the metric's margin (H0: advantage = −margin); Holm over every claim × verdict "
+    "metric of the run; the item bootstrap's variance added when runs carry per-item values"
+)
+
+
+def summarize(results: dict[str, Any], claims: Sequence[Claim] = CLAIMS) -> dict[str, Any]:
+    """Per method the summary metrics and per-task metrics (mean, std, 95% t-interval over
+    seeds), and the decided verdict of every claim × verdict metric whose methods ran."""
+    methods = _methods(results)
+    best = _best_merge(methods)
     return {
         "interval": "95% Student-t over seeds",
-        "rule": "difference beyond 2 SE of the difference of seed means",
+        "rule": STATISTICS,
+        "margins": {m.title: m.margin for m in VERDICT_METRICS},
         "methods": methods,
         "best_merge": best,
-        "verdicts": verdicts,
+        "verdicts": decide(claim_records(results, claims, best), family=FAMILY),
     }
+
+
+def claims_over_instances(
+    instances: dict[str, dict[str, Any]], claims: Sequence[Claim] = CLAIMS
+) -> dict[str, Any]:
+    """Every claim × verdict metric over several instances of the study (name → results
+    record, each a different data set, reference and specialists): the instance tests with
+    Holm over all of them, then per claim and metric the counts, the sign test (Holm over
+    the claims) and the verdict (:func:`amasim.stats.over_instances`)."""
+    records = []
+    for name, results in instances.items():
+        best = _best_merge(_methods(results))
+        records += [r | {"instance": name} for r in claim_records(results, claims, best)]
+    decided = decide(records, family="every claim × verdict metric × instance")
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    stated: dict[str, Claim] = {}
+    for rec in decided:
+        key = f"{rec['statement']} ({rec['metric']})"
+        grouped.setdefault(key, []).append(rec)
+        claim = next(c for c in claims if c.statement == rec["statement"])
+        stated[key] = claim._replace(statement=key)
+    summaries = over_instances(list(stated.values()), grouped)
+    for summary in summaries:
+        summary["records"] = grouped[summary["claim"]]
+    return {"instances": list(instances), "rule": STATISTICS, "claims": summaries}
+
+
+def readme_blocks(results_dir: str | Path, name: str = "small_cpu") -> dict[str, str]:
+    """The README's LLM verdict block (``llm-verdicts``), recomputed by :func:`summarize`
+    from the runs of ``results_dir/llm_<name>.json``; empty when the file is absent."""
+    path = Path(results_dir) / f"llm_{name}.json"
+    if not path.is_file():
+        return {}
+    summary = summarize(read_results(path))
+    sentences = "\n".join(f"- {v['sentence']}" for v in summary["verdicts"])
+    return {"llm-verdicts": f"{verdict_note(summary)}\n\n{verdict_table(summary)}\n\n{sentences}"}
 
 
 # ------------------------------------------------------------------------------ tables
@@ -311,21 +392,41 @@ def task_table(results: dict[str, Any]) -> str:
 
 
 def verdict_table(summary: dict[str, Any]) -> str:
-    """One row per claim and metric: the advantage of the claimed better method, two SE,
-    and the verdict."""
+    """One row per claim and metric: the paired advantage of the claimed better method with
+    its 95% interval, p, Holm p and the verdict."""
     if not summary["verdicts"]:
         return ""
     lines = [
-        "| claim | compared with | metric | advantage | 2 SE | verdict |",
-        "|---|---|---|---:|---:|---|",
+        "| claim | compared with | metric | advantage (95% CI) | p | Holm p | verdict |",
+        "|---|---|---|---|---:|---:|---|",
     ]
     for v in summary["verdicts"]:
-        two_se = "–" if v["two_se"] is None else f"{v['two_se']:.4f}"
-        lines.append(
-            f"| {v['statement']} | {v['worse_method']} | {v['metric']} | "
-            f"{v['difference']:+.4f} | {two_se} | **{v['verdict']}** |"
-        )
+        cells = [v["statement"], v["worse_method"], v["metric"], *verdict_cells(v)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def verdict_note(summary: dict[str, Any]) -> str:
+    """The paragraph above the verdict table: how the verdicts were drawn, from the summary."""
+    verdicts = summary["verdicts"]
+    seeds = sorted({len(v["paired_seeds"]) for v in verdicts})
+    noise = {v["evaluation_noise"] for v in verdicts}
+    margins = ", ".join(f"{m:g} {title}" for title, m in summary["margins"].items())
+    items = (
+        "Evaluation noise is included (a bootstrap over the held-out items, added to the "
+        "seeds' variance)."
+        if noise == {"item bootstrap"}
+        else "Evaluation noise is not included: the runs carry no per-item values, so the "
+        "intervals cover the seeds only (the same held-out items for every method)."
+    )
+    return (
+        f"Advantage: how much better the claimed winner is (lower excess, higher exact match), "
+        f"paired by seed over {'/'.join(map(str, seeds))} seeds, with its 95% Student-t "
+        f"interval. *holds* / *reversed*: significant in the claimed / the opposite direction "
+        f"after Holm over the {len(verdicts)} tests of this report (α = 0.05); *n.s.* "
+        f'otherwise. "At least as good" is tested against a margin stated in advance '
+        f"({margins}). {items} Best merge: {summary['best_merge']}."
+    )
 
 
 def tuning_table(summary: dict[str, Any]) -> str:
@@ -440,13 +541,10 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         text += "".join(f"| {t} | {v:.2f} |\n" for t, v in spec.items())
     table = verdict_table(summary)
     if table:
+        sentences = "".join(f"- {v['sentence']}\n" for v in summary["verdicts"])
         text += (
-            "\n## Verdicts against the seed claims\n\n"
-            "Advantage: how much better the claimed winner is (seed means; lower excess, "
-            "higher exact match).  *agrees* / *disagrees*: beyond 2 SE of the difference in "
-            "the claimed / the opposite direction; *not significant* otherwise.  The "
-            "non-inferiority claim agrees unless the first method is worse beyond 2 SE.  "
-            f"Best merge: {summary['best_merge']}.\n\n{table}\n"
+            f"\n## Verdicts against the seed claims\n\n{verdict_note(summary)}\n\n{table}\n\n"
+            f"{sentences}"
         )
     tuning = tuning_table(summary)
     if tuning:
@@ -494,7 +592,9 @@ def difference_panels(
     runs = results["runs"]
     if reference not in runs or len(runs[reference]) < 2:
         return {}
-    per_run = {m: [_per_run(r, names) for r in rs] for m, rs in runs.items()}
+    per_seed = {
+        m: {seed: _per_run(r, names) for seed, r in _by_seed(rs).items()} for m, rs in runs.items()
+    }
     panels = {}
     for key, title, flip in (
         ("worst_task_excess", "worst-task excess", False),
@@ -502,12 +602,19 @@ def difference_panels(
         ("worst_task_exact_match", "worst-task exact-match error (1 − EM)", True),
         ("mean_exact_match", "mean exact-match error (1 − EM)", True),
     ):
-        if not all(key in r for rows in per_run.values() for r in rows):
+        if not all(key in r for rows in per_seed.values() for r in rows.values()):
             continue  # no exact match without greedy decoding ([eval] generate = 0)
-        values = {
-            m: [(1 - r[key]) if flip else r[key] for r in rows] for m, rows in per_run.items()
-        }
-        panels[title] = differences(values, reference=reference)
+        base, panel = per_seed[reference], {}
+        for m, rows in per_seed.items():
+            seeds = [s for s in base if s in rows]  # paired: the seeds both ran
+            if m == reference or not seeds:
+                continue
+            values = {
+                name: [(1 - src[s][key]) if flip else src[s][key] for s in seeds]
+                for name, src in ((m, rows), (reference, base))
+            }
+            panel[m] = differences(values, reference=reference)[m]
+        panels[title] = panel
     return panels
 
 
@@ -526,7 +633,7 @@ def plot_differences(
     draw(
         panels,
         path,
-        xlabel=f"method − {reference} (lower: better; 95% Welch t, {seeds} seeds)",
+        xlabel=f"method − {reference} (lower: better; 95% paired t, {seeds} seeds)",
         title=f"LLM study: difference from {reference} sampling",
         columns=2,
     )

@@ -35,12 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from amasim.stats import interval
 from llm.config import Config, check_config
 from llm.context import RunContext, open_run
 from llm.integrity import write_text_atomic
 from llm.model import fingerprint
 from llm.pipeline import Prepared, prepare
-from llm.report import interval, write_results
+from llm.report import write_results
 from llm.stages.evaluation import evaluate
 from llm.stages.generalists import generalist_key, generalist_oracle, train_generalist
 from llm.stages.specialists import specialists, stopped_stage

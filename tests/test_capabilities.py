@@ -25,15 +25,48 @@ from amasim.transfer import GradientSimulatedOracle, transfer_problem
 PROBLEM = transfer_problem(3, dim=4, sizes=(30, 30, 30), seed=0)
 TARGET = (PROBLEM.features[:30], PROBLEM.targets[:30])
 # what the simulators can offer (checkpointing and training metrics are the LLM oracle's)
-ALL = ("task_gradients", "target_set", "group_validation", "mixture_rounds")
+ALL = ("task_gradients", "target_set", "group_validation", "mixture_rounds", "default_reference")
 
 
 def test_simulated_oracles_pass_every_capability_they_offer():
     check_oracle(GradientSimulatedOracle(PROBLEM, TARGET), capabilities=ALL)
     check_oracle(GradientSimulatedOracle(PROBLEM, TARGET, gradient_batch=4), capabilities=ALL)
     plain = SimulatedOracle(PROBLEM)
-    assert capabilities_of(plain) == {"group_validation", "mixture_rounds"}
-    check_oracle(plain, capabilities=["group_validation", "mixture_rounds"])
+    assert capabilities_of(plain) == {"group_validation", "mixture_rounds", "default_reference"}
+    check_oracle(plain, capabilities=["group_validation", "mixture_rounds", "default_reference"])
+
+
+class _DriftingReference(SimulatedOracle):
+    def default_reference_losses(self, batch):
+        return super().default_reference_losses(batch) + self.theta.sum() + np.random.rand()
+
+
+class _ShortReference(SimulatedOracle):
+    def default_reference_losses(self, batch):
+        return super().default_reference_losses(batch)[:, :-1]
+
+
+@pytest.mark.parametrize(
+    ("oracle", "words"),
+    [(_DriftingReference, "second call"), (_ShortReference, "one loss per example")],
+)
+def test_the_checker_names_a_broken_default_reference(oracle, words):
+    with pytest.raises(OracleError, match=words):
+        check_capabilities(oracle(PROBLEM), ["default_reference"])
+
+
+def test_doremi_needs_the_default_reference_and_its_variant_does_not():
+    """The published DoReMi refuses an oracle without a default-mixture reference and names
+    the variant; doremi-specialists runs on the specialists' losses alone."""
+
+    class NoDefault(SimulatedOracle):
+        capabilities = ("group_validation", "mixture_rounds")
+
+    with pytest.raises(MissingCapabilityError, match="doremi-specialists"):
+        run(mixers.doremi(0.1), NoDefault(PROBLEM), steps=3, learning_rate=0.1)
+    variant = mixers.doremi(0.1, reference="specialists")
+    result = run(variant, NoDefault(PROBLEM), steps=3, learning_rate=0.1)
+    assert result.method == "doremi-specialists"
 
 
 # one deliberately broken oracle per failure mode, and the words its message must carry

@@ -6,14 +6,25 @@ import numpy as np
 import pytest
 
 from amasim.registry import METHODS
-from amasim.studies.compare import SUITES, _verdict, compare, compare_markdown, write_compare
+from amasim.stats import Claim, decide
+from amasim.studies import claim_record
+from amasim.studies.compare import SUITES, compare, compare_markdown, write_compare
 
 
-def test_verdict_reports_direction_and_significance():
-    """A clearly lower mean agrees and is significant; a reversed one disagrees."""
-    low, high = np.array([1.0, 1.1, 0.9]), np.array([2.0, 2.1, 1.9])
-    assert _verdict(low, high)["agrees"] and _verdict(low, high)["significant"]
-    assert not _verdict(high, low)["agrees"]
+def test_a_claim_is_a_paired_test_with_its_direction():
+    """A clearly lower mean holds, the swapped claim is reversed; the best merge is the
+    merge with the lowest mean; a method that did not run gives no record."""
+    rows = {
+        "a": {"values": [1.0, 1.1, 0.9], "mean": 1.0},
+        "m1": {"values": [2.0, 2.1, 1.9], "mean": 2.0},
+        "m2": {"values": [3.0, 3.0, 3.0], "mean": 3.0},
+    }
+    claims = [Claim("a beats m1", "a", "m1"), Claim("m1 beats a", "m1", "a")]
+    records = decide([claim_record(c, rows) for c in claims])
+    assert [r["verdict"] for r in records] == ["holds", "reversed"]
+    best = claim_record(Claim("a beats merges", "a", "best-merge"), rows, ["m2", "m1"])
+    assert best["worse_method"] == "m1" and best["worse_values"] == [2.0, 2.1, 1.9]
+    assert claim_record(Claim("x", "a", "absent"), rows) is None
 
 
 def test_dga_suite_runs_every_method_and_writes_files(tmp_path):
@@ -32,7 +43,9 @@ def test_dga_suite_runs_every_method_and_writes_files(tmp_path):
             assert (info["extra_gradient_evaluations"] > 0) == (name in ("dga", "doge", "doremi"))
     paths = write_compare(result, tmp_path)
     assert json.loads(paths[0].read_text())["suite"] == "dga"
-    assert "dga beats importance-sampling" in compare_markdown(result)
+    assert "| DGA beats importance sampling | importance-sampling |" in compare_markdown(result)
+    verdicts = [v for inst in result["instances"].values() for v in inst["verdicts"]]
+    assert len(verdicts) == 2 and all(v["family"]["tests"] == 2 for v in verdicts)
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -52,7 +65,7 @@ def test_transfer_suite_marks_missing_capabilities_and_online_protocol(monkeypat
         assert inst["methods"]["ama-r"]["protocol"] == expected
         text = compare_markdown(result)
         assert "| dga | alignment | n/a — needs target_set |" in text
-        assert "aioli beats stratified" in text
+        assert "| balanced | Aioli beats stratified mixing | stratified |" in text
 
 
 def test_unknown_suite_and_too_few_seeds_are_rejected():

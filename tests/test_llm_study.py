@@ -14,16 +14,16 @@ from hypothesis import strategies as st
 from llm_helpers import SIZES, tiny_config_dict, write_suite_small, write_toml
 
 from amasim.driver import learning_rate_at
+from amasim.stats import LLM_EXCESS_MARGIN, interval
 from llm.config import StageSection, load_config
 from llm.pipeline import run_pipeline
 from llm.report import (
     CLAIMS,
+    claims_over_instances,
     difference_panels,
-    interval,
     read_results,
     summarize,
     summary_table,
-    verdict,
     verdict_table,
 )
 from llm.stages.specialists import stopped_stage
@@ -46,18 +46,18 @@ def test_interval_is_a_student_t_interval():
 
 
 def test_verdicts_follow_the_numbers():
+    """Paired by seed: a clear winner holds, the swapped claim is reversed, exact match
+    (higher is better) reads the same numbers the other way; the family is every claim ×
+    metric of the report."""
     low, high = [0.10, 0.12, 0.11, 0.09, 0.10], [0.50, 0.52, 0.49, 0.51, 0.50]
-    assert verdict(low, high, lower_is_better=True)["verdict"] == "agrees"
-    assert verdict(high, low, lower_is_better=True)["verdict"] == "disagrees"
-    # higher is better (exact match): the same numbers give the opposite verdicts
-    assert verdict(low, high, lower_is_better=False)["verdict"] == "disagrees"
-    assert verdict(high, low, lower_is_better=False)["verdict"] == "agrees"
-    noisy = [0.1, 0.9, 0.2, 0.8, 0.5]
-    assert verdict(noisy, high, lower_is_better=True)["verdict"] == "not significant"
-    # non-inferiority: holds unless worse beyond 2 SE
-    assert verdict(noisy, high, lower_is_better=True, noninferior=True)["verdict"] == "agrees"
-    assert verdict(high, low, lower_is_better=True, noninferior=True)["verdict"] == "disagrees"
-    assert verdict([0.1], [0.5], lower_is_better=True)["verdict"] == "no interval"
+    summary = summarize(
+        fake_results({"ama-r": low, "uniform": high}, matches={"ama-r": low, "uniform": high})
+    )
+    assert verdicts_of(summary, "AMA-R beats uniform mixing") == {"uniform": "holds"}
+    assert verdicts_of(summary, "AMA-R beats uniform mixing", "worst-task exact match") == {
+        "uniform": "reversed"
+    }
+    assert {v["family"]["tests"] for v in summary["verdicts"]} == {2}
 
 
 @settings(max_examples=60, deadline=None)
@@ -66,15 +66,49 @@ def test_verdicts_follow_the_numbers():
     b=st.lists(st.floats(0, 2), min_size=2, max_size=8),
 )
 def test_swapping_the_methods_mirrors_the_verdict(a, b):
-    """A beats B beyond 2 SE exactly when B loses to A beyond 2 SE: the verdict is a
-    function of the numbers, antisymmetric in the two methods."""
-    forward = verdict(a, b, lower_is_better=True)
-    backward = verdict(b, a, lower_is_better=True)
-    assert forward["difference"] == pytest.approx(-backward["difference"], abs=1e-12)
-    assert forward["two_se"] == pytest.approx(backward["two_se"])
-    mirror = {"agrees": "disagrees", "disagrees": "agrees", "not significant": "not significant"}
-    if abs(abs(forward["difference"]) - forward["two_se"]) > 1e-9:  # not on the boundary
+    """A beats B exactly when B loses to A: the verdict is a function of the paired numbers,
+    antisymmetric in the two methods."""
+    n = min(len(a), len(b))
+    forward = summarize(fake_results({"ama-r": a[:n], "uniform": b[:n]}))["verdicts"][0]
+    backward = summarize(fake_results({"ama-r": b[:n], "uniform": a[:n]}))["verdicts"][0]
+    assert forward["estimate"] == pytest.approx(-backward["estimate"], abs=1e-12)
+    assert forward["p"] == pytest.approx(backward["p"], abs=1e-12)
+    mirror = {"holds": "reversed", "reversed": "holds", "n.s.": "n.s."}
+    if abs(forward["p_holm"] - 0.05) > 1e-9:  # not on the boundary
         assert backward["verdict"] == mirror[forward["verdict"]]
+
+
+def test_noninferiority_has_a_margin_and_pairs_by_seed():
+    """AMA-S a little worse than AMA-R on every seed, by less than the margin: non-inferior;
+    worse by more than the margin: reversed. Seeds present for one method only are dropped."""
+    r = [0.30, 0.45, 0.38, 0.52, 0.41]
+    close = [v + LLM_EXCESS_MARGIN / 4 for v in r]
+    far = [v + 4 * LLM_EXCESS_MARGIN for v in r]
+    statement = "AMA-S is at least as good as AMA-R"
+    for ama_s, expected in ((close, "holds"), (far, "reversed")):
+        results = fake_results({"ama-r": r, "ama-s": ama_s})
+        results["runs"]["ama-s"].append({**results["runs"]["ama-s"][0], "seed": 99})
+        summary = summarize(results)
+        (v,) = [v for v in summary["verdicts"] if v["metric"] == "worst-task excess"]
+        assert v["statement"] == statement and v["margin"] == LLM_EXCESS_MARGIN
+        assert v["verdict"] == expected and v["paired_seeds"] == [0, 1, 2, 3, 4]
+
+
+def test_item_values_add_evaluation_noise():
+    """Runs with per-item values: the interval widens by the item bootstrap's variance."""
+    rng = np.random.default_rng(0)
+    results = fake_results({"ama-r": [0.1, 0.12, 0.11], "uniform": [0.3, 0.33, 0.31]})
+    plain = summarize(results)["verdicts"][0]
+    for method, shift in (("ama-r", 0.1), ("uniform", 0.3)):
+        for run in results["runs"][method]:
+            items = shift + rng.normal(0, 0.3, 100)
+            run["tasks"]["a"]["items"] = {"clipped": items.tolist()}
+            run["tasks"]["a"]["clipped"] = run["worst_task_excess"] = float(items.mean())
+    noisy = summarize(results)["verdicts"][0]
+    assert plain["evaluation_noise"] == "not included"
+    assert noisy["evaluation_noise"] == "item bootstrap"
+    width = [v["interval"][1] - v["interval"][0] for v in (plain, noisy)]
+    assert width[1] > width[0]
 
 
 def fake_results(values: dict[str, list[float]], matches: dict[str, list[float]] | None = None):
@@ -105,12 +139,10 @@ def verdicts_of(summary, statement, metric="worst-task excess"):
 def test_summary_verdicts_flip_when_the_numbers_do():
     good, bad = [0.10, 0.11, 0.12], [0.40, 0.41, 0.42]
     summary = summarize(fake_results({"ama-r": good, "uniform": bad, "stratified": bad}))
-    assert verdicts_of(summary, "AMA-R beats uniform mixing") == {"uniform": "agrees"}
+    assert verdicts_of(summary, "AMA-R beats uniform mixing") == {"uniform": "holds"}
     flipped = summarize(fake_results({"ama-r": bad, "uniform": good, "stratified": bad}))
-    assert verdicts_of(flipped, "AMA-R beats uniform mixing") == {"uniform": "disagrees"}
-    assert verdicts_of(flipped, "AMA-R beats stratified mixing") == {
-        "stratified": "not significant"
-    }
+    assert verdicts_of(flipped, "AMA-R beats uniform mixing") == {"uniform": "reversed"}
+    assert verdicts_of(flipped, "AMA-R beats stratified mixing") == {"stratified": "n.s."}
     # only the claims whose methods ran are judged
     assert {v["better"] for v in summary["verdicts"]} == {"ama-r"}
     assert summary["methods"]["ama-r"]["worst_task_excess"]["mean"] == pytest.approx(0.11)
@@ -128,13 +160,28 @@ def test_the_best_merge_is_the_lowest_merge_and_exact_match_has_its_own_verdict(
     summary = summarize(results)
     assert summary["best_merge"] == "merge-linear"
     statement = "AMA-S beats the best merge"
-    assert verdicts_of(summary, statement) == {"merge-linear": "agrees"}
-    assert verdicts_of(summary, statement, "worst-task exact match") == {
-        "merge-linear": "disagrees"
-    }
+    assert verdicts_of(summary, statement) == {"merge-linear": "holds"}
+    assert verdicts_of(summary, statement, "worst-task exact match") == {"merge-linear": "reversed"}
     table = verdict_table(summary)
     assert "| AMA-S beats the best merge | merge-linear | worst-task excess |" in table
-    assert "**disagrees**" in table and "**agrees**" in table
+    assert "**reversed**" in table and "**holds**" in table
+
+
+def test_claims_over_instances_count_and_sign_test():
+    """Six instances where AMA-R beats uniform on every seed: the claim agrees, with a
+    sign test of 6 for and 0 against; the records name their instance."""
+    rng = np.random.default_rng(1)
+    instances = {
+        f"synth{i}": fake_results(
+            {"ama-r": list(0.1 + rng.random(5) * 0.01), "uniform": list(0.5 + rng.random(5) * 0.01)}
+        )
+        for i in range(6)
+    }
+    study = claims_over_instances(instances)
+    (row,) = [c for c in study["claims"] if c["claim"].endswith("(worst-task excess)")]
+    assert row["verdict"] == "agrees" and row["instances"] == 6
+    assert row["sign_test"] == {"favour": 6, "against": 0, "ties": 0, "p": 0.03125}
+    assert [r["instance"] for r in row["records"]] == list(instances)
 
 
 def test_claims_cover_the_seed_claims_and_the_rival():
@@ -207,11 +254,7 @@ def test_results_json_has_seeds_specialist_exact_match_and_verdicts(tiny_study):
     judged = {(v["statement"], v["metric"]) for v in summary["verdicts"]}
     assert ("AMA-S is at least as good as AMA-R", "worst-task exact match") in judged
     assert ("AMA-R beats the best merge", "worst-task excess") in judged
-    assert {v["verdict"] for v in summary["verdicts"]} <= {
-        "agrees",
-        "disagrees",
-        "not significant",
-    }
+    assert {v["verdict"] for v in summary["verdicts"]} <= {"holds", "reversed", "n.s."}
     # the summary is the statistics of the runs, recomputed
     assert summarize(results)["verdicts"] == summary["verdicts"]
     text = (out / "results.md").read_text()
@@ -297,7 +340,15 @@ def test_specialist_cost_refuses_bad_fractions(tiny_study):
 def test_small_cpu_config_loads_and_runs_the_study():
     cfg = load_config(CONFIGS / "small-cpu.toml")
     assert cfg.data.suite == "learnable" and len(cfg.run.seeds) >= 5
-    for method in ("uniform", "stratified", "group-dro", "doremi", "ama-r", "ama-s", "gr-dpo"):
+    for method in (
+        "uniform",
+        "stratified",
+        "group-dro",
+        "doremi-specialists",
+        "ama-r",
+        "ama-s",
+        "gr-dpo",
+    ):
         assert method in cfg.run.methods
     assert any(m.startswith("merge-") for m in cfg.run.methods)
     assert cfg.mix.tuning == "theory"  # one stated rule for every method

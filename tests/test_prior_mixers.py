@@ -208,3 +208,67 @@ def test_odm_constant_losses_keep_the_weights_bounded():
     for _ in range(10_000):
         w, state = mixer.update(state, np.array([2.0, 0.5, 0.5]), np.array([1, 1, 1]))
     assert np.all(np.abs(w - 1 / 3) < 0.02)
+
+
+def doremi_proxy_transcribed(problem, batches, theta_ref, steps, eta, c, lr):
+    """The official DoReMi proxy step (Xie et al. 2023, Alg. 1; ``DoReMiTrainer``:
+    ``update_domain_weights`` then the ``doremiv1`` loss), written out plainly for least
+    squares: the excess over ONE reference model θ_ref trained on the default mixture,
+    clipped, averaged per domain; log α ← log α + η·λ, softmax, (1 − c)·α + c/k; then θ
+    descends Σ_z L(θ, z)·α_{d(z)} / Σ_z α_{d(z)} (the raw loss: no clipping), projected.
+    Returns every α_t and the last θ."""
+    k = problem.num_tasks
+    theta, alpha, out = np.zeros(problem.dim), np.full(k, 1.0 / k), []
+    for index in batches[:steps]:
+        x, y, d = problem.features[index], problem.targets[index], problem.task_ids[index]
+        loss = 0.5 * (x @ theta - y) ** 2
+        reference = 0.5 * (x @ theta_ref - y) ** 2
+        excess = np.clip(loss - reference, 0, None)
+        lam = np.array([excess[d == i].mean() for i in range(k)])
+        log_new = np.log(alpha) + eta * lam
+        new = np.exp(log_new - log_new.max())
+        alpha = (1 - c) * new / new.sum() + c / k
+        out.append(alpha)
+        w = alpha[d] / alpha[d].sum()
+        grad = (w * (x @ theta - y)) @ x
+        theta = theta - lr * grad
+        norm = np.linalg.norm(theta)
+        if norm > problem.radius:
+            theta = theta * problem.radius / norm
+    return np.array(out), theta
+
+
+def test_doremi_proxy_equals_the_official_update_with_a_default_mixture_reference():
+    """Through the driver's step on the simulator, ``doremi`` scores the excess over one
+    reference trained on the natural mixture (solved here independently: least squares on
+    the pooled data) and trains its proxy on the α-weighted loss — the official update,
+    step for step; ``doremi-specialists`` does not."""
+    from amasim.driver import Mixing
+    from amasim.problems import default_reference, make_problem
+    from amasim.simulator import SimulatedOracle
+
+    problem = make_problem("quadratic", sizes=(60, 15, 15), dim=3, seed=2, radius=30.0)
+    theta_ref = np.linalg.lstsq(problem.features, problem.targets, rcond=None)[0]
+    assert np.linalg.norm(theta_ref) < problem.radius  # the ball does not bind
+    np.testing.assert_allclose(default_reference(problem).theta, theta_ref, atol=1e-6)
+    steps, b, eta, c, lr = 40, 4, 2.0, 0.05, 0.05
+    twin = SimulatedOracle(problem)
+    twin.reset([3])
+    layout = np.repeat(np.arange(3), b)[None]
+    batches = [twin.sample(layout).data[0] for _ in range(steps)]
+    expected, theta = doremi_proxy_transcribed(problem, batches, theta_ref, steps, eta, c, lr)
+    for mixer, same in (
+        (mixers.doremi(eta, c), True),
+        (mixers.doremi(eta, c, "specialists"), False),
+    ):
+        oracle = SimulatedOracle(problem)
+        oracle.reset([3])
+        mixing = Mixing(mixer, oracle, seeds=[3], batch_size=b, apply="reweight", score=mixer.score)
+        state, got = mixer.init(3, seed=[3]), []
+        for t in range(steps):
+            state = mixing.step(state, t, lr).state
+            got.append(mixer.weights(state)[0])
+        close = np.allclose(got, expected, rtol=1e-6, atol=1e-9)
+        assert close == same
+        if same:
+            np.testing.assert_allclose(oracle.theta[0], theta, rtol=1e-6, atol=1e-9)

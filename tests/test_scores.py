@@ -69,7 +69,19 @@ def test_clipped_score_lies_between_zero_and_absolute_excess(pair):
     assert np.all((clipped == 0) | (clipped == excess))
 
 
-@pytest.mark.parametrize("score", SCORES)
+@SETTINGS
+@given(pair=loss_pairs(st.floats(allow_nan=False, allow_infinity=False, width=32)))
+def test_dro_clipped_reports_the_clipped_excess_and_descends_the_excess(pair):
+    """DoReMi's score: the mixer sees the clipped excess, θ the excess's coefficient 1."""
+    losses, refs = pair
+    values, coef = example_scores("dro-clipped", losses, refs)
+    clipped, _ = example_scores("clipped", losses, refs)
+    _, excess_coef = example_scores("excess", losses, refs)
+    np.testing.assert_array_equal(values, clipped)
+    np.testing.assert_array_equal(coef, excess_coef)
+
+
+@pytest.mark.parametrize("score", [s for s in SCORES if s != "dro-clipped"])
 @SETTINGS
 @given(loss=LOSS, ref=LOSS)
 def test_coefficient_is_the_derivative_of_the_value(score, loss, ref):

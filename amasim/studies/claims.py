@@ -4,13 +4,15 @@ Every method gets the same number of examples (= gradient evaluations): a reweig
 method takes budget/(k·B) steps, a resampling one budget/B.  Step sizes follow the
 theory's 1/√T tuning for each method's own horizon (:class:`amasim.studies.Tuning`).  The metric
 is the worst-task clipped excess loss max_i E_i(θ̄) of the averaged iterate, mean ± std
-over seeds, next to the exact optimum.  A verdict says whether the measurement agrees
-with the claim and whether the difference exceeds two standard errors.
+over seeds, next to the exact optimum.  The verdicts are the rows of
+:data:`amasim.studies.CLAIMS` whose methods ran here (the ``mixing`` claims but the merges),
+each a paired t-test over the shared seeds (:func:`amasim.studies.claim_record`), decided
+with Holm over the table's tests — or over every table of the study (:func:`decide_tables`).
 
 >>> table = measure_claims("quadratic", budget=9_600, seeds=2,
 ...                        problem_kwargs={"sizes": (120, 12, 12), "dim": 3})
->>> sorted(table["verdicts"][0])
-['agrees', 'claim', 'detail', 'significant']
+>>> table["verdicts"][0]["claim"], table["verdicts"][0]["df"]
+('AMA-R beats uniform mixing', 1)
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from amasim.optimum import solved_problem
 from amasim.registry import steps_for_budget
 from amasim.simulator import SimulatedOracle
-from amasim.studies import IMBALANCED, Tuning, run_tuned
+from amasim.stats import decide, verdict_cells
+from amasim.studies import CLAIMS, IMBALANCED, Tuning, claim_record, run_tuned
 
-__all__ = ["CLAIM_METHODS", "measure_claims", "claims_markdown"]
+__all__ = ["CLAIM_METHODS", "measure_claims", "decide_tables", "claims_markdown"]
+
+#: the family of the one-instance tests, as the records name it
+FAMILY = "every claim of the one-instance tables"
 
 CLAIM_METHODS = (
     "uniform",
@@ -57,11 +61,9 @@ def measure_claims(
     oracle = SimulatedOracle(instance)
     k = instance.num_tasks
     rows: dict[str, dict[str, Any]] = {}
-    worst: dict[str, np.ndarray] = {}
     for method in methods:
         steps = horizons[method]
         result = run_tuned(method, oracle, steps, range(seeds), tuning, optimum.value)
-        worst[method] = result.worst_task
         rows[method] = {
             "steps": steps,
             "examples_per_step": int(result.examples.mean() // steps),
@@ -70,8 +72,9 @@ def measure_claims(
             "average_task_mean": float(result.task_scores.mean()),
             "gap_mean": float(result.gap.mean()),
             "average_weights": result.average_weights.mean(axis=0).round(4).tolist(),
+            "values": result.worst_task.tolist(),
+            "mean": float(result.worst_task.mean()),
         }
-    verdicts = _verdicts(worst, rows, k)
     return {
         "problem": problem,
         "problem_kwargs": {k_: list(v) if isinstance(v, tuple) else v for k_, v in kwargs.items()},
@@ -80,43 +83,37 @@ def measure_claims(
         "optimum": optimum.value,
         "optimum_duality_gap": optimum.duality_gap,
         "rows": rows,
-        "verdicts": verdicts,
+        "verdicts": _verdicts(problem, rows, k),
+        "facts": _facts(rows, k),
     }
 
 
-def _lower(worst: dict[str, np.ndarray], better: str, worse: str) -> dict[str, Any]:
-    a, b = worst[better], worst[worse]
-    diff = b.mean() - a.mean()
-    se = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-    return {
-        "claim": f"{better} has a lower worst-task excess loss than {worse}",
-        "agrees": bool(diff > 0),
-        "significant": bool(diff > 2 * se) if diff > 0 else bool(-diff > 2 * se),
-        "detail": f"{a.mean():.4g} vs {b.mean():.4g} (difference {diff:.3g}, 2·SE {2 * se:.2g})",
-    }
+def _verdicts(problem: str, rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """The mixing claims whose methods ran, decided over this table."""
+    mixing = [c for c in CLAIMS if c.suite == "mixing"]
+    records = [claim_record(c, rows, (), setting=problem) for c in mixing]
+    return decide([r for r in records if r is not None], family=FAMILY)
 
 
-def _verdicts(worst, rows, k) -> list[dict[str, Any]]:
-    pairs = [
-        ("ama-r", "uniform"),
-        ("ama-r", "stratified"),
-        ("ama-s", "uniform"),
-        ("ama-s", "stratified"),
-        ("ama-r", "ama-r-noclip"),
-        ("ama-s", "ama-s-noclip"),
+def decide_tables(tables: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``tables`` with their verdicts decided again, Holm over every table's tests: the
+    study's family when one table per family is measured."""
+    decided = iter(decide([v for t in tables for v in t["verdicts"]], family=FAMILY))
+    return [{**t, "verdicts": [next(decided) for _ in t["verdicts"]]} for t in tables]
+
+
+def _facts(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """True by construction of the two methods: stated, not tested."""
+    if "ama-r" not in rows or "ama-s" not in rows:
+        return []
+    r, s = rows["ama-r"]["examples_per_step"], rows["ama-s"]["examples_per_step"]
+    return [
+        {
+            "claim": "AMA-S spends 1/k of AMA-R's gradient evaluations per step",
+            "holds": bool(s * k == r),
+            "detail": f"{s} vs {r} examples per step, k = {k} (by construction)",
+        }
     ]
-    out = [_lower(worst, a, b) for a, b in pairs if a in worst and b in worst]
-    if "ama-r" in rows and "ama-s" in rows:
-        r, s = rows["ama-r"]["examples_per_step"], rows["ama-s"]["examples_per_step"]
-        out.append(  # true by construction of the two methods: a fact, not a verdict
-            {
-                "claim": "AMA-S spends 1/k of AMA-R's gradient evaluations per step",
-                "fact": True,
-                "holds": bool(s * k == r),
-                "detail": f"{s} vs {r} examples per step, k = {k} (by construction)",
-            }
-        )
-    return out
 
 
 def claims_markdown(tables: Sequence[dict[str, Any]]) -> str:
@@ -138,15 +135,16 @@ def claims_markdown(tables: Sequence[dict[str, Any]]) -> str:
                 f"{row['worst_task_mean']:.4f} ± {row['worst_task_std']:.4f} | "
                 f"{row['gap_mean']:.4f} | {row['average_task_mean']:.4f} |"
             )
-        lines += ["", "| claim | agrees | > 2 SE | measured |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| claim | compared with | advantage (95% CI) | p | Holm p | verdict |",
+            "|---|---|---|---:|---:|---|",
+        ]
         for v in table["verdicts"]:
-            if v.get("fact"):
-                holds = "fact" if v["holds"] else "**fact fails**"
-                lines.append(f"| {v['claim']} | {holds} | — | {v['detail']} |")
-                continue
-            lines.append(
-                f"| {v['claim']} | {'yes' if v['agrees'] else '**no**'} | "
-                f"{'yes' if v['significant'] else 'no'} | {v['detail']} |"
-            )
-        lines.append("")
+            cells = [v["claim"], v["worse_method"], *verdict_cells(v)]
+            lines.append("| " + " | ".join(cells) + " |")
+        for f in table.get("facts", []):
+            holds = "fact" if f["holds"] else "**fact fails**"
+            lines.append(f"| {f['claim']} | — | {f['detail']} | — | — | {holds} |")
+        lines += ["", *(f"- {v['sentence']}" for v in table["verdicts"]), ""]
     return "\n".join(lines)

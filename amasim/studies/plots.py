@@ -13,40 +13,27 @@ from pathlib import Path
 
 import numpy as np
 
+from amasim.stats import paired_test
+
 __all__ = ["differences", "plot_differences"]
 
 
 def differences(
     values: Mapping[str, Sequence[float]], *, reference: str | None = None, offset: float = 0.0
 ) -> dict[str, tuple[float, float]]:
-    """method → (mean difference, 95% half-width) from ``values[reference]`` (its seeds as an
-    independent sample) or, without a reference, from the constant ``offset`` (an exact
-    optimum).  Half-widths are Student-t: t₀.₉₇₅ with n − 1 degrees of freedom against a
-    constant, with Welch–Satterthwaite's degrees of freedom against a reference (with 5
-    seeds t is 2.3–2.8, not the normal 1.96)."""
-    from scipy.stats import t as student_t
-
+    """method → (mean difference, 95% half-width) from ``values[reference]``, paired by
+    seed (entry s of every method is seed s), or, without a reference, from the constant
+    ``offset`` (an exact optimum): :func:`amasim.stats.paired_test`'s interval, Student t
+    at n − 1 degrees of freedom (2.78 with 5 seeds, not the normal 1.96)."""
     out = {}
-    base = np.asarray(values[reference], float) if reference is not None else None
     for method, v in values.items():
         if method == reference:
             continue
-        v = np.asarray(v, float)
-        parts = [_mean_variance(v)]  # (variance of the mean, its degrees of freedom)
-        if base is not None:
-            parts.append(_mean_variance(base))
-        var = sum(p for p, _ in parts)
-        # Welch–Satterthwaite: (Σ s²/n)² / Σ (s²/n)²/(n − 1); a part without spread adds none
-        df = var**2 / sum(p**2 / d for p, d in parts if p > 0) if var > 0 else 1.0
-        half = float(student_t.ppf(0.975, df) * np.sqrt(var)) if var > 0 else 0.0
-        centre = v.mean() - (base.mean() if base is not None else offset)
-        out[method] = (float(centre), half)
+        base = values[reference] if reference is not None else [offset] * len(v)
+        test = paired_test(base, v)  # the advantage of the base: v − base
+        half = 0.0 if test.interval is None else test.interval[1] - test.estimate
+        out[method] = (test.estimate, half)
     return out
-
-
-def _mean_variance(v: np.ndarray) -> tuple[float, int]:
-    """(variance of the sample mean s²/n, n − 1); (0, 1) for a single value."""
-    return (float(v.var(ddof=1) / v.size), v.size - 1) if v.size > 1 else (0.0, 1)
 
 
 def plot_differences(

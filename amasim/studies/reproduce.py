@@ -20,6 +20,10 @@ nothing tracked is rewritten — ``--out .`` regenerates the committed tables an
   convergence theory's checks, measured gap beside each bound, when the caller passes
   ``prove`` (the CLI passes :mod:`proofs_check`; the library never imports it).
 
+Every verdict in these files comes from :mod:`amasim.stats` (paired tests over the shared
+seeds, Holm over each study's family); with ``--out .`` the CLI then rewrites the README's
+generated blocks from them (:mod:`amasim.studies.readme`).
+
 ``--quick`` uses T ≤ 10⁴, 4 seeds and a smaller budget (under 2 minutes on 2 cores).
 """
 
@@ -37,7 +41,7 @@ from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS
 from amasim.simulator import SimulatedOracle
 from amasim.studies import IMBALANCED, Tuning, run_tuned
-from amasim.studies.claims import claims_markdown, measure_claims
+from amasim.studies.claims import claims_markdown, decide_tables, measure_claims
 from amasim.studies.compare import SUITES, compare, compare_markdown, write_compare
 from amasim.studies.converge import converge, write_converge
 from amasim.studies.seed_claims import seed_claims, seed_claims_markdown
@@ -151,9 +155,9 @@ def reproduce(
         studies.append(study)
         plot_weights(problem, figures / f"weights_{problem}.png")
     tables = [
-        measure_claims(problem, budget=settings["budget"], seeds=settings["seeds"])
-        for problem in PROBLEMS
+        measure_claims(p, budget=settings["budget"], seeds=settings["seeds"]) for p in PROBLEMS
     ]
+    tables = decide_tables(tables)  # one family: the claims of the three tables
     claims_study = seed_claims(
         problem_seeds=settings["problem_seeds"],
         seeds=settings["claim_seeds"],

@@ -1,86 +1,40 @@
 """Every seed paper's claim over many problem instances, not one.
 
-A claim compares two methods on a suite's metric (:mod:`amasim.studies.compare`: worst-task
-clipped excess on the AMA instances, mean group loss on the transfer settings, held-out
-target loss on DGA's regimes).  It is measured on ≥ 5 problem instances (problem seeds)
-of every setting, each with ≥ 5 training seeds, at the comparison's equal budget.  On one
-instance the claim *holds* when the difference exceeds two standard errors in the claimed
-direction, is *reversed* beyond two SE the other way, and is *not significant* otherwise
-(the SE covers training seeds; instances are the second level).  The verdict counts the
-instances of each kind and says so:
-
-==============  ===========================================================================
-agrees          holds on every instance
-mostly agrees   holds on most, reversed on none
-mixed           holds on some, reversed on some
-not significant holds and reverses on none
-disagrees       reversed on most
-==============  ===========================================================================
-
-A non-inferiority claim (AMA-S at least as good as AMA-R) *holds* unless the first method is
-worse beyond two SE.  Facts true by construction (AMA-S draws 1/k of AMA-R's examples a
-step) are stated as facts, not tested.
+A claim (a row of :data:`amasim.studies.CLAIMS`) compares two methods on a suite's metric
+(:mod:`amasim.studies.compare`: worst-task clipped excess on the AMA instances, mean group
+loss on the transfer settings, held-out target loss on DGA's regimes).  It is measured on
+≥ 5 problem instances (problem seeds) of every setting, each with ≥ 5 training seeds shared
+by every method, at the comparison's equal budget.  On one instance the test is the paired
+t over the training seeds (:func:`amasim.stats.paired_test`; the non-inferiority claim
+against :data:`amasim.stats.CONVEX_MARGIN`); the study's family is every claim × instance
+test, Holm-corrected (:func:`amasim.stats.decide`), so an instance *holds*, is *reversed*
+or is *n.s.* with the family-wise error ≤ 5%.  Over its instances a claim gets the counts,
+a sign test over the instance estimates (Holm over the claims) and a verdict
+(:func:`amasim.stats.over_instances`: agrees, mostly agrees, mixed, mostly disagrees,
+disagrees, not significant).  Every instance record keeps both methods' per-seed values,
+so the statistics can be recomputed from ``results/claims.json`` alone.  Facts true by
+construction (AMA-S draws 1/k of AMA-R's examples a step) are stated, not tested.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-
+from amasim.stats import ALPHA, CONVEX_MARGIN, Claim, decide, over_instances, sentence
+from amasim.studies import CLAIMS, FACTS, claim_record
 from amasim.studies.compare import MERGES, METRICS, instances, run_instance
 
-__all__ = ["Claim", "CLAIMS", "FACTS", "seed_claims", "seed_claims_markdown"]
+__all__ = ["CLAIMS", "FACTS", "seed_claims", "seed_claims_markdown"]
 
-
-class Claim(NamedTuple):
-    """``better`` has a lower ``suite`` metric than ``worse`` (``"best-merge"``: the best
-    of the merges on that instance); ``noninferior``: no worse beyond two SE."""
-
-    statement: str
-    source: str
-    suite: str
-    better: str
-    worse: str
-    noninferior: bool = False
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim("AMA-R beats uniform mixing", "AutoMixAlign", "mixing", "ama-r", "uniform"),
-    Claim("AMA-S beats uniform mixing", "AutoMixAlign", "mixing", "ama-s", "uniform"),
-    Claim("AMA-R beats stratified mixing", "AutoMixAlign", "mixing", "ama-r", "stratified"),
-    Claim("AMA-S beats stratified mixing", "AutoMixAlign", "mixing", "ama-s", "stratified"),
-    Claim("clipping helps AMA-R", "AutoMixAlign", "mixing", "ama-r", "ama-r-noclip"),
-    Claim("clipping helps AMA-S", "AutoMixAlign", "mixing", "ama-s", "ama-s-noclip"),
-    Claim("AMA-R beats the best merge", "AutoMixAlign", "mixing", "ama-r", "best-merge"),
-    Claim("AMA-S beats the best merge", "AutoMixAlign", "mixing", "ama-s", "best-merge"),
-    Claim("AMA-S is at least as good as AMA-R", "AutoMixAlign", "mixing", "ama-s", "ama-r", True),
-    Claim("Aioli beats stratified mixing", "Aioli", "transfer", "aioli", "stratified"),
-    Claim("DGA beats importance sampling", "DGA", "dga", "dga", "importance-sampling"),
-)
-
-FACTS = (
-    "AMA-S draws B examples a step and AMA-R k·B (one batch per task): at an equal budget "
-    "AMA-S takes k times as many steps — true by construction, not a measurement.",
-)
+#: the family of the instance tests, as the records name it
+FAMILY = "every claim × instance of the study"
 
 
 def _methods(claims: Sequence[Claim], suite: str) -> list[str]:
     names = [c.better for c in claims if c.suite == suite]
     names += [c.worse for c in claims if c.suite == suite and c.worse != "best-merge"]
     return list(dict.fromkeys(names))
-
-
-def _compare(a: np.ndarray, b: np.ndarray, noninferior: bool) -> dict[str, Any]:
-    """``a`` (the claimed better) against ``b`` on one instance, seeds as samples."""
-    diff = float(np.mean(b) - np.mean(a))
-    two_se = 2 * float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
-    if noninferior:
-        outcome = "reversed" if diff < -two_se else "holds"
-    else:
-        outcome = "holds" if diff > two_se else "reversed" if diff < -two_se else "n.s."
-    return {"difference": diff, "two_se": two_se, "outcome": outcome}
 
 
 def seed_claims(
@@ -94,7 +48,7 @@ def seed_claims(
     """Measure ``claims`` on every setting of their suites for each problem seed."""
     if len(problem_seeds) < 2 or seeds < 2:
         raise ValueError("claims over instances need >= 2 problem seeds and >= 2 training seeds")
-    records: dict[str, list[dict[str, Any]]] = {c.statement: [] for c in claims}
+    records: list[dict[str, Any]] = []
     for suite in dict.fromkeys(c.suite for c in claims):
         suite_claims = [c for c in claims if c.suite == suite]
         methods = _methods(suite_claims, suite)
@@ -106,72 +60,73 @@ def seed_claims(
                 run = run_instance(instance, instance.setting, seeds, methods, merges)
                 rows = run["tables"][METRICS[suite][0]]
                 for claim in suite_claims:
-                    worse = claim.worse
-                    if worse == "best-merge":
-                        worse = min(merges, key=lambda m: rows[m]["mean"])
-                    record = _compare(
-                        np.array(rows[claim.better]["values"]),
-                        np.array(rows[worse]["values"]),
-                        claim.noninferior,
+                    rec = claim_record(
+                        claim, rows, merges, setting=setting, problem_seed=problem_seed
                     )
-                    record |= {
-                        "setting": setting,
-                        "problem_seed": problem_seed,
-                        "better": rows[claim.better]["mean"],
-                        "worse": rows[worse]["mean"],
-                        "worse_method": worse,
-                    }
-                    records[claim.statement].append(record)
+                    if rec is not None:
+                        records.append(rec)
+    decided = decide(records, family=FAMILY)
+    by_claim = {c.statement: [r for r in decided if r["claim"] == c.statement] for c in claims}
+    summaries = over_instances(claims, by_claim)
+    for summary in summaries:
+        mine = by_claim[summary["claim"]]
+        summary["holds_by_setting"] = {
+            name: f"{sum(r['verdict'] == 'holds' for r in mine if r['setting'] == name)}/"
+            f"{sum(r['setting'] == name for r in mine)}"
+            for name in dict.fromkeys(r["setting"] for r in mine)
+        }
+        summary["records"] = mine
     return {
         "problem_seeds": list(problem_seeds),
         "seeds": seeds,
         "quick": quick,
-        "claims": [_summary(c, records[c.statement]) for c in claims],
+        "alpha": ALPHA,
+        "margin": CONVEX_MARGIN,
+        "statistics": STATISTICS,
+        "claims": summaries,
         "facts": list(FACTS),
     }
 
 
-def _summary(claim: Claim, records: list[dict[str, Any]]) -> dict[str, Any]:
-    counts = {k: sum(r["outcome"] == k for r in records) for k in ("holds", "reversed", "n.s.")}
-    n = len(records)
-    if counts["holds"] == n:
-        verdict = "agrees"
-    elif counts["reversed"] > n / 2:
-        verdict = "disagrees"
-    elif counts["holds"] and counts["reversed"]:
-        verdict = "mixed"
-    elif counts["holds"] > n / 2:
-        verdict = "mostly agrees"
-    elif counts["holds"] == counts["reversed"] == 0:
-        verdict = "not significant"
-    else:
-        verdict = "mostly not significant"
-    settings = dict.fromkeys(r["setting"] for r in records)
-    by_setting = {
-        name: f"{sum(r['outcome'] == 'holds' for r in records if r['setting'] == name)}/"
-        f"{sum(r['setting'] == name for r in records)}"
-        for name in settings
-    }
-    summary = {**claim._asdict(), "instances": n, "counts": counts, "verdict": verdict}
-    return summary | {"holds_by_setting": by_setting, "records": records}
+#: how the verdicts were drawn, in the JSON beside them
+STATISTICS = (
+    "per instance: paired t over the shared training seeds (df = seeds − 1), two-sided; "
+    "'at least as good' against the margin (H0: advantage = −margin); Holm over "
+    f"{FAMILY}; per claim: counts over instances and a two-sided sign test over the "
+    "instance estimates, Holm over the claims; estimate = mean instance advantage, "
+    "interval = Student t over instances (df = instances − 1)"
+)
 
 
 def seed_claims_markdown(study: dict[str, Any]) -> str:
-    """One row per claim: instances, holds / reversed / n.s. beyond 2 SE, the verdict."""
+    """One row per claim: instances, holds / reversed / n.s. after Holm, the sign test,
+    the mean advantage with its interval, the verdict; then one sentence per claim."""
     lines = [
         f"Each claim on every setting of its suite × problem seeds "
-        f"{study['problem_seeds']} ({study['seeds']} training seeds each); an instance counts "
-        "when the difference exceeds 2 SE of the seed means.",
+        f"{study['problem_seeds']} ({study['seeds']} training seeds each, shared by every "
+        "method). An instance holds / is reversed when the paired t-test over its seeds "
+        f"is significant after Holm over all {_tests(study)} claim × instance tests "
+        f'(α = {study["alpha"]}); "at least as good" is tested against a margin of '
+        f"{study['margin']:g} worst-task excess. The sign test counts the instances whose "
+        "estimate favours the claim (Holm over the claims).",
         "",
-        "| claim (source) | instances | holds | reversed | n.s. | verdict | holds, by setting |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| claim (source) | instances | holds | reversed | n.s. | sign test: for / against "
+        "(Holm p) | mean advantage (95% CI) | verdict | holds, by setting |",
+        "|---|---:|---:|---:|---:|---|---|---|---|",
     ]
     for c in study["claims"]:
-        n = c["counts"]
+        n, s, ci = c["counts"], c["sign_test"], c["interval"]
         where = ", ".join(f"{k} {v}" for k, v in c["holds_by_setting"].items())
+        span = f"{c['estimate']:+.3g} ({ci[0]:+.3g}, {ci[1]:+.3g})" if ci else "–"
         lines.append(
             f"| {c['statement']} ({c['source']}) | {c['instances']} | {n['holds']} | "
-            f"{n['reversed']} | {n['n.s.']} | **{c['verdict']}** | {where} |"
+            f"{n['reversed']} | {n['n.s.']} | {s['favour']} / {s['against']} "
+            f"({c['p_holm']:.2g}) | {span} | **{c['verdict']}** | {where} |"
         )
+    lines += ["", *(f"- {sentence(c)}" for c in study["claims"])]
     lines += ["", *(f"Fact: {f}" for f in study["facts"])]
     return "\n".join(lines)
+
+
+def _tests(study: dict[str, Any]) -> int:
+    return sum(c["instances"] for c in study["claims"])

@@ -8,7 +8,10 @@ so this is AMA with the reference model as every task's specialist: zero special
 compute).  AMA-R and AMA-S then train against those specialists' per-example losses, at the
 claims' equal budget, and the worst-task clipped excess of their averaged iterate is always
 measured against the *full* (exact) specialists, so the rows compare.  The ``exact`` row is
-AMA with the exact specialists themselves (the claims table).
+AMA with the exact specialists themselves (the claims table).  Every other row is tested
+against it, paired by seed: "AMA with these specialists is at least as good as with the
+exact ones", non-inferiority against :data:`amasim.stats.CONVEX_MARGIN`, Holm over every
+row of the study (:mod:`amasim.stats`).
 
 >>> study = specialist_cost(["quadratic"], fractions=(0.5,), seeds=2, budget=6_400,
 ...                         specialist_steps=200, problem_kwargs={"sizes": (60, 20), "dim": 3})
@@ -31,6 +34,8 @@ from amasim.optimum import solved_problem
 from amasim.problems import ConvexProblem, assemble
 from amasim.registry import steps_for_budget
 from amasim.simulator import SimulatedOracle
+from amasim.stats import CONVEX_MARGIN as MARGIN
+from amasim.stats import Claim, decide, interval, paired_test, record, verdict_cells
 from amasim.studies import IMBALANCED, Tuning, run_tuned
 
 __all__ = [
@@ -109,8 +114,6 @@ def specialist_cost(
     tuning: Tuning = Tuning(),
 ) -> dict[str, Any]:
     """The study on every family (one instance each, the AMA imbalance by default)."""
-    from scipy.stats import t as student_t
-
     if seeds < 2:
         raise ValueError(f"seeds={seeds}: intervals need >= 2 seeds")
     if not fractions or any(not 0 < f <= 1 for f in fractions):
@@ -132,23 +135,40 @@ def specialist_cost(
             for method in METHODS:
                 steps = steps_for_budget(method, budget, problem.num_tasks, tuning.batch_size)
                 result = run_tuned(method, oracle, steps, range(seeds), tuning, optimum.value)
-                worst = result.worst_task
+                worst = interval(result.worst_task, f"{family} {label} {method}")
                 rows.append(
                     {
                         "specialists": label,
                         "method": method,
                         "specialist_examples": compute,
-                        "worst_task_mean": float(worst.mean()),
-                        "worst_task_std": float(worst.std(ddof=1)),
-                        # Student t, n − 1 degrees of freedom (2.78 at 5 seeds, not 1.96)
-                        "ci95": float(
-                            student_t.ppf(0.975, seeds - 1) * worst.std(ddof=1) / np.sqrt(seeds)
-                        ),
-                        "values": worst.tolist(),
+                        "worst_task_mean": worst["mean"],
+                        "worst_task_std": worst["std"],
+                        "ci95": worst["ci95"],  # Student t, n − 1 df (2.78 at 5 seeds)
+                        "values": worst["values"],
                     }
                 )
         out["families"][family] = {"optimum": optimum.value, "rows": rows}
-    return out
+    return out | {"margin": MARGIN, "verdicts": _verdicts(out["families"])}
+
+
+def _verdicts(families: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every cheaper specialist row against the exact one, paired by seed, Holm over all."""
+    records = []
+    for family, rec in families.items():
+        exact = {r["method"]: r for r in rec["rows"] if r["specialists"] == "exact"}
+        for row in rec["rows"]:
+            if row["specialists"] == "exact":
+                continue
+            statement = (
+                f"{row['method']} with {row['specialists']} specialists is at least as good as "
+                f"with the exact ones ({family})"
+            )
+            claim = Claim(statement, row["specialists"], "exact", noninferior=True)
+            test = paired_test(row["values"], exact[row["method"]]["values"], margin=MARGIN)
+            records.append(
+                record(claim, test, problem=family, method=row["method"], label=row["specialists"])
+            )
+    return decide(records, family="every cheaper-specialist row of the study")
 
 
 def specialist_cost_markdown(study: dict[str, Any]) -> str:
@@ -176,6 +196,21 @@ def specialist_cost_markdown(study: dict[str, Any]) -> str:
                 f"{cells[m]['worst_task_mean']:.4f} ± {cells[m]['ci95']:.4f}" for m in METHODS
             ]
             lines.append(f"| {label} | {shown} | " + " | ".join(values) + " |")
+    verdicts = study.get("verdicts") or []
+    if verdicts:
+        lines += [
+            "",
+            f"Against the exact specialists, paired by seed: the advantage of each row (negative: "
+            f"worse), non-inferiority with a margin of {study['margin']:g} worst-task excess, Holm "
+            f"over the {len(verdicts)} rows.",
+            "",
+            "| family | specialists | method | advantage over exact (95% CI) | p | Holm p | "
+            "at least as good as exact |",
+            "|---|---|---|---|---:|---:|---|",
+        ]
+        for v in verdicts:
+            cells = [v["problem"], v["label"], v["method"], *verdict_cells(v, digits=2)]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
