@@ -398,3 +398,91 @@ def test_bad_options_are_named():
         build_oracle(adamw="sgd")
     with pytest.raises(ValueError, match="micro_batch_size=0"):
         build_oracle(micro_batch_size=0)
+
+
+# --------------------------------------------------------------- host round-trips
+#: the Tensor methods that copy a tensor to the host or read it there (on a GPU each one
+#: waits for the device); .numpy() is left out: it refuses device tensors outright
+_READS = ("item", "tolist", "cpu", "__bool__")
+
+
+@pytest.mark.parametrize(
+    ("accumulate", "micro_batch_size"),
+    [("recompute", None), ("recompute", 2), ("by_task", 2)],
+)
+@pytest.mark.parametrize("mixer", [mixers.ama_s(0.5, 0.1), mixers.ama_r(0.5)], ids=["s", "r"])
+def test_a_training_step_reads_the_device_once(monkeypatch, mixer, accumulate, micro_batch_size):
+    """One optimizer step copies the device to the host once: the per-pair losses the mixer
+    scores, with the finiteness flags and the metric sums in the same copy (a non-finite
+    gradient norm is skipped on the device and reported with the next copy)."""
+    from amasim.mixing import Mixing
+
+    oracle = build_oracle(micro_batch_size=micro_batch_size, accumulate=accumulate)
+    oracle.reset([0])
+    state = mixer.init(3, seed=[0])
+    mixing = Mixing(mixer, oracle, seeds=[0], batch_size=4, apply=mixer.apply, score=mixer.score)
+    reads = []
+    for name in _READS:
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _name=name, _real=real, **kwargs):
+            reads.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    for t in range(3):
+        state = mixing.step(state, t, 1e-3).state
+    monkeypatch.undo()
+    assert reads == ["cpu"] * 3
+    assert set(oracle.last_metrics) >= {"loss", "rewards/accuracies"}  # came in that copy
+
+
+@pytest.mark.cuda
+def test_a_training_step_on_a_gpu_syncs_once():
+    """On CUDA: ``torch.cuda.set_sync_debug_mode`` warns at each synchronising call; one
+    step makes exactly one (the copy of the losses)."""
+    import warnings
+
+    from amasim.mixing import Mixing
+    from llm.precision import Precision
+
+    oracle = build_oracle(precision=Precision(torch.device("cuda")))
+    oracle.reset([0])
+    mixer = mixers.ama_s(0.5, 0.1)
+    state = mixer.init(3, seed=[0])
+    mixing = Mixing(mixer, oracle, seeds=[0], batch_size=4, apply="resample", score="clipped")
+    state = mixing.step(state, 0, 1e-3).state  # warm-up: allocations, first kernels
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mixing.step(state, 1, 1e-3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 1, [str(w.message) for w in syncs]
+
+
+@pytest.mark.parametrize("adamw", ["fused", "foreach"])
+def test_a_non_finite_gradient_norm_changes_no_parameter_and_is_reported(adamw):
+    """A step whose gradient norm is not finite (here: an infinite loss weight) moves no
+    parameter: fused AdamW skips it on the device and the next copy to the host — the next
+    step's losses, or a checkpoint — raises; the other implementations raise at once."""
+    oracle = build_oracle(adamw=adamw)
+    oracle.reset([0])
+    before = parameters(oracle)
+    batch = oracle.sample(np.zeros((1, 4), dtype=np.int64))
+    oracle.losses(batch)
+    weights = np.array([[np.inf, 0.25, 0.25, 0.25]])
+    if adamw == "fused":
+        oracle.step(batch, weights, 1e-2)  # no sync: the skip waits on the device
+        with pytest.raises(FloatingPointError, match="previous step's gradient norm"):
+            oracle.losses(oracle.sample(np.zeros((1, 4), dtype=np.int64)))
+        oracle.step(batch, weights, 1e-2)
+        with pytest.raises(FloatingPointError, match="gradient norm was not finite"):
+            oracle.state_dict()  # a checkpoint never holds a skipped step
+    else:
+        with pytest.raises(FloatingPointError, match="non-finite gradient norm"):
+            oracle.step(batch, weights, 1e-2)
+    for name, value in parameters(oracle).items():
+        assert torch.equal(value, before[name]), name

@@ -280,7 +280,7 @@ def test_changing_beta_recomputes_the_specialists(first_run, data_dir, tmp_path)
     assert len(new) == len(SIZES)
     for path in new:
         key = json.loads(path.with_suffix(".json").read_text())["key"]
-        assert key["dpo"]["beta"] == 0.2
+        assert key["[dpo] beta"] == 0.2  # the owner record names the setting
     # The reference (log-probs do not depend on β) is reused: no new reference entry.
     assert {n for n in now if n.startswith("reference-")} == {
         n for n in cached if n.startswith("reference-")
