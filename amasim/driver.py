@@ -56,6 +56,7 @@ from amasim.runspec import (
     requirements,
     run_spec,
 )
+from amasim.validate import check_optimum
 
 __all__ = [
     "run",
@@ -139,6 +140,7 @@ def run(
     :class:`Mixing`'s (data parallelism: every rank runs the same call with its
     ``shard=(rank, world)``; the recorded losses are then the global batch's).
     """
+    check_optimum(optimum)  # a NaN optimum would make a NaN gap
     spec = run_spec(
         mixer,
         oracle,

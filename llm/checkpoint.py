@@ -251,7 +251,7 @@ def load_owned(
         return load(path, owner=owner, kind=kind)
     except IntegrityError as err:
         warnings.warn(
-            f"{str(err).split(' Fix: ')[0].rstrip('.')}: computing it again",
+            f"{kind} {str(err).split(' Fix: ')[0].rstrip('.')}: computing it again",
             IntegrityWarning,
             stacklevel=2,
         )

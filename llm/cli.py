@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -157,16 +156,18 @@ def _run(args: argparse.Namespace) -> int:
 
     from llm.config import load_config
     from llm.lock import prepare_output_folder
+    from llm.parallel import torchrun_rank
+    from llm.preflight import preflight
 
     cfg = load_config(args.config)
     if args.out is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.out)))
+    preflight(cfg, args.config)  # before the output folder is touched
     what = "--out" if args.out is not None else "[run] out"
     prepare_output_folder(cfg.run.out, what)
-    # under torchrun rank 0 holds the folder for every rank (as run_pipeline does)
-    first_rank = int(os.environ.get("RANK", "0")) == 0
+    # rank 0 holds the folder for every rank under torchrun (open_run's lock nests in it)
     lock = RunLock(cfg.run.out, what=f"output folder ({what})")
-    with lock if first_rank else contextlib.nullcontext():
+    with lock if torchrun_rank() == 0 else contextlib.nullcontext():
         if args.command == "specialist-cost":
             return _specialist_cost(args, cfg)
 

@@ -596,7 +596,7 @@ def test_a_damaged_reference_model_is_trained_again(finished, suite, tmp_path, d
     with open_run(cfg, progress=False) as ctx:
         tasks = load_tasks(ctx)
         with pytest.warns(
-            IntegrityWarning, match=rf"reference model {re.escape(str(path))}.*: training it again"
+            IntegrityWarning, match=rf"reference model {re.escape(str(path))}.*: computing it again"
         ):
             reference(ctx, tasks)
     assert path.read_bytes() == good  # the same model, byte for byte
