@@ -1,11 +1,13 @@
 """Preference data, from task files to batches: one module per step.
 
-* :mod:`llm.data.manifest` — the task manifest (``tasks.toml``): which files hold each task;
+* :mod:`llm.data.manifest` — which files hold each task: a manifest (``tasks.toml``) or a
+  folder of ``<task>.jsonl``;
 * :mod:`llm.data.reading` — a JSONL task file as :class:`PreferencePair` rows (TRL's
   preference formats, every error naming ``file:line``);
 * :mod:`llm.data.tokenization` — the pairs as token ids (:class:`TokenizedPairs`), in the
   ``"exact"`` or ``"trl"`` mode;
-* :mod:`llm.data.audit` — suspicious pairs counted per task and split, warned or refused;
+* :mod:`llm.data.audit` — suspicious pairs counted per task and split, warned or refused
+  (:func:`read_task_split`: a task file read, tokenised and audited);
 * :mod:`llm.data.collate` — a batch of pairs as padded tensors with its loss mask.
 
 >>> from llm.tokenizer import CharTokenizer
@@ -21,9 +23,17 @@
 
 from __future__ import annotations
 
-from llm.data.audit import ISSUES, DataAudit, DataWarning, audit_pairs, report_audit
+from llm.data.audit import (
+    ISSUES,
+    DataAudit,
+    DataWarning,
+    TaskSplit,
+    audit_pairs,
+    read_task_split,
+    report_audit,
+)
 from llm.data.collate import collate_pairs
-from llm.data.manifest import TaskFiles, load_manifest
+from llm.data.manifest import TaskFiles, find_task_files, load_manifest
 from llm.data.reading import PreferencePair, read_preference_jsonl, split_implicit_prompt
 from llm.data.tokenization import TOKENIZATIONS, TokenizedPairs, tokenize_pairs
 
@@ -33,6 +43,7 @@ __all__ = [
     "read_preference_jsonl",
     "TaskFiles",
     "load_manifest",
+    "find_task_files",
     "TOKENIZATIONS",
     "TokenizedPairs",
     "tokenize_pairs",
@@ -42,4 +53,6 @@ __all__ = [
     "ISSUES",
     "audit_pairs",
     "report_audit",
+    "TaskSplit",
+    "read_task_split",
 ]

@@ -1,19 +1,29 @@
 """The data audit: legal but suspicious pairs (:data:`ISSUES`), counted per task and split
 (:func:`audit_pairs`) and reported as :class:`DataWarning` or, in strict mode, refused
-(:func:`report_audit`)."""
+(:func:`report_audit`); :func:`read_task_split` reads a task file with its audit, as every
+entry point (the pipeline, :func:`llm.trl.tasks.load_task_datasets`) loads its data."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from llm.data.reading import PreferencePair
-from llm.data.tokenization import TokenizedPairs
+from llm.data.reading import PreferencePair, read_preference_jsonl
+from llm.data.tokenization import TokenizedPairs, tokenize_pairs
 from llm.tokenizer import Tokenizer
 
-__all__ = ["DataWarning", "DataAudit", "ISSUES", "audit_pairs", "report_audit"]
+__all__ = [
+    "DataWarning",
+    "DataAudit",
+    "ISSUES",
+    "audit_pairs",
+    "report_audit",
+    "TaskSplit",
+    "read_task_split",
+]
 
 
 class DataWarning(UserWarning):
@@ -58,7 +68,6 @@ def audit_pairs(
 ) -> DataAudit:
     """Count what :data:`ISSUES` lists in ``pairs`` and their token ids ``tokens``.
 
-    >>> from llm.data.tokenization import tokenize_pairs
     >>> from llm.tokenizer import CharTokenizer
     >>> tok = CharTokenizer()
     >>> rows = [PreferencePair("1+1=", "2", "2", "f:1"), PreferencePair("1+1=", "2", "2", "f:2"),
@@ -117,3 +126,40 @@ def report_audit(audit: DataAudit, label: str, *, strict: bool = False) -> list[
     for message in messages:
         warnings.warn(message, DataWarning, stacklevel=2)
     return messages
+
+
+class TaskSplit(NamedTuple):
+    """One split of one task: its pairs as read, their token ids and their audit."""
+
+    pairs: list[PreferencePair]
+    tokens: TokenizedPairs
+    audit: DataAudit
+
+
+def read_task_split(
+    task: str,
+    split: str,
+    path: str | Path,
+    tokenizer: Tokenizer,
+    *,
+    strict: bool = False,
+    **tokenize: Any,
+) -> TaskSplit:
+    """The ``split`` of ``task`` from the JSONL file ``path``: read, tokenised with the
+    settings ``tokenize`` (:func:`tokenize_pairs`) and audited, its issues reported as
+    ``task 'NAME' (SPLIT, PATH): ...`` (:func:`report_audit`; ``strict`` refuses them).
+
+    >>> import tempfile
+    >>> from llm.tokenizer import CharTokenizer
+    >>> path = Path(tempfile.mkdtemp()) / "math.jsonl"
+    >>> _ = path.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\\n' * 2)
+    >>> read_task_split("math", "train", path, CharTokenizer(), strict=True, max_length=16)
+    Traceback (most recent call last):
+    ...
+    ValueError: task 'math' (train, ...): 1 of 2 rows repeat an earlier row (first: ...math.jsonl:2). Fix: ...
+    """  # noqa: E501
+    pairs = read_preference_jsonl(path, tokenizer)
+    tokens = tokenize_pairs(pairs, tokenizer, **tokenize)
+    audit = audit_pairs(pairs, tokens, tokenizer)
+    report_audit(audit, f"task {task!r} ({split}, {path})", strict=strict)
+    return TaskSplit(pairs, tokens, audit)

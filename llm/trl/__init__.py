@@ -1,8 +1,10 @@
 """AutoMixAlign inside TRL: any amasim mixer sets the task mixture of TRL's DPOTrainer.
 
-Needs the ``trl`` extra (``pip install -e ".[trl]"``).  The three lines that change in a
-TRL DPO script::
+Needs the ``trl`` extra (``pip install -e ".[trl]"``).  The lines that change in a TRL DPO
+script (the data: a ``tasks.toml`` manifest as the pipeline reads it, or a folder of
+``<task>.jsonl``)::
 
+    task_datasets = load_task_datasets("data/tasks.toml", tokenizer, max_length=args.max_length)
     specialist_losses = cache_specialist_losses(model, task_datasets, specialists, args=args,
                                                 cache_dir="cache")
     trainer = AMADPOTrainer(model, args=args, train_dataset=concatenate_tasks(task_datasets),
@@ -16,7 +18,8 @@ One idea per module:
 * :mod:`llm.trl.sampler` — :class:`TaskMixtureSampler`, the rows of every step;
 * :mod:`llm.trl.losses` — per-pair losses out of TRL's own loss code;
 * :mod:`llm.trl.specialists` — :func:`cache_specialist_losses`;
-* :mod:`llm.trl.tasks` — the task column, :func:`concatenate_tasks`, dataset digests;
+* :mod:`llm.trl.tasks` — :func:`load_task_datasets` (the pipeline's data layout and
+  audits), the task column, :func:`concatenate_tasks`, dataset digests;
 * :mod:`llm.trl.checkpoint` — the mixture's part of a Trainer checkpoint;
 * :mod:`llm.trl.tiny` — tiny offline models and datasets (smoke runs, tests).
 """
@@ -32,6 +35,7 @@ __all__ = [
     "cache_specialist_losses",
     "SpecialistLosses",
     "concatenate_tasks",
+    "load_task_datasets",
     "pair_losses",
     "PairLosses",
 ]
@@ -44,6 +48,7 @@ _HOME = {
     "cache_specialist_losses": "llm.trl.specialists",
     "SpecialistLosses": "llm.trl.specialists",
     "concatenate_tasks": "llm.trl.tasks",
+    "load_task_datasets": "llm.trl.tasks",
     "pair_losses": "llm.trl.losses",
     "PairLosses": "llm.trl.losses",
 }
