@@ -105,6 +105,16 @@ class PackedBatch(NamedTuple):
     computed: int
 
 
+class _Pairs(NamedTuple):
+    """The pairs of a batch: prompt lengths, sequences and completion lengths."""
+
+    prompt: np.ndarray
+    chosen: list[np.ndarray]
+    rejected: list[np.ndarray]
+    c_len: np.ndarray
+    r_len: np.ndarray
+
+
 class _Row(NamedTuple):
     """One row before padding: token ids, its segments ``((role, length), ...)``, position
     ids, and per scored token the row index predicting it, its id and its sequence."""
@@ -140,16 +150,10 @@ def pack_pairs(
             token has nothing to be predicted from) or with an empty completion.
         IndexError: on an index outside 0..len(pairs)-1.
     """
-    idx = np.asarray(index, dtype=np.int64).reshape(-1)
-    prompt, c_len, r_len = _completion_lengths(pairs, idx, max_length)
-    counts = torch.from_numpy(np.concatenate([c_len, r_len]))
-    tokens = int(2 * prompt.sum() + c_len.sum() + r_len.sum())
-    chosen = [pairs.chosen[i] for i in idx]
-    rejected = [pairs.rejected[i] for i in idx]
-    if layout.prefix_sharing:
-        rows = _shared_rows(prompt, chosen, rejected, c_len, r_len)
-    else:
-        rows = _plain_rows(prompt, chosen, rejected, c_len, r_len)
+    batch = _checked_batch(pairs, np.asarray(index, dtype=np.int64).reshape(-1), max_length)
+    counts = torch.from_numpy(np.concatenate([batch.c_len, batch.r_len]))
+    tokens = int(2 * batch.prompt.sum() + batch.c_len.sum() + batch.r_len.sum())
+    rows = _shared_rows(batch) if layout.prefix_sharing else _plain_rows(batch)
     widths = _widths(rows, layout, max_length)
     pieces = [
         _piece([rows[m] for m in np.flatnonzero(widths == width)], int(width), pad_id)
@@ -159,11 +163,9 @@ def pack_pairs(
     return PackedBatch(pieces, counts, layout.prefix_sharing, tokens, computed)
 
 
-def _completion_lengths(
-    pairs: TokenizedPairs, idx: np.ndarray, max_length: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Prompt, chosen and rejected completion lengths of the pairs ``idx``, checked: every
-    pair has a prompt token and non-empty completions, and fits in ``max_length``."""
+def _checked_batch(pairs: TokenizedPairs, idx: np.ndarray, max_length: int | None) -> _Pairs:
+    """The pairs ``idx`` with their lengths, checked: every pair has a prompt token and
+    non-empty completions, and fits in ``max_length``."""
     if idx.size == 0:
         raise ValueError("index is empty: a batch needs at least one pair")
     if idx.min() < 0 or idx.max() >= len(pairs):
@@ -188,18 +190,15 @@ def _completion_lengths(
                 f"pair {i} has a sequence of {int(longest.max())} tokens, longer than the "
                 f"model's {max_length} positions: tokenize with max_length <= {max_length}"
             )
-    return prompt, c_len, r_len
+    chosen = [pairs.chosen[i] for i in idx]
+    rejected = [pairs.rejected[i] for i in idx]
+    return _Pairs(prompt, chosen, rejected, c_len, r_len)
 
 
-def _shared_rows(
-    prompt: np.ndarray,
-    chosen: list[np.ndarray],
-    rejected: list[np.ndarray],
-    c_len: np.ndarray,
-    r_len: np.ndarray,
-) -> list[_Row]:
+def _shared_rows(pairs: _Pairs) -> list[_Row]:
     """One row per pair, prompt + chosen + rejected; the rejected positions restart after
     the prompt and its first token is predicted from the prompt's last position."""
+    prompt, chosen, rejected, c_len, r_len = pairs
     b, rows = len(chosen), []
     for j in range(b):
         p, c, r = prompt[j], c_len[j], r_len[j]
@@ -213,14 +212,9 @@ def _shared_rows(
     return rows
 
 
-def _plain_rows(
-    prompt: np.ndarray,
-    chosen: list[np.ndarray],
-    rejected: list[np.ndarray],
-    c_len: np.ndarray,
-    r_len: np.ndarray,
-) -> list[_Row]:
+def _plain_rows(pairs: _Pairs) -> list[_Row]:
     """2B rows: every pair's prompt + chosen, then every pair's prompt + rejected."""
+    prompt, chosen, rejected, c_len, r_len = pairs
     b, rows = len(chosen), []
     for j, (seqs, role, lengths) in enumerate(
         ((chosen, CHOSEN, c_len), (rejected, REJECTED, r_len))
