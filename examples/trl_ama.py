@@ -49,7 +49,7 @@ common = dict(
     logging_steps=10,
     save_strategy="no",
     report_to="none",
-    gradient_checkpointing=False,
+    activation_checkpointing=False,  # transformers 5.25: gradient_checkpointing is deprecated
     use_cpu=cli.smoke,
     disable_tqdm=cli.smoke,
 )

@@ -270,6 +270,7 @@ def _cache_keyword(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@torch.no_grad()
 def _probe_model(lm: HFCausalLM) -> dict[str, Any]:
     """What an HF model supports, found by running it (eval mode, its own dtype and device):
 

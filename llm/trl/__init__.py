@@ -27,6 +27,7 @@ One idea per module:
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 __all__ = [
@@ -39,6 +40,17 @@ __all__ = [
     "pair_losses",
     "PairLosses",
 ]
+
+# TRL 1.16 reads `model.is_gradient_checkpointing` around every reference forward
+# (trl.models.utils.disable_gradient_checkpointing), a property transformers 5.25 deprecates
+# with a FutureWarning per step; nothing a caller passes avoids it.  Only that message is
+# silenced; drop this once TRL reads `is_activation_checkpointing`.
+warnings.filterwarnings(
+    "ignore",
+    message="`is_gradient_checkpointing` is deprecated",
+    category=FutureWarning,
+    module="transformers.modeling_utils",
+)
 
 # Imported on first use (PEP 562): the sampler, tasks and checkpoint modules need neither
 # TRL nor transformers, and importing those takes seconds.
