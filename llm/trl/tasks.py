@@ -70,6 +70,17 @@ def load_task_datasets(
     issues are warned (:class:`llm.data.DataWarning`) or, with ``strict``, refused.  A task
     without an evaluation file has no ``"eval"`` dataset (the pipeline evaluates it on its
     training pairs).
+
+    >>> import tempfile
+    >>> from llm.synth import write_suite
+    >>> from llm.tokenizer import CharTokenizer
+    >>> sizes = {"arithmetic": (4, 2), "safety": (3, 0), "format": (2, 1)}
+    >>> manifest = write_suite(tempfile.mkdtemp(), sizes=sizes)  # tasks.toml and its files
+    >>> train = load_task_datasets(manifest, CharTokenizer())
+    >>> {task: len(ds) for task, ds in train.items()}, train["format"].column_names
+    ({'arithmetic': 4, 'safety': 3, 'format': 2}, ['prompt', 'chosen', 'rejected'])
+    >>> list(load_task_datasets(manifest.parent, CharTokenizer(), split="eval"))
+    ['arithmetic', 'format']
     """
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
