@@ -225,7 +225,7 @@ class TRL:
         if not defaults:  # the settings of our side: fp32, no checkpointing, fused AdamW
             settings |= {
                 "bf16": False,
-                "gradient_checkpointing": False,
+                "activation_checkpointing": False,  # transformers 5.25: not gradient_checkpointing
                 "optim": "adamw_torch_fused",
                 "lr_scheduler_type": "constant",
                 "logging_steps": 10**9,

@@ -1,10 +1,12 @@
 """AutoMixAlign in a TRL DPO script: per-task datasets, specialists, AMADPOTrainer, a plot.
 
     python examples/trl_ama.py --smoke --out runs/smoke           # offline, tiny, CPU, < 2 min
-    python examples/trl_ama.py --model MODEL_DIR --data TASKS_DIR --out runs/ama
+    python examples/trl_ama.py --model MODEL_DIR --data DATA --out runs/ama
 
-TASKS_DIR holds one ``<task>.jsonl`` per task in TRL's preference format (prompt/chosen/
-rejected rows, standard or conversational).  Writes ``<out>/weights.png``.
+DATA is the pipeline's layout, read and audited as ``python -m llm run`` reads it: a manifest
+(``tasks.toml`` naming ``<task>.train.jsonl`` and ``<task>.eval.jsonl``), or a folder holding
+one, or a folder of ``<task>.jsonl`` files, in TRL's preference format (prompt/chosen/rejected
+rows, standard or conversational).  Writes ``<out>/weights.png``.
 """
 
 import argparse
@@ -14,18 +16,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from datasets import load_dataset
 from transformers import AutoTokenizer
 from trl import DPOConfig
 
 from amasim.mixers import ama_r, ama_s
-from llm.trl import AMADPOTrainer, cache_specialist_losses, concatenate_tasks
+from llm.trl import AMADPOTrainer, cache_specialist_losses, concatenate_tasks, load_task_datasets
 from llm.trl.tiny import dataset_texts, synthetic_task_datasets, write_tiny_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="tiny local model and tasks, CPU")
 parser.add_argument("--model", help="a local model directory (the base and reference)")
-parser.add_argument("--data", help="a folder of <task>.jsonl preference files")
+parser.add_argument("--data", help="a manifest (tasks.toml) or a folder of <task>.jsonl files")
 parser.add_argument("--out", required=True, help="output folder")
 parser.add_argument("--mixer", choices=["ama_r", "ama_s"], default="ama_r")
 parser.add_argument("--step-size", type=float, default=5.0, help="the mixer's step size η")
@@ -39,8 +40,6 @@ if cli.smoke:  # everything made here: tasks from llm.synth, a BPE tokenizer, a 
     datasets = synthetic_task_datasets({"arithmetic": 60, "safety": 30, "format": 90})
     model, steps = write_tiny_model(out / "tiny-model", dataset_texts(datasets)), 20
 else:
-    files = sorted(Path(cli.data).glob("*.jsonl"))
-    datasets = {f.stem: load_dataset("json", data_files=str(f), split="train") for f in files}
     model, steps = cli.model, cli.steps
 tokenizer = AutoTokenizer.from_pretrained(model)
 common = dict(
@@ -50,11 +49,13 @@ common = dict(
     logging_steps=10,
     save_strategy="no",
     report_to="none",
-    gradient_checkpointing=False,
+    activation_checkpointing=False,  # transformers 5.25: gradient_checkpointing is deprecated
     use_cpu=cli.smoke,
     disable_tqdm=cli.smoke,
 )
 args = DPOConfig(output_dir=str(out / "ama"), **common)
+if not cli.smoke:  # the training split of every task, audited with TRL's tokenisation
+    datasets = load_task_datasets(cli.data, tokenizer, max_length=args.max_length)
 
 # 1. Each task's specialist (TRL's DPOTrainer on that task alone), its per-pair losses cached.
 specialists = DPOConfig(output_dir=str(out / "specialists"), **common)

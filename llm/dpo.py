@@ -77,6 +77,33 @@ def _rows(mask: Tensor) -> str:
 # sequence log-probabilities
 
 
+def _checked_mask(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+    """``loss_mask`` as bool, after checking the shapes and dtypes of
+    :func:`sequence_logps`'s inputs and that position 0 is no label."""
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be (N, L, V), got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    n, length = logits.shape[:2]
+    if tuple(input_ids.shape) != (n, length):
+        raise ValueError(
+            f"input_ids must be {(n, length)} to match logits, got {tuple(input_ids.shape)}"
+        )
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+    if tuple(loss_mask.shape) != (n, length):
+        raise ValueError(
+            f"loss_mask must be {(n, length)} to match logits, got {tuple(loss_mask.shape)}"
+        )
+    mask = loss_mask.bool()
+    if length > 0 and mask[:, 0].any():
+        raise ValueError(
+            f"loss_mask is True at position 0 in {_rows(mask[:, 0])}: position 0 has no preceding "
+            "token so it can never be a label (is the mask shifted by one?)"
+        )
+    return mask
+
+
 def sequence_logps(
     logits: Tensor, input_ids: Tensor, loss_mask: Tensor, *, average: bool = False
 ) -> Tensor:
@@ -105,27 +132,8 @@ def sequence_logps(
     >>> sequence_logps(logits, ids, mask, average=True)  # log(1/4)
     tensor([-1.3863])
     """
-    if logits.ndim != 3:
-        raise ValueError(f"logits must be (N, L, V), got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    mask = _checked_mask(logits, input_ids, loss_mask)
     n, length, vocab = logits.shape
-    if tuple(input_ids.shape) != (n, length):
-        raise ValueError(
-            f"input_ids must be {(n, length)} to match logits, got {tuple(input_ids.shape)}"
-        )
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-    if tuple(loss_mask.shape) != (n, length):
-        raise ValueError(
-            f"loss_mask must be {(n, length)} to match logits, got {tuple(loss_mask.shape)}"
-        )
-    mask = loss_mask.bool()
-    if length > 0 and mask[:, 0].any():
-        raise ValueError(
-            f"loss_mask is True at position 0 in {_rows(mask[:, 0])}: position 0 has no preceding "
-            "token so it can never be a label (is the mask shifted by one?)"
-        )
 
     # Shift: logits at t − 1 predict the label at t. All three below are (N, L − 1) and aligned.
     label_mask = mask[:, 1:]
@@ -211,6 +219,19 @@ def _check_label_smoothing(label_smoothing: float, loss_type: str) -> float:
     return eps
 
 
+def _check_logps(**named: Tensor) -> None:
+    """The four log-prob tensors of :func:`dpo_loss`: floating point, 1-D, one shape."""
+    for name, t in named.items():
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            what = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a floating-point tensor, got {what}")
+        if t.ndim != 1:
+            raise ValueError(f"{name} must be 1-D (B,), got shape {tuple(t.shape)}")
+    shapes = {name: tuple(t.shape) for name, t in named.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"the four log-prob tensors must have the same shape (B,), got {shapes}")
+
+
 def dpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -258,21 +279,12 @@ def dpo_loss(
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {list(LOSS_TYPES)}, got {loss_type!r}")
     eps = _check_label_smoothing(label_smoothing, loss_type)
-    named = {
-        "policy_chosen_logps": policy_chosen_logps,
-        "policy_rejected_logps": policy_rejected_logps,
-        "ref_chosen_logps": ref_chosen_logps,
-        "ref_rejected_logps": ref_rejected_logps,
-    }
-    for name, t in named.items():
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            what = t.dtype if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a floating-point tensor, got {what}")
-        if t.ndim != 1:
-            raise ValueError(f"{name} must be 1-D (B,), got shape {tuple(t.shape)}")
-    shapes = {name: tuple(t.shape) for name, t in named.items()}
-    if len(set(shapes.values())) != 1:
-        raise ValueError(f"the four log-prob tensors must have the same shape (B,), got {shapes}")
+    _check_logps(
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        ref_chosen_logps=ref_chosen_logps,
+        ref_rejected_logps=ref_rejected_logps,
+    )
 
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # r_w
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # r_l

@@ -15,6 +15,7 @@ Typical use, for a directory written by ``model.save_pretrained(d)`` and
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterable
@@ -205,7 +206,7 @@ class HFCausalLM(nn.Module):
         every row has emitted it. Uses the KV cache; no sampling settings of the checkpoint's
         generation_config apply (no repetition penalty, temperature, ...)."""
         window = self.block_size or input_ids.shape[1] + max(max_new_tokens, 0)
-        past = None
+        past, cache = None, _cache_keyword(self.model)
         unshard = getattr(self, "unshard", None)  # FSDP2: the layers outside the blocks are
         if callable(unshard):  # gathered by this module's forward, which decoding bypasses
             unshard()
@@ -216,8 +217,8 @@ class HFCausalLM(nn.Module):
                 past = None
             # Without a cache, run the last `window` tokens; with one, only the newest token.
             fresh = ids[:, -window:] if past is None else ids[:, -1:]
-            out = self.model(input_ids=fresh, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = self.model(input_ids=fresh, use_cache=True, **{cache: past})
+            past = getattr(out, cache)
             return out.logits[:, -1, :]
 
         return greedy_decode(self, next_logits, input_ids, max_new_tokens, eos_id)
@@ -259,6 +260,14 @@ _LOGIT_TRANSFORMS = (
     "output_multiplier",
     "lm_head_multiplier",
 )
+
+
+@torch.no_grad()
+def _cache_keyword(model: nn.Module) -> str:
+    """The name under which ``model.forward`` takes and returns its KV cache: ``cache``
+    (transformers >= 5.25, where ``past_key_values`` is a deprecated alias that warns) or
+    ``past_key_values`` (earlier releases, and models of their own code)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

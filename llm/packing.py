@@ -105,6 +105,28 @@ class PackedBatch(NamedTuple):
     computed: int
 
 
+class _Pairs(NamedTuple):
+    """The pairs of a batch: prompt lengths, sequences and completion lengths."""
+
+    prompt: np.ndarray
+    chosen: list[np.ndarray]
+    rejected: list[np.ndarray]
+    c_len: np.ndarray
+    r_len: np.ndarray
+
+
+class _Row(NamedTuple):
+    """One row before padding: token ids, its segments ``((role, length), ...)``, position
+    ids, and per scored token the row index predicting it, its id and its sequence."""
+
+    ids: np.ndarray
+    roles: tuple[tuple[int, int], ...]
+    positions: np.ndarray
+    source: np.ndarray
+    labels: np.ndarray
+    target: np.ndarray
+
+
 def _round_up(n: np.ndarray, g: int) -> np.ndarray:
     return -(-n // g) * g
 
@@ -123,8 +145,8 @@ def pack_pairs(
     ``max_length``: the longest sequence the model takes (its position table, e.g.
     ``GPTConfig.block_size``); plain rows are never padded past it.  A prefix-shared row may be
     longer (prompt + both completions) while its positions stay below it.  ``chosen_only``:
-    the chosen sequences alone, in plain rows (the SFT objective; ``counts`` then has B
-    entries and sequence i is pair i's chosen completion).
+    the chosen sequences alone, in plain rows (the SFT objective, :mod:`llm.sft`; ``counts``
+    then has B entries and sequence i is pair i's chosen completion).
 
     Raises:
         ValueError: on an empty index, a pair without a prompt token (its first completion
@@ -132,16 +154,37 @@ def pack_pairs(
         IndexError: on an index outside 0..len(pairs)-1.
     """
     idx = np.asarray(index, dtype=np.int64).reshape(-1)
+    batch = _checked_batch(pairs, idx, max_length, chosen_only)
+    shared = layout.prefix_sharing and not chosen_only
+    if chosen_only:
+        counts = torch.from_numpy(batch.c_len)
+        tokens = int(batch.prompt.sum() + batch.c_len.sum())
+    else:
+        counts = torch.from_numpy(np.concatenate([batch.c_len, batch.r_len]))
+        tokens = int(2 * batch.prompt.sum() + batch.c_len.sum() + batch.r_len.sum())
+    rows = _shared_rows(batch) if shared else _plain_rows(batch, chosen_only)
+    widths = _widths(rows, layout, max_length, shared)
+    pieces = [
+        _piece([rows[m] for m in np.flatnonzero(widths == width)], int(width), pad_id)
+        for width in np.unique(widths)
+    ]
+    computed = int(sum(p.input_ids.numel() for p in pieces))
+    return PackedBatch(pieces, counts, shared, tokens, computed)
+
+
+def _checked_batch(
+    pairs: TokenizedPairs, idx: np.ndarray, max_length: int | None, chosen_only: bool = False
+) -> _Pairs:
+    """The pairs ``idx`` with their lengths, checked: every pair has a prompt token and
+    non-empty completions (the chosen one alone with ``chosen_only``), and fits in
+    ``max_length``."""
     if idx.size == 0:
         raise ValueError("index is empty: a batch needs at least one pair")
     if idx.min() < 0 or idx.max() >= len(pairs):
         raise IndexError(f"indices must lie in 0..{len(pairs) - 1}, got {idx.min()}..{idx.max()}")
-    b = idx.size
     prompt = pairs.prompt_lengths[idx].astype(np.int64)
-    chosen = [pairs.chosen[i] for i in idx]
-    rejected = [pairs.rejected[i] for i in idx]
-    c_len = np.array([len(s) for s in chosen], dtype=np.int64) - prompt
-    r_len = np.array([len(s) for s in rejected], dtype=np.int64) - prompt
+    c_len = np.array([len(pairs.chosen[i]) for i in idx], dtype=np.int64) - prompt
+    r_len = np.array([len(pairs.rejected[i]) for i in idx], dtype=np.int64) - prompt
     bad = (prompt < 1) | (c_len < 1) | ((r_len < 1) & (not chosen_only))
     if bad.any():
         i = int(idx[np.argmax(bad)])
@@ -159,73 +202,77 @@ def pack_pairs(
                 f"pair {i} has a sequence of {int(longest.max())} tokens, longer than the "
                 f"model's {max_length} positions: tokenize with max_length <= {max_length}"
             )
-    counts = torch.from_numpy(c_len if chosen_only else np.concatenate([c_len, r_len]))
-    tokens = int(prompt.sum() + c_len.sum())
-    if not chosen_only:
-        tokens += int(prompt.sum() + r_len.sum())
-    shared = layout.prefix_sharing and not chosen_only
+    chosen = [pairs.chosen[i] for i in idx]
+    rejected = [pairs.rejected[i] for i in idx]
+    return _Pairs(prompt, chosen, rejected, c_len, r_len)
 
-    # rows: (token ids, segment lengths [(role, n)], position ids, scored (source, label, target))
-    rows = []
-    if shared:
-        for j in range(b):
-            p, c, r = prompt[j], c_len[j], r_len[j]
-            ids = np.concatenate([chosen[j], rejected[j][p:]])
-            pos = np.concatenate([np.arange(p + c), np.arange(p, p + r)])
-            src = np.concatenate(
-                [np.arange(p - 1, p + c - 1), [p - 1], np.arange(p + c, p + c + r - 1)]
-            )
-            tgt = np.concatenate([np.full(c, j), np.full(r, b + j)])
-            rows.append((ids, ((PROMPT, p), (CHOSEN, c), (REJECTED, r)), pos, src, ids[p:], tgt))
-    else:
-        kinds = ((chosen, CHOSEN),) if chosen_only else ((chosen, CHOSEN), (rejected, REJECTED))
-        for j, (seqs, role) in enumerate(kinds):
-            lengths = c_len if role == CHOSEN else r_len
-            for i in range(b):
-                p, n = prompt[i], lengths[i]
-                ids = seqs[i]
-                src = np.arange(p - 1, p + n - 1)
-                tgt = np.full(n, j * b + i)
-                rows.append((ids, ((PROMPT, p), (role, n)), np.arange(p + n), src, ids[p:], tgt))
 
-    lengths = np.array([len(row[0]) for row in rows], dtype=np.int64)
+def _shared_rows(pairs: _Pairs) -> list[_Row]:
+    """One row per pair, prompt + chosen + rejected; the rejected positions restart after
+    the prompt and its first token is predicted from the prompt's last position."""
+    prompt, chosen, rejected, c_len, r_len = pairs
+    b, rows = len(chosen), []
+    for j in range(b):
+        p, c, r = prompt[j], c_len[j], r_len[j]
+        ids = np.concatenate([chosen[j], rejected[j][p:]])
+        pos = np.concatenate([np.arange(p + c), np.arange(p, p + r)])
+        src = np.concatenate(
+            [np.arange(p - 1, p + c - 1), [p - 1], np.arange(p + c, p + c + r - 1)]
+        )
+        tgt = np.concatenate([np.full(c, j), np.full(r, b + j)])
+        rows.append(_Row(ids, ((PROMPT, p), (CHOSEN, c), (REJECTED, r)), pos, src, ids[p:], tgt))
+    return rows
+
+
+def _plain_rows(pairs: _Pairs, chosen_only: bool = False) -> list[_Row]:
+    """2B rows: every pair's prompt + chosen, then every pair's prompt + rejected (B rows of
+    prompt + chosen with ``chosen_only``)."""
+    prompt, chosen, rejected, c_len, r_len = pairs
+    b, rows = len(chosen), []
+    kinds = ((chosen, CHOSEN, c_len), (rejected, REJECTED, r_len))
+    for j, (seqs, role, lengths) in enumerate(kinds[:1] if chosen_only else kinds):
+        for i in range(b):
+            p, n = prompt[i], lengths[i]
+            ids = seqs[i]
+            src = np.arange(p - 1, p + n - 1)
+            tgt = np.full(n, j * b + i)
+            rows.append(_Row(ids, ((PROMPT, p), (role, n)), np.arange(p + n), src, ids[p:], tgt))
+    return rows
+
+
+def _widths(rows: list[_Row], layout: Layout, max_length: int | None, shared: bool) -> np.ndarray:
+    """Each row's padded width: its length rounded up to the bucket (or the longest row's)."""
+    lengths = np.array([len(row.ids) for row in rows], dtype=np.int64)
     if layout.bucket:
         widths = _round_up(lengths, layout.bucket)
     else:
         widths = np.full(len(rows), lengths.max())
     if max_length is not None and not shared:  # plain rows: positions 0..T-1
         widths = np.minimum(widths, np.maximum(max_length, lengths))
-    pieces = []
-    for width in np.unique(widths):
-        members = np.flatnonzero(widths == width)
-        ids = np.full((members.size, width), pad_id, dtype=np.int64)
-        pos = np.zeros((members.size, width), dtype=np.int64)
-        seg = np.full((members.size, width), PAD, dtype=np.int8)
-        src, lab, tgt = [], [], []
-        for r, m in enumerate(members):
-            row_ids, roles, row_pos, row_src, row_lab, row_tgt = rows[m]
-            n = len(row_ids)
-            ids[r, :n] = row_ids
-            pos[r, :n] = row_pos
-            start = 0
-            for role, k in roles:
-                seg[r, start : start + k] = role
-                start += k
-            src.append(row_src + r * width)
-            lab.append(row_lab)
-            tgt.append(row_tgt)
-        pieces.append(
-            Packed(
-                torch.from_numpy(ids),
-                torch.from_numpy(pos),
-                torch.from_numpy(seg),
-                torch.from_numpy(np.concatenate(src)),
-                torch.from_numpy(np.concatenate(lab).astype(np.int64)),
-                torch.from_numpy(np.concatenate(tgt)),
-            )
-        )
-    computed = int(sum(p.input_ids.numel() for p in pieces))
-    return PackedBatch(pieces, counts, shared, tokens, computed)
+    return widths
+
+
+def _piece(rows: list[_Row], width: int, pad_id: int) -> Packed:
+    """``rows`` right-padded to ``width`` as one forward call's inputs."""
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    pos = np.zeros((len(rows), width), dtype=np.int64)
+    seg = np.full((len(rows), width), PAD, dtype=np.int8)
+    for r, row in enumerate(rows):
+        n = len(row.ids)
+        ids[r, :n] = row.ids
+        pos[r, :n] = row.positions
+        start = 0
+        for role, k in row.roles:
+            seg[r, start : start + k] = role
+            start += k
+    return Packed(
+        torch.from_numpy(ids),
+        torch.from_numpy(pos),
+        torch.from_numpy(seg),
+        torch.from_numpy(np.concatenate([row.source + r * width for r, row in enumerate(rows)])),
+        torch.from_numpy(np.concatenate([row.labels for row in rows]).astype(np.int64)),
+        torch.from_numpy(np.concatenate([row.target for row in rows])),
+    )
 
 
 def attention_mask_4d(segments: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ The backend only needs ``encode`` (text → ids, *without* special tokens), ``de
 the special ids and a ``fingerprint`` (a stable digest used in cache keys).  The
 :class:`CharTokenizer` covers the generated task suite (``llm.synth``) with no download;
 ``llm.hf`` adapts a Hugging Face tokenizer to the same :class:`Tokenizer` protocol.
-``tokenize_pairs(..., tokenization="trl")`` (see :mod:`llm.data`) also needs the
+``tokenize_pairs(..., tokenization="trl")`` (see :mod:`llm.data.tokenization`) also needs the
 tokenizer's *own* call — special tokens inserted as the tokenizer does, special-token
 strings recognised, chat templates tokenised — the :class:`ModelInputTokenizer` protocol.
 

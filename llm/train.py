@@ -223,21 +223,9 @@ def train(
         )
     if world > 1 and reduce is None:
         reduce = reduce_task_scores
-    folder = Path(out_dir)
-    if is_sharded(policy):
-        seeds = [config.seed]
-
-        def template() -> dict[str, Any]:  # this run's shards, to read a checkpoint into
-            oracle.reset(seeds)  # copies: the driver resets the oracle again before loading
-            return {"oracle": _copied(oracle.state_dict())}
-
-        checkpoint = ShardedCheckpoint(
-            folder / "checkpoint", resume=resume, template=template, owner=owner
-        )
-        if rank != 0:
-            log = None
-    else:
-        checkpoint = CheckpointFile(folder / "checkpoint.pt", resume=resume, owner=owner)
+    checkpoint = _checkpoint(oracle, Path(out_dir), config.seed, resume, owner)
+    if is_sharded(policy) and rank != 0:
+        log = None  # one shared folder: rank 0 logs
     if log is not None and flops_per_token and config.peak_flops:
         log.flops_per_token, log.peak_flops = flops_per_token, config.peak_flops
     return run(
@@ -265,6 +253,21 @@ def train(
         shard=shard,
         on_step=on_step,
     )
+
+
+def _checkpoint(
+    oracle: Any, folder: Path, seed: int, resume: bool, owner: dict[str, Any] | None
+) -> CheckpointFile | ShardedCheckpoint:
+    """Where the run is saved: ``folder/checkpoint.pt``, or for a sharded policy the DCP
+    folder ``folder/checkpoint`` that every rank writes its shards into."""
+    if not is_sharded(getattr(oracle, "policy", None)):
+        return CheckpointFile(folder / "checkpoint.pt", resume=resume, owner=owner)
+
+    def template() -> dict[str, Any]:  # this run's shards, to read a checkpoint into
+        oracle.reset([seed])  # copies: the driver resets the oracle again before loading
+        return {"oracle": _copied(oracle.state_dict())}
+
+    return ShardedCheckpoint(folder / "checkpoint", resume=resume, template=template, owner=owner)
 
 
 def _copied(state: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,15 @@ def test_generate_is_greedy_and_stops_at_eos(loaded):
     eos = int(out[0, T])
     stopped = model.generate(prompt[:1], max_new_tokens=6, eos_id=eos)
     assert stopped.shape == (1, T + 1) and stopped[0, -1] == eos
+
+
+def test_generate_emits_no_deprecation_warning(loaded):
+    """The KV cache goes by the installed transformers' own keyword (``cache`` from 5.25 on):
+    nothing deprecated reaches the console during evaluation."""
+    model, tok = loaded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.generate(torch.tensor([tok.encode("the cat")]), max_new_tokens=3)
 
 
 def test_generate_crops_context_past_block_size(loaded):

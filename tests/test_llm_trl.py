@@ -7,9 +7,11 @@ tests/trl_helpers.py under torchrun on a gloo group.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trl_helpers import dpo_args, parameters, quiet, task_data
 
+import llm.trl
 from amasim import mixers
 from amasim.capabilities import MissingCapabilityError
 from llm.trl import (
@@ -484,6 +487,22 @@ def test_specialist_equal_to_the_base_has_loss_log_2(tiny, tmp_path):
     trainer = trainer_for(tiny, tmp_path / "run", mixer, spec=got, max_steps=1)
     trainer.train()
     assert trainer.mixture_log["scores"].tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_a_run_shows_no_deprecation_warning(tiny, tmp_path):
+    """A training run shows every warning but those importing llm.trl filters (pytest's and
+    quiet()'s filters set aside): no FutureWarning/DeprecationWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        importlib.reload(llm.trl)  # what importing llm.trl sets, as in a user's script
+        trainer_for(tiny, tmp_path, mixers.ama_r(1.0), max_steps=2).train()
+    deprecations = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, FutureWarning | DeprecationWarning)
+    ]
+    assert not deprecations, "\n".join(deprecations)
 
 
 def test_specialist_cache_hit_and_invalidation(tiny, tmp_path):

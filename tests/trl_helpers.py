@@ -52,7 +52,7 @@ def dpo_args(output_dir: str | Path, **overrides: Any) -> Any:
         "report_to": "none",
         "use_cpu": True,
         "disable_tqdm": True,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,  # transformers >= 5.25 (gradient_checkpointing warns)
         "seed": 0,
     }
     settings.update(overrides)

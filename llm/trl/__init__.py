@@ -1,8 +1,10 @@
 """AutoMixAlign inside TRL: any amasim mixer sets the task mixture of TRL's DPOTrainer.
 
-Needs the ``trl`` extra (``pip install -e ".[trl]"``).  The three lines that change in a
-TRL DPO script::
+Needs the ``trl`` extra (``pip install -e ".[trl]"``).  The lines that change in a TRL DPO
+script (the data: a ``tasks.toml`` manifest as the pipeline reads it, or a folder of
+``<task>.jsonl``)::
 
+    task_datasets = load_task_datasets("data/tasks.toml", tokenizer, max_length=args.max_length)
     specialist_losses = cache_specialist_losses(model, task_datasets, specialists, args=args,
                                                 cache_dir="cache")
     trainer = AMADPOTrainer(model, args=args, train_dataset=concatenate_tasks(task_datasets),
@@ -16,7 +18,8 @@ One idea per module:
 * :mod:`llm.trl.sampler` — :class:`TaskMixtureSampler`, the rows of every step;
 * :mod:`llm.trl.losses` — per-pair losses out of TRL's own loss code;
 * :mod:`llm.trl.specialists` — :func:`cache_specialist_losses`;
-* :mod:`llm.trl.tasks` — the task column, :func:`concatenate_tasks`, dataset digests;
+* :mod:`llm.trl.tasks` — :func:`load_task_datasets` (the pipeline's data layout and
+  audits), the task column, :func:`concatenate_tasks`, dataset digests;
 * :mod:`llm.trl.checkpoint` — the mixture's part of a Trainer checkpoint;
 * :mod:`llm.trl.tiny` — tiny offline models and datasets (smoke runs, tests).
 """
@@ -24,6 +27,7 @@ One idea per module:
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 __all__ = [
@@ -32,9 +36,21 @@ __all__ = [
     "cache_specialist_losses",
     "SpecialistLosses",
     "concatenate_tasks",
+    "load_task_datasets",
     "pair_losses",
     "PairLosses",
 ]
+
+# TRL 1.16 reads `model.is_gradient_checkpointing` around every reference forward
+# (trl.models.utils.disable_gradient_checkpointing), a property transformers 5.25 deprecates
+# with a FutureWarning per step; nothing a caller passes avoids it.  Only that message is
+# silenced; drop this once TRL reads `is_activation_checkpointing`.
+warnings.filterwarnings(
+    "ignore",
+    message="`is_gradient_checkpointing` is deprecated",
+    category=FutureWarning,
+    module="transformers.modeling_utils",
+)
 
 # Imported on first use (PEP 562): the sampler, tasks and checkpoint modules need neither
 # TRL nor transformers, and importing those takes seconds.
@@ -44,6 +60,7 @@ _HOME = {
     "cache_specialist_losses": "llm.trl.specialists",
     "SpecialistLosses": "llm.trl.specialists",
     "concatenate_tasks": "llm.trl.tasks",
+    "load_task_datasets": "llm.trl.tasks",
     "pair_losses": "llm.trl.losses",
     "PairLosses": "llm.trl.losses",
 }

@@ -1,4 +1,10 @@
-"""Datasets of several tasks: the task column, per-task rows, and a digest of the rows.
+"""Datasets of several tasks: loaded from files, the task column, per-task rows, and a digest
+of the rows.
+
+:func:`load_task_datasets` reads the pipeline's data layout — a manifest (``tasks.toml``
+naming ``<task>.train.jsonl`` and ``<task>.eval.jsonl``) or a folder of ``<task>.jsonl`` —
+with the pipeline's reader and audit (:mod:`llm.data`: every error names ``file:line``),
+and gives one :class:`datasets.Dataset` per task in TRL's preference format.
 
 A multi-task DPO run trains on one :class:`datasets.Dataset` whose *task column* names
 the task of every row (:func:`concatenate_tasks` builds it from one dataset per task).
@@ -23,18 +29,115 @@ True
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llm.data import PreferencePair, find_task_files, read_task_split
+from llm.tokenizer import ModelInputTokenizer
+
 __all__ = [
+    "load_task_datasets",
     "concatenate_tasks",
     "task_ids",
     "rows_by_task",
     "check_specialist_rows",
     "dataset_digest",
 ]
+
+SPLITS = ("train", "eval")
+
+
+def load_task_datasets(
+    path: str | Path,
+    tokenizer: Any,
+    *,
+    split: str = "train",
+    max_length: int | None = 1024,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """``{task: Dataset}`` of the ``split`` (``"train"`` or ``"eval"``) of every task in
+    ``path``: a manifest, or a folder (:func:`llm.data.find_task_files`).
+
+    Rows are TRL's explicit-prompt format: ``prompt``/``chosen``/``rejected`` strings, or
+    lists of messages for a conversational task (an implicit prompt is split off as TRL's
+    ``extract_prompt`` does), plus ``tools`` and ``chat_template_kwargs`` columns when a row
+    of any task has them.  Every split is audited as the pipeline audits it, with TRL's
+    tokenisation (``tokenization="trl"``) by ``tokenizer`` (a Hugging Face tokenizer, the
+    trainer's ``processing_class``) at ``max_length`` (pass ``DPOConfig.max_length``): the
+    issues are warned (:class:`llm.data.DataWarning`) or, with ``strict``, refused.  A task
+    without an evaluation file has no ``"eval"`` dataset (the pipeline evaluates it on its
+    training pairs).
+
+    >>> import tempfile
+    >>> from llm.synth import write_suite
+    >>> from llm.tokenizer import CharTokenizer
+    >>> sizes = {"arithmetic": (4, 2), "safety": (3, 0), "format": (2, 1)}
+    >>> manifest = write_suite(tempfile.mkdtemp(), sizes=sizes)  # tasks.toml and its files
+    >>> train = load_task_datasets(manifest, CharTokenizer())
+    >>> {task: len(ds) for task, ds in train.items()}, train["format"].column_names
+    ({'arithmetic': 4, 'safety': 3, 'format': 2}, ['prompt', 'chosen', 'rejected'])
+    >>> list(load_task_datasets(manifest.parent, CharTokenizer(), split="eval"))
+    ['arithmetic', 'format']
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    tok = tokenizer if isinstance(tokenizer, ModelInputTokenizer) else _hf_tokenizer(tokenizer)
+    files = {task: getattr(f, split) for task, f in find_task_files(path).items()}
+    rows = {
+        task: read_task_split(
+            task,
+            split,
+            file,
+            tok,
+            strict=strict,
+            max_length=sys.maxsize if max_length is None else max_length,
+            tokenization="trl",
+        ).pairs
+        for task, file in files.items()
+        if file is not None
+    }
+    templated = any(p.template_kwargs is not None for pairs in rows.values() for p in pairs)
+    return {task: _dataset(pairs, templated) for task, pairs in rows.items()}
+
+
+def _hf_tokenizer(tokenizer: Any) -> ModelInputTokenizer:
+    from llm.hf import HFTokenizer
+
+    return HFTokenizer(tokenizer)
+
+
+def _dataset(pairs: list[PreferencePair], templated: bool) -> Any:
+    """The pairs of one task file as a Dataset (``templated``: with the chat-template
+    columns, as JSON, so that every row keeps exactly its own arguments)."""
+    from datasets import Dataset, Features, Json, concatenate_datasets
+
+    conversational = pairs[0].messages is not None
+    for pair in pairs:
+        if (pair.messages is not None) != conversational:
+            raise ValueError(
+                f"{pair.source}: a {'plain-text' if conversational else 'conversational'} row "
+                f"in a file whose first row ({pairs[0].source}) is "
+                f"{'conversational' if conversational else 'plain text'}: TRL reads one format "
+                "per dataset: write every row of the file as messages, or every row as text"
+            )
+    keys = ("prompt", "chosen", "rejected")
+    if conversational:
+        dataset = Dataset.from_list([dict(zip(keys, pair.messages)) for pair in pairs])
+    else:
+        dataset = Dataset.from_list([{k: getattr(pair, k) for k in keys} for pair in pairs])
+    if not templated:
+        return dataset
+    columns = []
+    for pair in pairs:  # TRL's columns: tools, and the template's other arguments
+        kwargs = dict(pair.template_kwargs or {})
+        columns.append({"tools": kwargs.pop("tools", None), "chat_template_kwargs": kwargs})
+    features = Features({"tools": Json(), "chat_template_kwargs": Json()})
+    template = Dataset.from_list(columns, features=features)
+    return concatenate_datasets([dataset, template], axis=1)
 
 
 def concatenate_tasks(datasets: Mapping[str, Any], task_column: str = "task") -> Any:
