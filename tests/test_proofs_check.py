@@ -152,6 +152,49 @@ def test_theorem_s_rejects_a_step_size_it_does_not_cover():
         bounds.theorem_s(1.0, 1.0, 1.0, 2, 100, 1, 0.1, 1.0, 0.1)
 
 
+# ----------------------------------------------------------------- Hypothesis: 07
+@settings(max_examples=60, deadline=None)
+@given(
+    b_loss=st.floats(0.01, 100),
+    g=st.floats(0.01, 100),
+    d=st.floats(0.1, 10),
+    k=st.integers(2, 20),
+    horizon=st.integers(1, 10**6),
+    batch=st.integers(1, 64),
+    delta=st.floats(1e-9, 0.5),
+)
+def test_theorem_ix_tuned_forms(b_loss, g, d, k, horizon, batch, delta):
+    """07_ama_s_ix.md: (E) at its tuning is the closed form (DG + B√(2 ln k)(√(k/b) +
+    √(k/b+1)))/√T + DG/T, and (HP) at Neu's coupling η = 2γ/B is its closed form."""
+    c = (b_loss, g, d, k, horizon)
+    steps = bounds.ama_s_ix_steps(*c, batch)
+    closed = (
+        d * g
+        + b_loss * math.sqrt(2 * math.log(k)) * (math.sqrt(k / batch) + math.sqrt(k / batch + 1))
+    ) / math.sqrt(horizon) + d * g / horizon
+    assert bounds.theorem_ix(*c, batch, *steps) == pytest.approx(closed, rel=1e-9)
+    big_l = math.log(k) + math.log(4 * k / delta) / batch
+    gamma = math.sqrt(big_l / (4 * k * horizon))
+    hp = bounds.theorem_ix_hp(*c, batch, steps[0], 2 * gamma / b_loss, gamma, delta)
+    log4 = math.log(4 / delta)
+    closed_hp = (
+        d * g * (1 + 2 * math.sqrt(2 * log4))
+        + 2 * b_loss * math.sqrt(k * big_l)
+        + b_loss * math.sqrt(log4 / (2 * batch))
+    ) / math.sqrt(horizon) + (d * g + b_loss * log4 / batch) / horizon
+    assert hp == pytest.approx(closed_hp, rel=1e-9)
+
+
+def test_ix_lemma_count_test_allows_what_binomial_tails_allow():
+    from scipy.stats import binom
+
+    from proofs_check.ix_lemma import DELTA, allowed_exceedances
+
+    for runs in (8, 32, 128):
+        v = allowed_exceedances(runs)
+        assert binom.sf(v, runs, DELTA) <= 1e-6 < binom.sf(v - 1, runs, DELTA)
+
+
 # ----------------------------------------------------------------- Hypothesis: 06
 @SLOW
 @given(params_strategy(), st.integers(0, 10_000))
