@@ -91,7 +91,13 @@ def ama_s_ix(
 ) -> Mixer:
     """AMA-S with implicit exploration: EXP3-IX over tasks on the losses B − score, the
     batch drawn from α (see the module doc).  ``step_size`` η > 0, ``implicit_exploration``
-    γ ≥ 0 (0: the plain importance-weighted estimate, no guarantee), ``bound`` B > 0."""
+    γ ≥ 0 (0: the plain importance-weighted estimate, no guarantee), ``bound`` B > 0.
+
+    >>> mixer = ama_s_ix(*ix_steps(1000, 2, 8, 1.0), bound=1.0)
+    >>> w, _ = mixer.update(mixer.init(2), [0.8, 0.2], counts=[4, 4])
+    >>> mixer.apply, bool(w[0] > w[1])
+    ('resample', True)
+    """
     eta = check_positive("step_size", step_size)
     b_max = check_positive("bound", bound)
     gamma = implicit_exploration

@@ -364,7 +364,11 @@ STUDY_TUNING = ByProtocol()
 
 
 def tuning_of(name: str) -> str:
-    """How :class:`Theory` tunes method ``name``: its theorem, or the heuristic."""
+    """How :class:`Theory` tunes method ``name``: its theorem, or the heuristic.
+
+    >>> tuning_of("ama-r"), tuning_of("doremi")
+    ('Theorem R (05_ama_r.md)', 'heuristic: η = mixer_step/√T (no theorem covers it)')
+    """
     method = METHODS[_known(name)]
     if method.theorem is not None:
         return method.theorem.name

@@ -8,6 +8,9 @@ mean of θ_1..θ_T, what :func:`amasim.driver.run` evaluates).
 >>> s = ama_r_steps(B=1.0, G=1.0, D=1.0, k=2, T=100)
 >>> round(theorem_r(1.0, 1.0, 1.0, 2, 100, 1, *s), 4)
 0.3455
+>>> s = ama_s_ix_steps(B=1.0, G=1.0, D=1.0, k=3, T=10_000, b=8)
+>>> round(theorem_ix(1.0, 1.0, 1.0, 3, 10_000, 8, *s), 4)  # (DG + 2.65 B)/√T + DG/T
+0.0366
 """
 
 from __future__ import annotations
