@@ -131,15 +131,19 @@ def test_online_to_batch_lemma_on_any_sequence(small_quadratic, horizon, spread,
 
 
 # ----------------------------------------------------------------- Hypothesis: 05
+#: the constants (B, G, D, k), horizons and batch sizes the bound formulas are tested over
+BOUND_ARGS = {
+    "b_loss": st.floats(0.01, 100),
+    "g": st.floats(0.01, 100),
+    "d": st.floats(0.1, 10),
+    "k": st.integers(2, 20),
+    "horizon": st.integers(1, 10**6),
+    "batch": st.integers(1, 64),
+}
+
+
 @settings(max_examples=60, deadline=None)
-@given(
-    b_loss=st.floats(0.01, 100),
-    g=st.floats(0.01, 100),
-    d=st.floats(0.1, 10),
-    k=st.integers(2, 20),
-    horizon=st.integers(1, 10**6),
-    batch=st.integers(1, 64),
-)
+@given(**BOUND_ARGS)
 def test_theorem_r_implies_prop2_at_prop2_steps(b_loss, g, d, k, horizon, batch):
     # derivations/05_ama_r.md: Theorem R ≤ (0.37 + 0.12/√T)·Prop. 2 at Prop. 2's steps
     steps = bounds.prop2_steps(b_loss, g, d, k, horizon)
@@ -154,15 +158,7 @@ def test_theorem_s_rejects_a_step_size_it_does_not_cover():
 
 # ----------------------------------------------------------------- Hypothesis: 07
 @settings(max_examples=60, deadline=None)
-@given(
-    b_loss=st.floats(0.01, 100),
-    g=st.floats(0.01, 100),
-    d=st.floats(0.1, 10),
-    k=st.integers(2, 20),
-    horizon=st.integers(1, 10**6),
-    batch=st.integers(1, 64),
-    delta=st.floats(1e-9, 0.5),
-)
+@given(**BOUND_ARGS, delta=st.floats(1e-9, 0.5))
 def test_theorem_ix_tuned_forms(b_loss, g, d, k, horizon, batch, delta):
     """07_ama_s_ix.md: (E) at its tuning is the closed form (DG + B√(2 ln k)(√(k/b) +
     √(k/b+1)))/√T + DG/T, and (HP) at Neu's coupling η = 2γ/B is its closed form."""
