@@ -364,7 +364,8 @@ STUDY_TUNING = ByProtocol()
 
 
 def tuning_of(name: str) -> str:
-    """How :class:`Theory` tunes method ``name``: its theorem, or the heuristic.
+    """How the studies' policy (:data:`STUDY_TUNING`) tunes method ``name`` in its own
+    protocol: its theorem (:class:`Theory`), or a heuristic.
 
     >>> tuning_of("ama-r"), tuning_of("doremi")
     ('Theorem R (05_ama_r.md)', 'heuristic: η = mixer_step/√T (no theorem covers it)')
@@ -374,6 +375,8 @@ def tuning_of(name: str) -> str:
         return method.theorem.name
     if not method.tuned:
         return "nothing tuned (fixed by the method)"
+    if describe(name).signal.kind not in ("batch", "alignment"):
+        return "heuristic: the round protocols' settings, η = 0.2 (no theorem covers it)"
     return "heuristic: η = mixer_step/√T (no theorem covers it)"
 
 
