@@ -51,8 +51,18 @@ def _methods(text: str) -> list[str]:
 
 def _tuning_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3.0, help="θ step: lr/√T (default 3)")
-    parser.add_argument("--mixer-step", type=float, default=3.0, help="mixer step: η/√T")
-    parser.add_argument("--smoothing", type=float, default=1.0, help="AMA-S c = s·√(k ln k/T)")
+    parser.add_argument(
+        "--mixer-step",
+        type=float,
+        default=3.0,
+        help="mixer step η/√T of the methods no theorem covers (the rest: their theorem's)",
+    )
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        default=1.0,
+        help="exploration c = s·√(k ln k/T) of the methods no theorem covers",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
 
 
@@ -269,12 +279,13 @@ def _check_args(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.command == "methods":
-        from amasim.registry import MERGES, METHODS, describe
+        from amasim.registry import MERGES, METHODS, describe, tuning_of
 
         for name, method in METHODS.items():
             mixer = describe(name)
             needs = ", ".join(mixer.requires) or "-"
             print(f"{name:20s} {mixer.signal.kind:12s} {needs:40s} {method.description}")
+            print(f"{'':20s} tuning: {tuning_of(name)}")
         for name, kind in MERGES.items():
             print(f"{name:20s} {'merge':12s} {'-':40s} amasim.merging.{kind} of the specialists")
     elif args.command == "converge":

@@ -11,14 +11,18 @@ one way everywhere.
 Tuning policies are kept apart from the factories:
 
 ==========================  ==============================================================
-:class:`Theory`             the convex theory's 1/√T rule for a horizon of T steps:
-                            η = mixer_step/√T, AMA-S's c = min(1, s·√(k ln k / T))
+:class:`Theory`             each method's step sizes from the theorem that covers it
+                            (``Method.theorem``, :data:`THEOREMS`) at the
+                            :class:`Constants` B, D·G, b; for a method no theorem covers,
+                            the 1/√T heuristic η = mixer_step/√T, c = min(1, s·√(k ln k/T))
 :data:`LMO_SETTINGS`        the round protocols' fixed settings (η = 0.2, c = 0.05)
 :class:`Fixed`              given values (an ``llm`` config's ``[mix]`` section)
 ==========================  ==============================================================
 
 :class:`ByProtocol` picks one per signal: the studies use the theory for signals observed
-every step and the LMO settings for round signals.
+every step and the LMO settings for round signals.  The constants a theorem is stated in
+are the caller's to give (``build(..., constants=...)``); :func:`start_constants`
+estimates them from an oracle's start model when they are unknown.
 
 Adding a method is one line: ``register("my-mixer", Method(lambda h: my_mixer(h.step_size),
 ("step_size",), "what it does"))`` — then ``amasim converge --methods my-mixer``,
@@ -27,18 +31,24 @@ Adding a method is one line: ``register("my-mixer", Method(lambda h: my_mixer(h.
 >>> mixer = build("ama-s", steps=10_000, sizes=(100, 10, 10))
 >>> mixer.name, mixer.apply, mixer.score, round(mixer.signal.every)
 ('ama-s', 'resample', 'clipped', 1)
+>>> tuning_of("ama-s-ix")
+'Theorem IX (07_ama_s_ix.md)'
+>>> [round(v, 5) for v in Theory()(10_000, 3, method="ama-s", constants=Constants(bound=2.0))]
+[0.00231, 0.01385]
 >>> describe("aioli").requires
 ('group_validation',)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from amasim import gradient_mixers, grdpo, lmo, mixers
+from amasim.ama_s_ix import ama_s_ix, ix_steps
 from amasim.capabilities import capabilities_of
 from amasim.driver import requirements
 from amasim.mixers import Mixer, Signal
@@ -46,6 +56,11 @@ from amasim.mixers import Mixer, Signal
 __all__ = [
     "Hyper",
     "Method",
+    "Theorem",
+    "THEOREMS",
+    "Constants",
+    "start_constants",
+    "tuning_of",
     "METHODS",
     "MERGES",
     "Theory",
@@ -64,26 +79,100 @@ __all__ = [
 
 
 class Hyper(NamedTuple):
-    """What a factory may read: the tuned step size and smoothing, the task sizes, and a
-    target histogram (importance sampling)."""
+    """What a factory may read: the tuned step size and smoothing, the task sizes, a
+    target histogram (importance sampling) and the score bound B (AMA-S-IX's losses B − s)."""
 
     step_size: float = 1.0
     smoothing: float = 0.1
     sizes: tuple[int, ...] = ()
     target_weights: Any = None
+    bound: float = 1.0
+
+
+class Constants(NamedTuple):
+    """What the theorems' step sizes are stated in (``proofs_check/derivations/00_setup.md``).
+
+    ``bound`` B: every per-example score lies in [0, B] (the clipped excess);
+    ``loss_bound``: the same for the raw loss (Group DRO, ``ama-s-raw``; ``None``: B);
+    ``lipschitz_radius`` D·G: the parameter radius times the gradient bound (Theorem R's
+    ordering term; 0 when unknown, which leaves Hedge's own step); ``batch_size`` b;
+    ``source``: how they were obtained (``"assumed"``, ``"start model"``, ``"worst case"``).
+    """
+
+    bound: float = 1.0
+    loss_bound: float | None = None
+    lipschitz_radius: float = 0.0
+    batch_size: int = 1
+    source: str = "assumed"
+
+    def score_bound(self, score: str) -> float:
+        """B for ``score``: ``loss_bound`` for the raw loss, ``bound`` otherwise."""
+        if score == "loss" and self.loss_bound is not None:
+            return self.loss_bound
+        return self.bound
+
+
+class Theorem(NamedTuple):
+    """The theorem that covers a method, and the step sizes it prescribes:
+    ``steps(T, k, constants) -> (step_size, smoothing)``.  ``covered=False`` marks an
+    ablation tuned as its base method, which the theorem does not cover."""
+
+    name: str
+    steps: Callable[[int, int, Constants], tuple[float, float]]
+    covered: bool = True
 
 
 class Method(NamedTuple):
     """A registered method: ``factory(Hyper) -> Mixer``, the :class:`Hyper` fields a
     tuning policy sets (``tuned``), a one-line description, whether it also runs in the
-    rounds protocol (``online``: adaptive batch mixers), and whether it is an ablation of
-    another method (left out of ``amasim compare``'s default list)."""
+    rounds protocol (``online``: adaptive batch mixers), whether it is an ablation of
+    another method (left out of ``amasim compare``'s default list), and the
+    :class:`Theorem` whose step sizes :class:`Theory` gives it (``None``: the heuristic)."""
 
     factory: Callable[[Hyper], Mixer]
     tuned: tuple[str, ...] = ()
     description: str = ""
     online: bool = False
     ablation: bool = False
+    theorem: Theorem | None = None
+
+
+def _ln(k: int) -> float:
+    return math.log(max(k, 2))  # k = 1: nothing to mix; any positive step does
+
+
+def _theorem_r(score: str) -> Callable[[int, int, Constants], tuple[float, float]]:
+    def steps(t: int, k: int, c: Constants) -> tuple[float, float]:
+        b = c.score_bound(score)
+        return math.sqrt(_ln(k) / (t * b * (b / 8 + c.lipschitz_radius))), 0.0
+
+    return steps
+
+
+def _theorem_s(score: str) -> Callable[[int, int, Constants], tuple[float, float]]:
+    def steps(t: int, k: int, c: Constants) -> tuple[float, float]:
+        gamma = min(1.0, math.sqrt(max(k, 2) * _ln(k) / ((math.e - 1) * t)))
+        return gamma / (max(k, 2) * c.score_bound(score)), gamma
+
+    return steps
+
+
+def _theorem_ix(t: int, k: int, c: Constants) -> tuple[float, float]:
+    return ix_steps(t, k, c.batch_size, c.bound)
+
+
+#: The theorems of ``proofs_check/derivations`` and the step sizes each prescribes.
+THEOREMS: dict[str, Theorem] = {
+    "R": Theorem("Theorem R (05_ama_r.md)", _theorem_r("clipped")),
+    "R-loss": Theorem("Theorem R on the raw loss (05_ama_r.md)", _theorem_r("loss")),
+    "S": Theorem("Theorem S (05_ama_s.md)", _theorem_s("clipped")),
+    "S-loss": Theorem("Theorem S on the raw loss (05_ama_s.md)", _theorem_s("loss")),
+    "IX": Theorem("Theorem IX (07_ama_s_ix.md)", _theorem_ix),
+}
+
+
+def _as_base(key: str, base: str) -> Theorem:
+    return Theorem(f"as {base}: {THEOREMS[key].name}, not covered", THEOREMS[key].steps, False)
 
 
 def _importance_sampling(h: Hyper) -> Mixer:
@@ -105,7 +194,11 @@ METHODS: dict[str, Method] = {
         _importance_sampling, (), "tasks ∝ the target's task histogram (DGA's baseline)"
     ),
     "group-dro": Method(
-        lambda h: mixers.group_dro(h.step_size), _STEP, "EG on the raw loss, reweighting", True
+        lambda h: mixers.group_dro(h.step_size),
+        _STEP,
+        "EG on the raw loss, reweighting",
+        True,
+        theorem=THEOREMS["R-loss"],
     ),
     "doremi": Method(
         lambda h: mixers.doremi(h.step_size, 1e-3),
@@ -122,31 +215,46 @@ METHODS: dict[str, Method] = {
     ),
     "odm": Method(lambda h: mixers.odm(), (), "EXP3 on the raw loss, decaying exploration", True),
     "ama-r": Method(
-        lambda h: mixers.ama_r(h.step_size), _STEP, "EG on clipped excess loss, reweighting", True
+        lambda h: mixers.ama_r(h.step_size),
+        _STEP,
+        "EG on clipped excess loss, reweighting",
+        True,
+        theorem=THEOREMS["R"],
     ),
     "ama-s": Method(
         lambda h: mixers.ama_s(h.step_size, h.smoothing),
         _BOTH,
         "EXP3 on clipped excess loss, resampling",
         True,
+        theorem=THEOREMS["S"],
+    ),
+    "ama-s-ix": Method(
+        lambda h: ama_s_ix(h.step_size, h.smoothing, h.bound),
+        _BOTH,
+        "EXP3-IX (implicit exploration) on the losses B − clipped excess, resampling",
+        True,
+        theorem=THEOREMS["IX"],
     ),
     "ama-r-noclip": Method(
         lambda h: mixers.ama_r(h.step_size, score="excess"),
         _STEP,
         "AMA-R without clipping",
         ablation=True,
+        theorem=_as_base("R", "ama-r"),
     ),
     "ama-s-noclip": Method(
         lambda h: mixers.ama_s(h.step_size, h.smoothing, score="excess"),
         _BOTH,
         "AMA-S without clipping",
         ablation=True,
+        theorem=_as_base("S", "ama-s"),
     ),
     "ama-s-raw": Method(
         lambda h: mixers.ama_s(h.step_size, h.smoothing, score="loss"),
         _BOTH,
         "AMA-S on the raw loss (no specialist)",
         ablation=True,
+        theorem=THEOREMS["S-loss"],
     ),
     "gr-dpo": Method(
         lambda h: grdpo.gr_dpo(h.step_size, sizes=list(h.sizes)),
@@ -200,26 +308,42 @@ def check_method(name: str) -> str:
 
 # ---------------------------------------------------------------------------- tuning
 class Theory(NamedTuple):
-    """The 1/√T rule of the convex theory (notes §3–§4): for a horizon of T steps and k
-    tasks, η = mixer_step/√T and c = min(1, smoothing·√(k ln k / T)) — EXP3's tuning
-    (Auer et al. 2002), without which a fixed c leaves an O(c) bias."""
+    """Every method tuned by its own theorem (``Method.theorem``) at ``constants`` (or the
+    ones :func:`build` is given): Theorem R's η_α = √(ln k/(T·B(B/8 + DG))) for AMA-R and,
+    on the raw loss, Group DRO; Theorem S's γ = min(1, √(k ln k/((e−1)T))), η_α = γ/(kB)
+    for AMA-S; Theorem IX's γ = √(ln k/(2bkT)), η = √(2 ln k/(T(k/b + 1)))/B for AMA-S-IX.
+    A method no theorem covers gets the 1/√T *heuristic*: η = mixer_step/√T and
+    c = min(1, smoothing·√(k ln k / T)) — EXP3's form, without which a fixed c leaves an
+    O(c) bias."""
 
     mixer_step: float = 3.0
     smoothing: float = 1.0
+    constants: Constants = Constants()
 
-    def __call__(self, steps: int, num_tasks: int) -> tuple[float, float]:
+    def __call__(
+        self,
+        steps: int,
+        num_tasks: int,
+        kind: str = "batch",
+        method: str | None = None,
+        constants: Constants | None = None,
+    ) -> tuple[float, float]:
+        theorem = METHODS[method].theorem if method in METHODS else None
+        if theorem is not None:
+            step, smoothing = theorem.steps(steps, num_tasks, constants or self.constants)
+            return float(step), float(smoothing)
         k = num_tasks
         c = min(1.0, self.smoothing * np.sqrt(k * np.log(max(k, 2)) / steps))
         return float(self.mixer_step / np.sqrt(steps)), float(c)
 
 
 class Fixed(NamedTuple):
-    """Given step size and smoothing, whatever the horizon (a config's values)."""
+    """Given step size and smoothing, whatever the horizon and method (a config's values)."""
 
     step_size: float
     smoothing: float
 
-    def __call__(self, steps: int, num_tasks: int) -> tuple[float, float]:
+    def __call__(self, steps: int, num_tasks: int, *_: Any, **__: Any) -> tuple[float, float]:
         return self.step_size, self.smoothing
 
 
@@ -234,13 +358,72 @@ class ByProtocol(NamedTuple):
     per_step: Any = Theory()
     per_round: Any = LMO_SETTINGS
 
-    def __call__(self, steps: int, num_tasks: int, kind: str = "batch") -> tuple[float, float]:
+    def __call__(
+        self, steps: int, num_tasks: int, kind: str = "batch", **more: Any
+    ) -> tuple[float, float]:
         policy = self.per_step if kind in ("batch", "alignment") else self.per_round
-        return policy(steps, num_tasks)
+        return policy(steps, num_tasks, kind, **more)
 
 
-#: how the studies tune every method (1/√T per step, the LMO settings per round)
+#: how the studies tune every method (its theorem per step, or the heuristic; the LMO
+#: settings per round)
 STUDY_TUNING = ByProtocol()
+
+
+def tuning_of(name: str) -> str:
+    """How the studies' policy (:data:`STUDY_TUNING`) tunes method ``name`` in its own
+    protocol: its theorem (:class:`Theory`), or a heuristic.
+
+    >>> tuning_of("ama-r"), tuning_of("doremi")
+    ('Theorem R (05_ama_r.md)', 'heuristic: η = mixer_step/√T (no theorem covers it)')
+    """
+    method = METHODS[_known(name)]
+    if method.theorem is not None:
+        return method.theorem.name
+    if not method.tuned:
+        return "nothing tuned (fixed by the method)"
+    if describe(name).signal.kind not in ("batch", "alignment"):
+        return "heuristic: the round protocols' settings, η = 0.2 (no theorem covers it)"
+    return "heuristic: η = mixer_step/√T (no theorem covers it)"
+
+
+def start_constants(oracle: Any, batch_size: int = 1) -> Constants:
+    """:class:`Constants` estimated at ``oracle``'s start model (after ``reset([0])``).
+
+    B̂ = max_i E_i(θ₀), the largest task score at the start model — computed from the start
+    model's losses and the specialists' cached ones; the raw-loss B̂ likewise.  Training
+    lowers the excess, so the task scores a mixer sees start there; but this is the scale
+    of the task means, not a bound on every example's score, which the theorems assume (a
+    convex problem's worst case over the ball is that bound: 10–200× larger, and steps
+    that small leave α near uniform at T ≤ 10⁴).  D·Ĝ = radius × max_i ‖∇E_i(θ₀)‖ when the
+    oracle holds a convex problem (``oracle.problem``), else 0 (unknown).
+
+    >>> from amasim.problems import make_problem
+    >>> from amasim.simulator import SimulatedOracle
+    >>> c = start_constants(SimulatedOracle(make_problem("logistic", sizes=(40, 10))), 8)
+    >>> c.source, c.batch_size, bool(0 < c.bound < c.loss_bound)
+    ('start model', 8, True)
+    """
+    oracle.reset([0])
+    bound = float(np.max(oracle.evaluate("clipped")))
+    loss_bound = float(np.max(oracle.evaluate("loss")))
+    problem = getattr(oracle, "problem", None)
+    radius_g = 0.0
+    if hasattr(problem, "radius") and hasattr(problem, "features"):
+        radius_g = float(problem.radius) * _start_gradient_norm(problem)
+    tiny = 1e-12  # a task already at its specialist everywhere: keep B > 0
+    return Constants(max(bound, tiny), max(loss_bound, tiny), radius_g, batch_size, "start model")
+
+
+def _start_gradient_norm(problem: Any) -> float:
+    """max_i ‖∇E_i(θ₀)‖ at θ₀ = 0 for a :class:`~amasim.problems.ConvexProblem`."""
+    from amasim.problems import loss_and_slope
+
+    x, y = problem.features, problem.targets
+    losses, slope = loss_and_slope(problem.loss, np.zeros(len(y)), y)
+    coef = (losses > problem.reference_losses) * slope
+    sums = np.add.reduceat(coef[:, None] * x, problem.offsets[:-1], axis=0)
+    return float(np.linalg.norm(sums / np.asarray(problem.sizes)[:, None], axis=1).max())
 
 
 # ----------------------------------------------------------------------------- build
@@ -260,21 +443,32 @@ def build(
     policy: Any = STUDY_TUNING,
     signal: Signal | None = None,
     target_weights: Any = None,
+    constants: Constants | None = None,
 ) -> Mixer:
     """The mixer of method ``name`` for a horizon of ``steps`` steps and tasks of ``sizes``.
 
-    ``policy(steps, k[, signal kind])`` gives (step size, smoothing) for the fields the
-    method tunes; ``signal`` (e.g. ``Signal("validation")``) is the protocol it will run
-    in, when not its own.
+    ``policy(steps, k, kind, method=name, constants=constants)`` gives (step size,
+    smoothing) for the fields the method tunes; ``signal`` (e.g. ``Signal("validation")``)
+    is the protocol it will run in, when not its own; ``constants`` are the theorems'
+    (:class:`Constants`; ``None``: the policy's own), whose B also reaches the factory.
     """
     method = METHODS[_known(name)]
     k = len(sizes)
     kind = (signal or describe(name, k).signal).kind
-    step_size, smoothing = (
-        policy(steps, k, kind) if isinstance(policy, ByProtocol) else policy(steps, k)
-    )
+    constants = constants or _constants_of(policy)
+    step_size, smoothing = policy(steps, k, kind, method=name, constants=constants)
     hyper = Hyper(step_size, smoothing, tuple(int(s) for s in sizes), target_weights)
-    return method.factory(hyper)
+    return method.factory(hyper._replace(bound=constants.bound))
+
+
+def _constants_of(policy: Any) -> Constants:
+    """The constants ``policy`` tunes with by default (a :class:`Theory`'s own, directly or
+    as ``per_step``; :class:`Constants` ``()`` otherwise)."""
+    for candidate in (policy, getattr(policy, "per_step", None)):
+        own = getattr(candidate, "constants", None)
+        if isinstance(own, Constants):
+            return own
+    return Constants()
 
 
 def examples_per_step(mixer: Mixer, num_tasks: int, batch_size: int) -> int:

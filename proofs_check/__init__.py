@@ -26,6 +26,7 @@ from proofs_check import (
     convexity,
     exp3,
     importance,
+    ix_lemma,
     online_to_batch,
     reweight_vs_resample,
 )
@@ -134,6 +135,32 @@ CHECKS: dict[str, Check] = dict(
             "06_reweight_vs_resample.md",
             ("correct",),
             reweight_vs_resample.run_li,
+        ),
+        _check(
+            "ama_s_ix",
+            "AMA-S-IX: E[gap_T] ≤ Theorem IX "
+            "= (DG + B√(2 ln k)(√(k/b) + √(k/b+1)))/√T + DG/T at its tuning",
+            "proven",
+            "07_ama_s_ix.md",
+            bound_checks.VARIANTS["ama_s_ix"],
+            bound_checks.run_check("ama_s_ix"),
+        ),
+        _check(
+            "ama_s_ix_hp",
+            "AMA-S-IX: gap_T ≤ Theorem IX's high-probability form (δ = 1e-4) on every seed",
+            "proven",
+            "07_ama_s_ix.md",
+            bound_checks.VARIANTS["ama_s_ix_hp"],
+            bound_checks.run_check("ama_s_ix_hp"),
+        ),
+        _check(
+            "ix_lemma",
+            "Lemma IX (Neu 2015, Lemma 1, batches): Σ_t(ℓ̂_tj − ℓ_tj) ≤ B ln(k/δ)/(2γb) "
+            "for every task w.p. ≥ 1 − δ; E max_j ≤ B ln k/(2γb)",
+            "proven",
+            "07_ama_s_ix.md",
+            ix_lemma.VARIANTS,
+            ix_lemma.run,
         ),
     ]
 )

@@ -72,6 +72,7 @@ class Budget:
     exp3_replicates: int
     exp3_horizon: int
     o2b_horizon: int
+    ix_replicates: int = 128  # independent runs per Lemma IX measurement (a tail probability)
 
 
 BUDGETS: dict[str, Budget] = {

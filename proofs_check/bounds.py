@@ -8,6 +8,9 @@ mean of θ_1..θ_T, what :func:`amasim.driver.run` evaluates).
 >>> s = ama_r_steps(B=1.0, G=1.0, D=1.0, k=2, T=100)
 >>> round(theorem_r(1.0, 1.0, 1.0, 2, 100, 1, *s), 4)
 0.3455
+>>> s = ama_s_ix_steps(B=1.0, G=1.0, D=1.0, k=3, T=10_000, b=8)
+>>> round(theorem_ix(1.0, 1.0, 1.0, 3, 10_000, 8, *s), 4)  # (DG + 2.65 B)/√T + DG/T
+0.0366
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from amasim.ama_s_ix import ix_steps
 
 __all__ = [
     "prop2_steps",
@@ -25,6 +30,10 @@ __all__ = [
     "theorem_s",
     "martingale_max",
     "notes_reconstruction",
+    "ama_s_ix_steps",
+    "theorem_ix",
+    "theorem_ix_hp",
+    "ix_lemma",
 ]
 
 E1 = math.e - 1.0
@@ -135,3 +144,85 @@ def theorem_s(
 def notes_reconstruction(B: float, G: float, D: float, k: int, T: int) -> float:
     """The notes' §4 conjecture (DG + 2√(e−1)·B·√(k ln k))/√T — not a theorem (see 05_ama_s.md)."""
     return (D * G + 2 * math.sqrt(E1) * B * math.sqrt(k * math.log(k))) / math.sqrt(T)
+
+
+# -------------------------------------------------------------------- AMA-S-IX
+def ama_s_ix_steps(
+    B: float, G: float, D: float, k: int, T: int, b: int
+) -> tuple[float, float, float]:
+    """(η_θ, η, γ) of Theorem IX's tuning: D/(G√T), and :func:`amasim.ama_s_ix.ix_steps`
+    (γ = √(ln k/(2bkT)), η = √(2 ln k/(T(k/b + 1)))/B)."""
+    eta, gamma = ix_steps(T, k, b, B)
+    return D / (G * math.sqrt(T)), eta, gamma
+
+
+def theorem_ix(
+    B: float,
+    G: float,
+    D: float,
+    k: int,
+    T: int,
+    b: int,
+    eta_theta: float,
+    eta: float,
+    gamma: float,
+) -> float:
+    """Theorem IX (07_ama_s_ix.md): AMA-S-IX as coded, b examples a step drawn from α_t,
+    EXP3-IX on the losses B − score, any η, γ > 0:
+
+    T·bound = D²/(2η_θ) + η_θ T G²/2                   projected SGD vs the fixed θ*
+            + ln k/η + η T B² (k/b + 1)/2              Hedge on ℓ̂ ≥ 0 (second moment)
+            + γ k B T                                 the IX bias of the learner's loss
+            + B ln k/(2γb)                            realised best task (Lemma IX)
+            + D G                                     average of θ_1..θ_T
+    """
+    total = (
+        D * D / (2 * eta_theta)
+        + eta_theta * T * G * G / 2
+        + math.log(k) / eta
+        + eta * T * B * B * (k / b + 1) / 2
+        + gamma * k * B * T
+        + B * math.log(k) / (2 * gamma * b)
+        + D * G
+    )
+    return total / T
+
+
+def theorem_ix_hp(
+    B: float,
+    G: float,
+    D: float,
+    k: int,
+    T: int,
+    b: int,
+    eta_theta: float,
+    eta: float,
+    gamma: float,
+    delta: float,
+) -> float:
+    """Theorem IX, high-probability form: with probability ≥ 1 − δ, gap_T ≤ this.
+
+    T·bound = D²/(2η_θ) + η_θ T G²/2 + 2DG√(2T ln(4/δ))          SGD + Azuma (θ noise)
+            + ln k/η + (ηB/2 + γ)(kBT + B ln(4/δ)/(2γb))          Hedge + IX bias, Lemma IX
+            + B ln(4k/δ)/(2γb)                                  Lemma IX, every task
+            + B √(T ln(4/δ)/(2b))                                Hoeffding (batch scores)
+            + D G
+    """
+    log4 = math.log(4 / delta)
+    total = (
+        D * D / (2 * eta_theta)
+        + eta_theta * T * G * G / 2
+        + 2 * D * G * math.sqrt(2 * T * log4)
+        + math.log(k) / eta
+        + (eta * B / 2 + gamma) * (k * B * T + B * log4 / (2 * gamma * b))
+        + B * math.log(4 * k / delta) / (2 * gamma * b)
+        + B * math.sqrt(T * log4 / (2 * b))
+        + D * G
+    )
+    return total / T
+
+
+def ix_lemma(B: float, k: int, b: int, gamma: float, delta: float) -> float:
+    """Lemma IX (Neu 2015, Lemma 1, for batches of b and losses in [0, B]): with probability
+    ≥ 1 − δ, simultaneously for every task j, Σ_t (ℓ̂_tj − ℓ_tj) ≤ B ln(k/δ)/(2γb)."""
+    return B * math.log(k / delta) / (2 * gamma * b)

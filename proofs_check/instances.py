@@ -221,6 +221,11 @@ ADVERSARIAL: dict[str, tuple[tuple[float, ...], str]] = {
         "two tasks pull to +1, one to −0.5 (θ* = 0.25, α*₃ = ½): a mixer that does not "
         "move α from uniform is caught",
     ),
+    "satisfied4": (
+        (1.0, -1.0, 0.0, 0.0),
+        "two tasks pull to ±1, two are met at θ* = 0 (OPT = ½, α* = (½, ½, 0, 0)): the "
+        "met tasks' weights decay, so a bandit estimate of their loss is rarely refreshed",
+    ),
 }
 
 

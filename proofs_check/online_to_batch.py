@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from amasim.driver import run as train_run
-from amasim.registry import build
+from amasim.registry import build, start_constants
 from amasim.simulator import SimulatedOracle
 from amasim.studies import Tuning
 from proofs_check.base import Budget, Measurement
@@ -158,8 +158,15 @@ def run(budget: Budget, variant: str = "correct", seed: int = 0) -> list[Measure
         for method in ("ama-r", "ama-s"):
             oracle = RecordingOracle(inst.problem)
             tuning = Tuning()
+            constants = start_constants(oracle, budget.batch_size)
             result = train_run(
-                build(method, steps=horizon, sizes=inst.problem.sizes, policy=tuning.policy),
+                build(
+                    method,
+                    steps=horizon,
+                    sizes=inst.problem.sizes,
+                    policy=tuning.policy,
+                    constants=constants,
+                ),
                 oracle,
                 steps=horizon,
                 learning_rate=tuning.learning_rate,

@@ -31,7 +31,7 @@ _HEAD = (
     "median ratio",
     "verdict",
 )
-_BOUND_CHECKS = ("ama_r_prop2", "ama_r", "ama_s", "ama_s_notes")
+_BOUND_CHECKS = ("ama_r_prop2", "ama_r", "ama_s", "ama_s_notes", "ama_s_ix", "ama_s_ix_hp")
 
 
 def table_rows(results: Sequence[CheckResult]) -> list[tuple[str, ...]]:
@@ -66,7 +66,7 @@ def text_table(results: Sequence[CheckResult], total_seconds: float | None = Non
 
 def _bound_details(results: Sequence[CheckResult]) -> list[str]:
     lines = [
-        "| check | instance | T | measured E[gap] ± tol | bound | ratio |",
+        "| check | instance | T | measured E[gap] ± tol (`_hp`: largest gap) | bound | ratio |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -130,14 +130,40 @@ def _jsonable(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------- figures
+#: (panel title, ((check, label of its runs or None, label of its bound), ...)) per panel
+_PANELS = (
+    (
+        "AMA-R",
+        (
+            ("ama_r", "Theorem R steps", "Theorem R"),
+            ("ama_r_prop2", "Prop. 2 steps", "Group DRO Prop. 2"),
+        ),
+    ),
+    (
+        "AMA-S",
+        (
+            ("ama_s", "EXP3-tuned steps", "Theorem S"),
+            ("ama_s_notes", None, "notes §4 (conjectured)"),
+        ),
+    ),
+    (
+        "AMA-S-IX",
+        (
+            ("ama_s_ix", "Theorem IX steps", "Theorem IX"),
+            ("ama_s_ix_hp", None, "Theorem IX, w.p. ≥ 1 − 1e-4"),
+        ),
+    ),
+)
+
+
 def write_bound_figures(
     out_dir: str | Path, quick: bool = False, seed: int = 0, families: Sequence[str] | None = None
 ) -> list[Path]:
-    """``bounds_<family>.png``: measured E[gap] vs T beside the bounds, AMA-R and AMA-S.
+    """``bounds_<family>.png``: measured E[gap] vs T beside the bounds, AMA-R, AMA-S, AMA-S-IX.
 
-    One drawn instance per convex family (the bound checks' first ones) and the two
-    adversarial instances (``bounds_adversarial-<name>.png``), the budget's horizons and
-    seeds; runs already made by the checks in this process are reused.
+    One drawn instance per convex family (the bound checks' first ones) and the bound
+    checks' adversarial instances (``bounds_adversarial-<name>.png``), the budget's
+    horizons and seeds; runs already made by the checks in this process are reused.
     """
     import matplotlib
 
@@ -146,68 +172,21 @@ def write_bound_figures(
 
     from amasim.problems import PROBLEMS
     from proofs_check import bound_checks
-    from proofs_check.instances import draw_instances
+    from proofs_check.instances import adversarial, draw_instances
 
     budget = BUDGETS["quick" if quick else "default"]
-    from proofs_check.instances import ADVERSARIAL, adversarial
-
-    families = tuple(families or (*PROBLEMS, *(f"adversarial-{a}" for a in ADVERSARIAL)))
+    named = bound_checks.ADVERSARIAL_NAMES
+    families = tuple(families or (*PROBLEMS, *(f"adversarial-{a}" for a in named)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     drawn = {inst.problem.name: inst for inst in draw_instances(len(PROBLEMS), seed)}
-    drawn.update({f"adversarial-{a}": adversarial(a) for a in ADVERSARIAL})
-    horizons = np.array(budget.horizons, dtype=float)
-    panels = (
-        (
-            "AMA-R",
-            (
-                ("ama_r", "Theorem R steps", "Theorem R"),
-                ("ama_r_prop2", "Prop. 2 steps", "Group DRO Prop. 2"),
-            ),
-        ),
-        (
-            "AMA-S",
-            (
-                ("ama_s", "EXP3-tuned steps", "Theorem S"),
-                ("ama_s_notes", None, "notes §4 (conjectured)"),
-            ),
-        ),
-    )
+    drawn.update({f"adversarial-{a}": adversarial(a) for a in named})
     for family in families:
         inst = drawn[family]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-        for ax, (title, series) in zip(axes, panels):
-            for j, (check, run_label, bound_label) in enumerate(series):
-                color = f"C{j}"
-                ms = [
-                    bound_checks.measure(check, inst, int(t), budget, "correct", seed)
-                    for t in horizons
-                ]
-                if run_label is not None:
-                    mean = np.array([m.measured for m in ms])
-                    se = np.array([m.detail["se"] for m in ms])
-                    ax.errorbar(
-                        horizons,
-                        np.maximum(mean, 1e-12),
-                        yerr=2 * se,
-                        fmt="o-",
-                        color=color,
-                        label=f"measured, {run_label}",
-                    )
-                ax.loglog(
-                    horizons,
-                    [m.bound for m in ms],
-                    "--" if j else "-",
-                    color=color,
-                    lw=1.5,
-                    alpha=0.8,
-                    label=f"bound: {bound_label}",
-                )
-            ax.set_title(title)
-            ax.set_xlabel("steps T")
-            ax.grid(True, which="both", alpha=0.2)
-            ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, len(_PANELS), figsize=(14, 4), sharey=True)
+        for ax, (title, series) in zip(axes, _PANELS):
+            _panel(ax, title, series, inst, budget, seed)
         axes[0].set_ylabel(r"$E[\max_i E_i(\bar\theta_T)] - \mathrm{OPT}$")
         fig.suptitle(
             f"{inst.label}: B={inst.B:.3g}, G={inst.G:.3g}, D={inst.D:g}, "
@@ -220,3 +199,37 @@ def write_bound_figures(
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _panel(ax: Any, title: str, series: Sequence, inst: Any, budget: Any, seed: int) -> None:
+    """One panel: each check's measured gaps (±2 se) and its bound vs T, log-log."""
+    from proofs_check import bound_checks
+
+    horizons = np.array(budget.horizons, dtype=float)
+    for j, (check, run_label, bound_label) in enumerate(series):
+        color = f"C{j}"
+        ms = [bound_checks.measure(check, inst, int(t), budget, "correct", seed) for t in horizons]
+        if run_label is not None:
+            mean = np.array([m.measured for m in ms])
+            se = np.array([m.detail["se"] for m in ms])
+            ax.errorbar(
+                horizons,
+                np.maximum(mean, 1e-12),
+                yerr=2 * se,
+                fmt="o-",
+                color=color,
+                label=f"measured, {run_label}",
+            )
+        ax.loglog(
+            horizons,
+            [m.bound for m in ms],
+            "--" if j else "-",
+            color=color,
+            lw=1.5,
+            alpha=0.8,
+            label=f"bound: {bound_label}",
+        )
+    ax.set_title(title)
+    ax.set_xlabel("steps T")
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize=7)

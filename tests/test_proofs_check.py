@@ -131,15 +131,19 @@ def test_online_to_batch_lemma_on_any_sequence(small_quadratic, horizon, spread,
 
 
 # ----------------------------------------------------------------- Hypothesis: 05
+#: the constants (B, G, D, k), horizons and batch sizes the bound formulas are tested over
+BOUND_ARGS = {
+    "b_loss": st.floats(0.01, 100),
+    "g": st.floats(0.01, 100),
+    "d": st.floats(0.1, 10),
+    "k": st.integers(2, 20),
+    "horizon": st.integers(1, 10**6),
+    "batch": st.integers(1, 64),
+}
+
+
 @settings(max_examples=60, deadline=None)
-@given(
-    b_loss=st.floats(0.01, 100),
-    g=st.floats(0.01, 100),
-    d=st.floats(0.1, 10),
-    k=st.integers(2, 20),
-    horizon=st.integers(1, 10**6),
-    batch=st.integers(1, 64),
-)
+@given(**BOUND_ARGS)
 def test_theorem_r_implies_prop2_at_prop2_steps(b_loss, g, d, k, horizon, batch):
     # derivations/05_ama_r.md: Theorem R ≤ (0.37 + 0.12/√T)·Prop. 2 at Prop. 2's steps
     steps = bounds.prop2_steps(b_loss, g, d, k, horizon)
@@ -150,6 +154,41 @@ def test_theorem_r_implies_prop2_at_prop2_steps(b_loss, g, d, k, horizon, batch)
 def test_theorem_s_rejects_a_step_size_it_does_not_cover():
     with pytest.raises(ValueError, match="η_α"):
         bounds.theorem_s(1.0, 1.0, 1.0, 2, 100, 1, 0.1, 1.0, 0.1)
+
+
+# ----------------------------------------------------------------- Hypothesis: 07
+@settings(max_examples=60, deadline=None)
+@given(**BOUND_ARGS, delta=st.floats(1e-9, 0.5))
+def test_theorem_ix_tuned_forms(b_loss, g, d, k, horizon, batch, delta):
+    """07_ama_s_ix.md: (E) at its tuning is the closed form (DG + B√(2 ln k)(√(k/b) +
+    √(k/b+1)))/√T + DG/T, and (HP) at Neu's coupling η = 2γ/B is its closed form."""
+    c = (b_loss, g, d, k, horizon)
+    steps = bounds.ama_s_ix_steps(*c, batch)
+    closed = (
+        d * g
+        + b_loss * math.sqrt(2 * math.log(k)) * (math.sqrt(k / batch) + math.sqrt(k / batch + 1))
+    ) / math.sqrt(horizon) + d * g / horizon
+    assert bounds.theorem_ix(*c, batch, *steps) == pytest.approx(closed, rel=1e-9)
+    big_l = math.log(k) + math.log(4 * k / delta) / batch
+    gamma = math.sqrt(big_l / (4 * k * horizon))
+    hp = bounds.theorem_ix_hp(*c, batch, steps[0], 2 * gamma / b_loss, gamma, delta)
+    log4 = math.log(4 / delta)
+    closed_hp = (
+        d * g * (1 + 2 * math.sqrt(2 * log4))
+        + 2 * b_loss * math.sqrt(k * big_l)
+        + b_loss * math.sqrt(log4 / (2 * batch))
+    ) / math.sqrt(horizon) + (d * g + b_loss * log4 / batch) / horizon
+    assert hp == pytest.approx(closed_hp, rel=1e-9)
+
+
+def test_ix_lemma_count_test_allows_what_binomial_tails_allow():
+    from scipy.stats import binom
+
+    from proofs_check.ix_lemma import DELTA, allowed_exceedances
+
+    for runs in (8, 32, 128):
+        v = allowed_exceedances(runs)
+        assert binom.sf(v, runs, DELTA) <= 1e-6 < binom.sf(v - 1, runs, DELTA)
 
 
 # ----------------------------------------------------------------- Hypothesis: 06

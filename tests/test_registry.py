@@ -13,7 +13,16 @@ from amasim import mixers, registry
 from amasim.capabilities import MissingCapabilityError
 from amasim.cli import main as amasim_main
 from amasim.mixers import Signal
-from amasim.registry import METHODS, Fixed, Method, Theory, build, describe, missing
+from amasim.registry import (
+    METHODS,
+    Constants,
+    Fixed,
+    Method,
+    Theory,
+    build,
+    describe,
+    missing,
+)
 from amasim.simulator import SimulatedOracle
 from amasim.studies.compare import Setting, train
 from amasim.transfer import GradientSimulatedOracle, target_problem, transfer_problem
@@ -107,19 +116,81 @@ def test_bad_settings_and_names_are_rejected():
 
 
 def test_tuning_policies_are_apart_from_the_factories():
-    """The same factory under the theory's 1/√T rule, a config's fixed values, and the
-    round protocols' settings."""
-    theory = build("ama-s", steps=10_000, sizes=(100, 10, 10), policy=Theory(3.0, 1.0))
+    """The same factory under its theorem's tuning, a config's fixed values, and the round
+    protocols' settings."""
+    constants = Constants(bound=2.0)
+    theory = build("ama-s", steps=10_000, sizes=(100, 10, 10), constants=constants)
     fixed = build("ama-s", steps=10_000, sizes=(100, 10, 10), policy=Fixed(0.5, 0.2))
     rounds = build("ama-s", steps=10_000, sizes=(100, 10, 10), signal=Signal("validation"))
-    eta, c = Theory(3.0, 1.0)(10_000, 3)
-    assert (eta, c) == (0.03, pytest.approx(np.sqrt(3 * np.log(3) / 10_000)))
+    gamma = np.sqrt(3 * np.log(3) / ((np.e - 1) * 10_000))  # Auer's γ; Theorem S: γ/(kB)
+    eta, c = Theory()(10_000, 3, method="ama-s", constants=constants)
+    assert (eta, c) == (pytest.approx(gamma / 6), pytest.approx(gamma))
     cases = ((theory, (eta, c)), (fixed, (0.5, 0.2)), (rounds, (0.2, 0.05)))
     for mixer, (step, smoothing) in cases:
         state = mixer.init(3)
         w, _ = mixer.update(state, np.array([1.0, 0.0, 0.0]), np.array([1, 1, 1]))
         expected, _ = mixers.ama_s(step, smoothing).update(state, np.array([1.0, 0, 0]), [1, 1, 1])
         np.testing.assert_array_equal(w, expected)
+
+
+def test_every_method_is_tuned_by_its_theorem_or_labelled_heuristic():
+    """Theory gives the covered methods their theorem's steps (Theorem R for AMA-R and, on
+    the raw loss, Group DRO; S for AMA-S; IX for AMA-S-IX) and every other tuned method
+    the 1/√T rule, labelled a heuristic."""
+    c = Constants(bound=0.5, loss_bound=2.0, lipschitz_radius=3.0, batch_size=8)
+    t, k, policy = 4000, 3, Theory(3.0, 1.0)
+    hedge = lambda b: np.sqrt(np.log(k) / (t * b * (b / 8 + 3.0)))  # noqa: E731
+    assert policy(t, k, method="ama-r", constants=c)[0] == pytest.approx(hedge(0.5))
+    assert policy(t, k, method="group-dro", constants=c)[0] == pytest.approx(hedge(2.0))
+    gamma = np.sqrt(k * np.log(k) / ((np.e - 1) * t))
+    assert policy(t, k, method="ama-s", constants=c) == pytest.approx((gamma / (k * 0.5), gamma))
+    assert policy(t, k, method="ama-s-raw", constants=c)[0] == pytest.approx(gamma / (k * 2.0))
+    assert policy(t, k, method="ama-s-ix", constants=c) == pytest.approx(
+        (np.sqrt(2 * np.log(k) / (t * (k / 8 + 1))) / 0.5, np.sqrt(np.log(k) / (2 * 8 * k * t)))
+    )
+    heuristic = (3.0 / np.sqrt(t), np.sqrt(k * np.log(k) / t))
+    for name, method in METHODS.items():
+        label = registry.tuning_of(name)
+        if method.theorem is None and method.tuned:
+            assert label.startswith("heuristic")
+            assert policy(t, k, method=name, constants=c) == pytest.approx(heuristic)
+        elif method.theorem is not None:
+            assert label.startswith(("Theorem", "as ")), label
+    covered = {n for n, m in METHODS.items() if m.theorem is not None and m.theorem.covered}
+    assert covered == {"group-dro", "ama-r", "ama-s", "ama-s-ix", "ama-s-raw"}
+
+
+def test_start_constants_are_the_start_models_scores():
+    from amasim.problems import make_problem
+
+    problem = make_problem("quadratic", sizes=(60, 20), dim=3, seed=1)
+    c = registry.start_constants(SimulatedOracle(problem), batch_size=16)
+    zero = np.zeros(problem.dim)
+    assert c.bound == pytest.approx(problem.task_scores(zero).max())
+    assert c.loss_bound == pytest.approx(problem.task_scores(zero, "loss").max())
+    assert c.batch_size == 16 and c.source == "start model"
+    eps, grads = 1e-6, []
+    for i in range(problem.num_tasks):  # ∇E_i(0) by central differences
+        g = [
+            (problem.task_scores(eps * e)[i] - problem.task_scores(-eps * e)[i]) / (2 * eps)
+            for e in np.eye(problem.dim)
+        ]
+        grads.append(np.linalg.norm(g))
+    assert c.lipschitz_radius == pytest.approx(problem.radius * max(grads), rel=1e-5)
+
+
+def test_the_bound_reaches_the_factory_and_the_cli_lists_the_tuning(capsys):
+    constants = Constants(bound=4.0, batch_size=2)
+    mixer = build("ama-s-ix", steps=100, sizes=(5, 5), constants=constants)
+    state = mixer.init(2)
+    w, _ = mixer.update(state, np.array([4.0, 0.0]), np.array([1, 1]))
+    eta, gamma = Theory()(100, 2, method="ama-s-ix", constants=constants)
+    _, ref = mixers.eg_step(state.log_weights, -np.array([0.0, 4.0]) / (2 * (0.5 + gamma)), eta)
+    np.testing.assert_allclose(w, ref, rtol=1e-12)
+    assert amasim_main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "ama-s-ix" in out and "tuning: Theorem IX (07_ama_s_ix.md)" in out
+    assert "tuning: heuristic" in out
 
 
 # --------------------------------------------------- one factory, one line: runs everywhere

@@ -19,7 +19,11 @@ claim is adding a row.
 
 The studies import the library; the library never imports them.  Every method is tuned
 by :data:`amasim.registry.STUDY_TUNING` for its own horizon: the θ learning rate follows
-``lr/√T`` (schedule ``"1/sqrt(T)"``) and the mixer's step sizes the theory's 1/√T rule.
+``lr/√T`` (schedule ``"1/sqrt(T)"``, a heuristic constant), and the mixer's step sizes are
+those of the theorem that covers the method (:class:`amasim.registry.Theory`) at the
+constants :func:`amasim.registry.start_constants` estimates from the problem's start model
+(B̂ = the largest task score there, D·Ĝ, the batch size); a method no theorem covers gets
+the 1/√T heuristic.
 
 >>> from amasim.problems import make_problem
 >>> from amasim.simulator import SimulatedOracle
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amasim.driver import run
-from amasim.registry import ByProtocol, Theory, build
+from amasim.registry import ByProtocol, Theory, build, start_constants
 from amasim.result import RunResult
 from amasim.stats import CONVEX_MARGIN, Claim, paired_test, record
 
@@ -105,9 +109,9 @@ def claim_record(
 
 @dataclass(frozen=True)
 class Tuning:
-    """The constants of the studies' 1/√T step sizes: θ step ``learning_rate``/√T, mixer
-    step ``mixer_step``/√T, AMA-S exploration c = min(1, ``smoothing``·√(k ln k / T)),
-    batch size B."""
+    """The studies' tuning: θ step ``learning_rate``/√T, batch size B; the mixers of the
+    methods a theorem covers take its step sizes (:class:`amasim.registry.Theory`), the
+    others step ``mixer_step``/√T and exploration c = min(1, ``smoothing``·√(k ln k / T))."""
 
     learning_rate: float = 3.0
     mixer_step: float = 3.0
@@ -128,9 +132,17 @@ def run_tuned(
     tuning: Tuning = Tuning(),
     optimum: float | None = None,
 ) -> RunResult:
-    """:func:`amasim.driver.run` of registered ``method`` with the 1/√T tuning for ``steps``."""
+    """:func:`amasim.driver.run` of registered ``method`` tuned for ``steps`` (its theorem's
+    step sizes at the oracle's :func:`~amasim.registry.start_constants`, or the heuristic)."""
+    constants = start_constants(oracle, tuning.batch_size)
     return run(
-        build(method, steps=steps, sizes=oracle.task_sizes, policy=tuning.policy),
+        build(
+            method,
+            steps=steps,
+            sizes=oracle.task_sizes,
+            policy=tuning.policy,
+            constants=constants,
+        ),
         oracle,
         steps=steps,
         learning_rate=tuning.learning_rate,

@@ -1,15 +1,20 @@
 """Convergence study: optimality gap of the averaged iterate vs the horizon T.
 
-For each method and each T, one batched run over the seeds with the theory's 1/√T step
-sizes (:class:`amasim.studies.Tuning`) gives gap_s(T) = max_i E_i(θ̄_T) − OPT for every seed s,
-OPT from :func:`amasim.optimum.minimax_optimum`.  The slope is the least-squares slope of
+For each method and each T, one batched run over the seeds, tuned as the studies tune
+(:class:`amasim.studies.Tuning`: θ step lr/√T; the mixer's step sizes those of the theorem
+that covers the method at the start model's constants, or the 1/√T heuristic — the record
+names which, with the constants and the step sizes used), gives
+gap_s(T) = max_i E_i(θ̄_T) − OPT for every seed s, OPT from
+:func:`amasim.optimum.minimax_optimum`.  The slope is the least-squares slope of
 log(mean_s gap) on log T; its 95% interval is a percentile bootstrap over seeds (2,000
 resamples, the bootstrap's own seed fixed), so it reflects seed-to-seed variation.
 
 >>> study = converge("quadratic", ["ama-r"], [100, 400], seeds=2,
 ...                  problem_kwargs={"sizes": (60, 20), "dim": 3})
 >>> sorted(study["methods"]["ama-r"])
-['gap_mean', 'gap_std', 'slope', 'slope_ci', 'steps']
+['gap_mean', 'gap_std', 'mixer_steps', 'slope', 'slope_ci', 'steps', 'tuning']
+>>> study["methods"]["ama-r"]["tuning"]
+'Theorem R (05_ama_r.md)'
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from amasim.optimum import solved_problem
+from amasim.registry import describe, start_constants, tuning_of
 from amasim.simulator import SimulatedOracle
 from amasim.studies import Tuning, run_tuned
 
@@ -91,6 +97,8 @@ def converge(
         total = len(methods) * sum(steps)
         bar = tqdm(total=total, desc=f"converge {problem}", unit="step", unit_scale=True)
     out: dict[str, Any] = {"problem": problem, "optimum": optimum.to_dict(), "methods": {}}
+    constants = start_constants(oracle, tuning.batch_size)
+    out["constants"] = constants._asdict()
     gaps: dict[str, np.ndarray] = {}
     for method in methods:
         per_t = []
@@ -107,6 +115,8 @@ def converge(
             "gap_std": gaps[method].std(axis=1, ddof=1).tolist(),
             "slope": slope,
             "slope_ci": list(ci),
+            "tuning": tuning_of(method),
+            "mixer_steps": [_mixer_steps(method, t, oracle, tuning, constants) for t in steps],
         }
     if bar is not None:
         bar.close()
@@ -116,13 +126,20 @@ def converge(
     return out
 
 
+def _mixer_steps(method: str, steps: int, oracle: Any, tuning: Tuning, constants: Any) -> list:
+    """(step size, smoothing) the studies' policy gives ``method`` at horizon ``steps``."""
+    k = len(oracle.task_names)
+    kind = describe(method, k).signal.kind
+    return list(tuning.policy(steps, k, kind, method=method, constants=constants))
+
+
 def write_converge(
     study: dict[str, Any], out_dir: str | Path, stem: str = "converge"
 ) -> list[Path]:
     """Write ``converge.json`` (the documented record), a per-seed CSV and the plot."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {k: study[k] for k in ("problem", "optimum", "methods")}
+    record = {k: study[k] for k in ("problem", "optimum", "constants", "methods") if k in study}
     json_path, csv_path, png_path = (out / f"{stem}{ext}" for ext in (".json", ".csv", ".png"))
     _atomic_write(json_path, json.dumps(record, indent=2))
     rows = [
