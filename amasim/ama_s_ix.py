@@ -68,8 +68,11 @@ def ix_losses(
     """
     losses = bound - np.clip(scores, 0.0, bound)
     size = np.add.reduce(counts, axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         estimate = counts * losses / (size * (probs + gamma))
+    # a task drawn at a probability near 0 (γ = 0, or subnormal) would overflow to inf: the
+    # largest float drives its weight to 0 all the same and keeps the exponents finite
+    estimate = np.minimum(estimate, np.finfo(np.float64).max)
     return np.where(counts > 0, estimate, 0.0)
 
 
