@@ -48,7 +48,15 @@ from amasim.driver import run
 from amasim.mixers import Signal
 from amasim.optimum import solved_problem
 from amasim.problems import PROBLEMS, ConvexProblem, loss_and_slope
-from amasim.registry import METHODS, build, check_method, describe, missing, steps_for_budget
+from amasim.registry import (
+    METHODS,
+    build,
+    check_method,
+    describe,
+    missing,
+    start_constants,
+    steps_for_budget,
+)
 from amasim.result import RunResult
 from amasim.stats import decide, verdict_cells
 from amasim.studies import CLAIMS, IMBALANCED, claim_record
@@ -130,6 +138,7 @@ def train(name: str, oracle: Any, seeds: Sequence[int], setting: Setting) -> Run
         sizes=oracle.task_sizes,
         signal=signal,
         target_weights=setting.target_weights,
+        constants=start_constants(oracle, b),  # the theorems' B and D·G at the start model
     )
     return run(
         mixer,

@@ -53,7 +53,7 @@ from amasim.studies.specialist_cost import (
 
 __all__ = ["reproduce", "plot_weights"]
 
-CONVERGE_METHODS = ("ama-r", "ama-s", "group-dro", "uniform", "stratified")
+CONVERGE_METHODS = ("ama-r", "ama-s", "ama-s-ix", "group-dro", "uniform", "stratified")
 
 
 def _settings(quick: bool) -> dict[str, Any]:
