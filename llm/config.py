@@ -67,6 +67,7 @@ class DataSection:
     truncate_prompt: str = "error"
     tokenization: str = "exact"  # "exact" (prompt | completion boundary) or "trl" (TRL 1.16)
     strict: bool = False  # data warnings (duplicates, chosen = rejected, ...) become errors
+    validation: float = 0.0  # share of each task's training pairs held out for tuning
 
 
 @dataclass(frozen=True)
@@ -413,6 +414,13 @@ def _check_data(c: _Checks) -> None:
                     f"lower it below {data.max_length - bos} or raise max_length",
                 )
     c.choice("data", "truncate_prompt", ("error", "left"))
+    if not (math.isfinite(data.validation) and 0.0 <= data.validation < 1.0):
+        c.bad(
+            "data",
+            "validation",
+            "must lie in [0, 1): the share of each task's training pairs held out",
+            "set validation = 0.1, or 0 for no validation split",
+        )
     if c.choice("data", "tokenization", ("exact", "trl")):
         if data.tokenization == "trl" and data.truncate_prompt != "error":
             c.bad(

@@ -15,10 +15,9 @@ import torch
 from llm.data import PreferencePair
 from llm.synth import exact_match
 
-__all__ = ["greedy_exact_match"]
+__all__ = ["greedy_exact_match", "greedy_matches"]
 
 
-@torch.no_grad()
 def greedy_exact_match(
     model: torch.nn.Module,
     tokenizer,
@@ -28,9 +27,23 @@ def greedy_exact_match(
     device: torch.device | str = "cpu",
 ) -> float:
     """Share of ``pairs`` whose greedy completion matches the chosen answer."""
+    matches = greedy_matches(model, tokenizer, pairs, max_new_tokens=max_new_tokens, device=device)
+    return sum(matches) / len(matches)
+
+
+@torch.no_grad()
+def greedy_matches(
+    model: torch.nn.Module,
+    tokenizer,
+    pairs: Sequence[PreferencePair],
+    *,
+    max_new_tokens: int = 16,
+    device: torch.device | str = "cpu",
+) -> list[bool]:
+    """For each of ``pairs``, whether its greedy completion matches the chosen answer."""
     if not pairs:
         raise ValueError("pairs is empty: nothing to evaluate")
-    wins = 0
+    matches = []
     was_training = model.training
     model.eval()
     for pair in pairs:
@@ -41,6 +54,6 @@ def greedy_exact_match(
         if tokenizer.eos_id in new:
             new = new[: new.index(tokenizer.eos_id)]
         new = [t for t in new if t < tokenizer.vocab_size]
-        wins += exact_match(tokenizer.decode(new), pair.chosen)
+        matches.append(bool(exact_match(tokenizer.decode(new), pair.chosen)))
     model.train(was_training)
-    return wins / len(pairs)
+    return matches

@@ -46,6 +46,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,6 +94,8 @@ class TaskData:
     specialist on each pair (zeros before specialists exist).  ``numerics``: the
     :func:`numerics` key they were made under, if known; an oracle under another policy
     refuses them (its excess losses would compare numbers made in different precisions).
+    ``default_reference_losses``: (n,) DPO loss of DoReMi's one default-mixture reference
+    model on each pair, when the run trained it (the ``"default_reference"`` capability).
     """
 
     name: str
@@ -100,6 +103,7 @@ class TaskData:
     reference_logps: np.ndarray
     specialist_losses: np.ndarray
     numerics: dict | None = None
+    default_reference_losses: np.ndarray | None = None
 
 
 def dpo_settings(beta: float, loss_type: str, label_smoothing: float) -> dict:
@@ -319,6 +323,9 @@ class DPOOracle(MixtureRoundsFromSteps):
         self.micro_batch_size, self.accumulate, self.adamw = micro_batch_size, accumulate, adamw
         self.eval_batch_size, self.sample_stream = eval_batch_size, sample_stream
         self._pairs, self._offsets, self._ref, self._spec = _merge(tasks)
+        self._default = None  # DoReMi's default-mixture reference losses, when given
+        if all(t.default_reference_losses is not None for t in tasks):
+            self._default = np.concatenate([t.default_reference_losses for t in tasks])
         # float32 on the device once: a step indexes it there (the DPO loss is float32)
         self._ref_device = torch.from_numpy(self._ref).to(self.device, torch.float32)
         self._max_length = max_length_of(self.policy)
@@ -610,6 +617,18 @@ class DPOOracle(MixtureRoundsFromSteps):
         """Every eval task's held-out mean ``score`` at the current policy, shape (1, k)."""
         return self.evaluate(score)
 
+    def default_reference_losses(self, batch: Batch) -> np.ndarray:
+        """(1, N) loss of DoReMi's one default-mixture reference model on the batch's pairs
+        (the ``"default_reference"`` capability; Xie et al. 2023 score the excess over it)."""
+        if self._default is None:
+            raise ValueError(
+                "this oracle holds no default-mixture reference losses: DoReMi scores the "
+                "excess over one reference trained on the natural mixture. Fix: build the "
+                "TaskData with default_reference_losses (the pipeline trains that reference "
+                "when [run] methods lists doremi), or use doremi-specialists"
+            )
+        return self._default[np.asarray(batch.data)]
+
     def pair_losses(self, pairs: TokenizedPairs, reference_logps: np.ndarray) -> dict:
         """Per-pair DPO loss and reward margin of the policy on ``pairs``, as this oracle
         evaluates (its precision, layout and batch size; :func:`pair_losses`)."""
@@ -624,16 +643,23 @@ class DPOOracle(MixtureRoundsFromSteps):
             batch_size=self.eval_batch_size,
         )
 
-    def evaluate_tasks(self) -> dict[str, dict[str, float]]:
-        """Held-out DPO loss, excess and clipped excess vs the specialist, reward accuracy."""
+    def evaluate_tasks(self, items: bool = False) -> dict[str, dict[str, Any]]:
+        """Held-out DPO loss, excess and clipped excess vs the specialist, reward accuracy;
+        with ``items`` also each pair's clipped excess (``row["items"]["clipped"]``, in the
+        task's order: what a bootstrap over evaluation items resamples)."""
         self._check_skipped()
         out = {}
         for task in self.eval_tasks:
             res = self.pair_losses(task.pairs, task.reference_logps)
-            row = {"loss": float(res["loss"].mean()), "accuracy": float((res["margin"] > 0).mean())}
+            row: dict[str, Any] = {
+                "loss": float(res["loss"].mean()),
+                "accuracy": float((res["margin"] > 0).mean()),
+            }
             for name in ("excess", "clipped"):
                 values, _ = example_scores(name, res["loss"], task.specialist_losses)
                 row[name] = float(values.mean())
+            if items:
+                row["items"] = {"clipped": values.tolist()}
             out[task.name] = row
         return out
 

@@ -24,11 +24,17 @@ from typing import Any, NamedTuple
 
 from amasim.registry import MERGES
 from llm import lora
-from llm.config import Config
+from llm.config import Config, MixSection
 from llm.context import OracleFactory, RunContext, open_run
 from llm.report import summarize, write_report, write_results
+from llm.stages.default_reference import default_reference_losses
 from llm.stages.evaluation import evaluate
-from llm.stages.generalists import generalist_key, generalist_oracle, train_generalist
+from llm.stages.generalists import (
+    generalist_key,
+    generalist_oracle,
+    start_constants,
+    train_generalist,
+)
 from llm.stages.merges import depends_on_seed, load_merge
 from llm.stages.records import Reference, Scores, Specialist, Task
 from llm.stages.reference import reference
@@ -67,17 +73,32 @@ def run_pipeline(
         return run_stages(ctx)
 
 
-def run_stages(ctx: RunContext, ready: Prepared | None = None) -> dict[str, Any]:
-    """Every stage in ``ctx`` (stages 1–3 from ``ready`` when given)."""
+def run_stages(
+    ctx: RunContext,
+    ready: Prepared | None = None,
+    *,
+    mixes: dict[str, MixSection] | None = None,
+    held_out: str = "eval",
+) -> dict[str, Any]:
+    """Every stage in ``ctx`` (stages 1–3 from ``ready`` when given); ``mixes`` replaces
+    ``[mix]`` for the methods it names (their tuned settings), ``held_out`` is the split the
+    runs are scored on (``"valid"`` when tuning)."""
     started = time.perf_counter()
     tasks, ref, scores = ready or prepare(ctx)
-    wants_merges = any(method in MERGES for method in ctx.cfg.run.methods)
-    specs = specialists(ctx, ref, tasks, scores, need_weights=wants_merges)
-    oracle = generalist_oracle(ctx, ref, tasks, scores, specs)
+    methods = ctx.cfg.run.methods
+    specs = specialists(ctx, ref, tasks, scores, need_weights=any(m in MERGES for m in methods))
     key = generalist_key(ctx, ref, tasks, specs)
-    results = _record(ctx, ref, tasks, specs)
+    default = None
+    if "doremi" in methods:  # Xie et al.'s one reference, trained on the natural mixture
+        default = default_reference_losses(ctx, ref, tasks, scores, specs, key)
+    oracle = generalist_oracle(
+        ctx, ref, tasks, scores, specs, held_out=held_out, default_reference=default
+    )
+    constants = start_constants(ctx, specs, ctx.cfg.generalist.batch_size)
+    results = _record(ctx, ref, tasks, specs) | {"held_out": held_out}
     once: dict[str, dict[str, Any]] = {}  # merges that ignore the seed, evaluated once
-    for method in ctx.cfg.run.methods:
+    for method in methods:
+        mix = (mixes or {}).get(method, ctx.cfg.mix)
         for seed in ctx.cfg.run.seeds:
             tick = time.perf_counter()
             if method in once:  # the same weights as at the first seed: the same record
@@ -87,10 +108,13 @@ def run_stages(ctx: RunContext, ready: Prepared | None = None) -> dict[str, Any]
                 if not depends_on_seed(method):
                     once[method] = record
             else:
-                trained = train_generalist(ctx, oracle, tasks, method, seed, key)
-                label = f"{method} seed {seed}"
-                record = evaluate(ctx, oracle, ref.model, tasks, specs, label)
-                record |= {"steps": trained.steps, "tuned": trained.tuned}
+                trained = train_generalist(
+                    ctx, oracle, tasks, method, seed, key, mix=mix, constants=constants
+                )
+                record = evaluate(ctx, oracle, ref.model, tasks, specs, f"{method} seed {seed}")
+                # DoReMi's budget: its proxy run and its default-mixture reference
+                extra = trained.extra_examples + (mix.examples if method == "doremi" else 0)
+                record |= {"steps": trained.steps, "tuned": trained.tuned, "extra_examples": extra}
                 record["history"] = trained.history
             record |= {"seed": seed, "seconds": time.perf_counter() - tick}
             results["runs"].setdefault(method, []).append(record)

@@ -50,12 +50,15 @@ OPTIONAL_PACKAGES = (
 )
 
 
-def mix_policy(mix: MixSection):
-    """The :mod:`amasim.registry` tuning policy of a ``[mix]`` section."""
-    from amasim.registry import Fixed, Theory
+def mix_policy(mix: MixSection, constants=None):
+    """The :mod:`amasim.registry` tuning policy of a ``[mix]`` section: ``"theory"`` tunes
+    each method by its own theorem at ``constants`` (:class:`amasim.registry.Constants`;
+    the heuristic 1/√T rule with ``step_size``/``smoothing`` for a method no theorem
+    covers), ``"fixed"`` gives every method ``step_size`` and ``smoothing``."""
+    from amasim.registry import Constants, Fixed, Theory
 
     if mix.tuning == "theory":
-        return Theory(mix.step_size, mix.smoothing)
+        return Theory(mix.step_size, mix.smoothing, constants or Constants())
     return Fixed(mix.step_size, mix.smoothing)
 
 

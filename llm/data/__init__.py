@@ -31,6 +31,7 @@ from llm.data.audit import (
     audit_pairs,
     read_task_split,
     report_audit,
+    task_split,
 )
 from llm.data.collate import collate_pairs
 from llm.data.manifest import TaskFiles, find_task_files, load_manifest
@@ -55,4 +56,5 @@ __all__ = [
     "report_audit",
     "TaskSplit",
     "read_task_split",
+    "task_split",
 ]

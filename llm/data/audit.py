@@ -23,6 +23,7 @@ __all__ = [
     "report_audit",
     "TaskSplit",
     "read_task_split",
+    "task_split",
 ]
 
 
@@ -159,6 +160,21 @@ def read_task_split(
     ValueError: task 'math' (train, ...): 1 of 2 rows repeat an earlier row (first: ...math.jsonl:2). Fix: ...
     """  # noqa: E501
     pairs = read_preference_jsonl(path, tokenizer)
+    return task_split(task, split, pairs, path, tokenizer, strict=strict, **tokenize)
+
+
+def task_split(
+    task: str,
+    split: str,
+    pairs: list[PreferencePair],
+    path: str | Path,
+    tokenizer: Tokenizer,
+    *,
+    strict: bool = False,
+    **tokenize: Any,
+) -> TaskSplit:
+    """:func:`read_task_split` of pairs already read from ``path`` (a split carved from a
+    file, e.g. the validation pairs of a training file): tokenised, audited, reported."""
     tokens = tokenize_pairs(pairs, tokenizer, **tokenize)
     audit = audit_pairs(pairs, tokens, tokenizer)
     report_audit(audit, f"task {task!r} ({split}, {path})", strict=strict)

@@ -7,13 +7,14 @@ naming the task, the first non-finite example (its ``file:line``) and the run.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import numpy as np
 
 from llm.context import RunContext
-from llm.evaluate import greedy_exact_match
+from llm.evaluate import greedy_matches
 from llm.integrity import NonFiniteError
 from llm.stages.records import Specialist, Task
 
@@ -30,9 +31,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """The current policy's per-task held-out metrics and its worst-task clipped excess;
     ``label`` names it in errors (e.g. ``"ama-r seed 0"``)."""
-    per_task = oracle.evaluate_tasks()
+    per_task = _per_task(oracle)
     for name, row in per_task.items():
-        bad = [metric for metric, value in row.items() if not math.isfinite(value)]
+        bad = [m for m, value in row.items() if m != "items" and not math.isfinite(value)]
         if bad:
             raise NonFiniteError(
                 f"evaluating {label}: task {name!r} has a non-finite {', '.join(bad)}"
@@ -44,14 +45,25 @@ def evaluate(
     settings = ctx.cfg.eval
     if settings.generate:  # [eval] generate = 0: no decoding, no exact match
         for name, row in per_task.items():
-            row["exact_match"] = greedy_exact_match(
+            matches = greedy_matches(
                 model,
                 ctx.tokenizer,
                 tasks[name].eval_raw[: settings.generate],
                 max_new_tokens=settings.max_new_tokens,
                 device=ctx.precision.device,
             )
+            row["exact_match"] = sum(matches) / len(matches)
+            if "items" in row:
+                row["items"]["exact_match"] = [float(m) for m in matches]
     return {"tasks": per_task, "worst_task_excess": max(v["clipped"] for v in per_task.values())}
+
+
+def _per_task(oracle: Any) -> dict[str, dict[str, Any]]:
+    """The oracle's per-task metrics, with per-item values where it offers them (a bootstrap
+    over evaluation items, :func:`amasim.stats.item_bootstrap_variance`)."""
+    if "items" in inspect.signature(oracle.evaluate_tasks).parameters:
+        return oracle.evaluate_tasks(items=True)
+    return oracle.evaluate_tasks()
 
 
 def _first_bad_example(oracle: Any, task: Task, spec: Specialist) -> str:

@@ -17,11 +17,16 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
 from amasim.oracle import Oracle
-from amasim.registry import build, steps_for_budget
+from amasim.registry import Constants, build, steps_for_budget
 from llm import lora
 from llm.cache import cache_key
+from llm.config import MixSection
 from llm.context import RunContext
+from llm.dpo import dpo_loss
 from llm.integrity import owner_record
 from llm.preflight import mix_policy
 from llm.stages.records import Reference, Scores, Specialist, Task, task_data
@@ -34,11 +39,27 @@ __all__ = ["GeneralistRun", "generalist_key", "generalist_oracle", "train_genera
 @dataclass(frozen=True)
 class GeneralistRun:
     """What training one generalist did: its steps, its per-step history (weights, scores,
-    loss of the global batch) and the mixer tuning it used."""
+    loss of the global batch), the mixer tuning it used and the examples it spent outside
+    its own steps (DoReMi's proxy run)."""
 
     steps: int
     history: dict[str, list]
     tuned: dict[str, Any]
+    extra_examples: int = 0
+
+
+def start_constants(ctx: RunContext, specs: dict[str, Specialist], batch_size: int) -> Constants:
+    """The theorems' constants at the start model (:class:`amasim.registry.Constants`), the
+    LLM analogue of :func:`amasim.registry.start_constants`: the policy starts at the
+    reference, where every pair's DPO loss is L₀ (Δ = 0: log 2 for the sigmoid loss), so task
+    i's clipped excess there is mean_z max(L₀ − ℓ_i(z), 0) over its training pairs (ℓ_i the
+    specialist's cached losses) and B̂ is the largest; the raw loss's bound is L₀; D·G is
+    unknown (0).  As in the convex studies this is the scale of the task scores a mixer
+    starts from, not a bound on every example's score (the DPO loss has none)."""
+    z = torch.zeros(1)
+    start = float(dpo_loss(z, z, z, z, **ctx.dpo).losses[0])
+    bound = max(float(np.maximum(start - s.train_losses, 0.0).mean()) for s in specs.values())
+    return Constants(max(bound, 1e-12), start, 0.0, batch_size, "start model")
 
 
 def generalist_key(
@@ -68,19 +89,25 @@ def generalist_oracle(
     specs: dict[str, Specialist],
     *,
     eval_specs: dict[str, Specialist] | None = None,
+    held_out: str = "eval",
+    default_reference: dict[str, np.ndarray] | None = None,
 ) -> Oracle:
     """The oracle every generalist of the run trains on (the reference model, wrapped for
-    data parallelism): trained against ``specs``, scored against ``eval_specs`` (default
-    the same specialists).  The oracle starts every run from the reference weights."""
+    data parallelism): trained against ``specs``, scored on the ``held_out`` split (``"eval"``,
+    or ``"valid"`` when tuning) against ``eval_specs`` (default the same specialists);
+    ``default_reference``: DoReMi's reference losses on each task's training pairs
+    (:mod:`llm.stages.default_reference`).  The oracle starts every run from the reference
+    weights."""
     ref.restore()  # an oracle restarts from the weights the model holds when it is built
     if lora.has_adapters(ref.model):  # DDP averages the gradients of what trains when it wraps
         spec = ctx.cfg.model.lora
         lora.use(ref.model, lora.GENERALIST if spec.generalist == "adapter" else None)
     eval_specs = eval_specs or specs
+    default = default_reference or {}
     return ctx.make_oracle(
         ctx.data_parallel(ref.model),
-        [task_data(tasks[n], scores[n], "train", specs[n]) for n in tasks],
-        eval_tasks=[task_data(tasks[n], scores[n], "eval", eval_specs[n]) for n in tasks],
+        [task_data(tasks[n], scores[n], "train", specs[n], default.get(n)) for n in tasks],
+        eval_tasks=[task_data(tasks[n], scores[n], held_out, eval_specs[n]) for n in tasks],
         role="generalist",
         section=ctx.cfg.generalist,
     )
@@ -95,15 +122,20 @@ def train_generalist(
     key: dict[str, Any],
     *,
     progress: bool = True,
+    mix: MixSection | None = None,
+    constants: Constants | None = None,
 ) -> GeneralistRun:
     """Train one generalist with registered ``method`` on ``oracle`` (which holds every
-    task of ``tasks``) at the ``[mix] examples`` budget (``progress``: a bar)."""
-    mix, stage = ctx.cfg.mix, ctx.cfg.generalist
+    task of ``tasks``) at the ``[mix] examples`` budget (``progress``: a bar); ``mix``
+    replaces ``[mix]`` (a method's tuned settings), ``constants`` are the theorems'
+    (:func:`start_constants`)."""
+    mix, stage = mix or ctx.cfg.mix, ctx.cfg.generalist
     k, sizes = len(tasks), tuple(len(t.train) for t in tasks.values())
     steps = steps_for_budget(method, mix.examples, k, stage.batch_size)
-    policy = mix_policy(mix)
-    mixer = build(method, steps=steps, sizes=sizes, policy=policy)
-    step_size, smoothing = policy(steps, k)  # what the tuning set (the method may fix some)
+    policy = mix_policy(mix, constants)
+    mixer = build(method, steps=steps, sizes=sizes, policy=policy, constants=constants)
+    # what the tuning set (the method may fix some)
+    step_size, smoothing = policy(steps, k, "batch", method=method, constants=constants)
     owner = owner_record(
         {"generalist": stage, "mix": mix}, method=method, seed=seed, driver=2, **key
     )
@@ -132,4 +164,7 @@ def train_generalist(
     result = train(oracle, mixer, loop, out_dir=folder, log=log, progress=label, owner=owner)
     log.close()
     tuned = {"step_size": step_size, "smoothing": smoothing, "tuning": mix.tuning}
-    return GeneralistRun(steps, history(result), tuned)
+    if constants is not None and mix.tuning == "theory":
+        tuned["bound"] = constants.bound
+    extra = int(np.max(result.extra_gradient_evaluations))
+    return GeneralistRun(steps, history(result), tuned, extra)

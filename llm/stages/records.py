@@ -21,14 +21,16 @@ from llm.oracle import TaskData
 
 __all__ = ["SPLITS", "Task", "Reference", "Scores", "Specialist", "task_data"]
 
-#: the splits of a task: training pairs and held-out pairs
-SPLITS = ("train", "eval")
+#: the splits of a task: training pairs, held-out pairs, and (with ``[data] validation``)
+#: validation pairs carved from the training file, which tuning selects on
+SPLITS = ("train", "eval", "valid")
 
 
 @dataclass(frozen=True)
 class Task:
     """One task's data (stage :func:`llm.stages.tasks.load_tasks`): its raw and tokenised
-    splits, the file each split was read from and the data issues counted per split."""
+    splits, the file each split was read from and the data issues counted per split
+    (``valid`` is ``None`` without a validation split)."""
 
     name: str
     train_raw: list[PreferencePair]
@@ -37,10 +39,23 @@ class Task:
     eval: TokenizedPairs
     files: dict[str, Path] = field(default_factory=dict)
     audit: dict[str, DataAudit] = field(default_factory=dict)
+    valid_raw: list[PreferencePair] | None = None
+    valid: TokenizedPairs | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits this task has."""
+        return ("train", "eval") + (("valid",) if self.valid is not None else ())
 
     def pairs(self, split: str) -> TokenizedPairs:
-        """The tokenised pairs of ``split`` (``"train"`` or ``"eval"``)."""
-        return getattr(self, _split(split))
+        """The tokenised pairs of ``split`` (``"train"``, ``"eval"`` or ``"valid"``)."""
+        pairs = getattr(self, _split(split))
+        if pairs is None:
+            raise ValueError(
+                f"task {self.name!r} has no {split} split. Fix: set [data] validation to the "
+                "share of training pairs to hold out, e.g. 0.1"
+            )
+        return pairs
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,7 @@ class Scores:
     train: np.ndarray
     eval: np.ndarray
     numerics: dict[str, Any]
+    valid: np.ndarray | None = None
 
     def of(self, split: str) -> np.ndarray:
         return getattr(self, _split(split))
@@ -84,9 +100,10 @@ class Specialist:
     key: dict[str, Any]
     steps: int
     exact_match: float | None = None
+    valid_losses: np.ndarray | None = None
 
     def losses(self, split: str) -> np.ndarray:
-        return self.train_losses if _split(split) == "train" else self.eval_losses
+        return getattr(self, f"{_split(split)}_losses")
 
 
 def _split(split: str) -> str:
@@ -96,10 +113,14 @@ def _split(split: str) -> str:
 
 
 def task_data(
-    task: Task, scores: Scores, split: str, specialist: Specialist | None = None
+    task: Task,
+    scores: Scores,
+    split: str,
+    specialist: Specialist | None = None,
+    default_reference: np.ndarray | None = None,
 ) -> TaskData:
     """The oracle's view of one split of ``task`` (zero specialist losses before the
-    specialists exist)."""
+    specialists exist; ``default_reference``: DoReMi's reference losses on the split)."""
     pairs = task.pairs(split)
     losses = specialist.losses(split) if specialist is not None else np.zeros(len(pairs))
-    return TaskData(task.name, pairs, scores.of(split), losses, scores.numerics)
+    return TaskData(task.name, pairs, scores.of(split), losses, scores.numerics, default_reference)

@@ -14,7 +14,7 @@ from llm.cache import load_or_compute
 from llm.context import RunContext
 from llm.data import TokenizedPairs
 from llm.oracle import numerics, reference_logps
-from llm.stages.records import SPLITS, Reference, Scores, Task
+from llm.stages.records import Reference, Scores, Task
 
 __all__ = ["reference_scores"]
 
@@ -52,6 +52,6 @@ def reference_scores(ctx: RunContext, ref: Reference, tasks: dict[str, Task]) ->
 
     out = {}
     for name, task in tasks.items():
-        split = {s: logps(task.pairs(s), f"task {name!r} ({s} split)") for s in SPLITS}
-        out[name] = Scores(split["train"], split["eval"], made_under)
+        split = {s: logps(task.pairs(s), f"task {name!r} ({s} split)") for s in task.splits}
+        out[name] = Scores(split["train"], split["eval"], made_under, split.get("valid"))
     return out

@@ -30,7 +30,7 @@ from llm.dcp import read_checkpoint
 from llm.evaluate import greedy_exact_match
 from llm.integrity import IntegrityError, owner_record
 from llm.oracle import load_policy, pair_losses
-from llm.stages.records import SPLITS, Reference, Scores, Specialist, Task, task_data
+from llm.stages.records import Reference, Scores, Specialist, Task, task_data
 from llm.train import LoopConfig, MetricsLog, train
 
 __all__ = ["specialists", "stopped_stage", "lora_key", "finished"]
@@ -122,6 +122,7 @@ def _one(
         reference=ref.fingerprint,
         pairs=task.train.fingerprint,
         eval_pairs=task.eval.fingerprint,
+        valid_pairs=task.valid.fingerprint if task.valid is not None else None,
         numerics=ref.numerics,
         version=_VERSION,
         **lora_key(ctx),
@@ -136,17 +137,19 @@ def _one(
         ref.restore()
         if section is not None:
             _train(ctx, ref, task, scores, section, folder, key)
-        return {split: _losses(ctx, ref, task, scores, split) for split in SPLITS}
+        return {split: _losses(ctx, ref, task, scores, split) for split in task.splits}
 
     where = f"task {task.name!r} (specialist losses)"
-    sources = {split: task.pairs(split).sources for split in SPLITS}
+    sources = {split: task.pairs(split).sources for split in task.splits}
     cached = load_or_compute(
         ctx.folders.cache, "specialist", key, compute, where=where, sources=sources
     )
     if need_weights and not finished(checkpoint, steps, key):
         ctx.say(f"specialist {task.name}: final checkpoint missing, training it for the merges")
         compute()
-    made = Specialist(cached["train"], cached["eval"], checkpoint, key, steps)
+    made = Specialist(
+        cached["train"], cached["eval"], checkpoint, key, steps, valid_losses=cached.get("valid")
+    )
     if exact_match and ctx.cfg.eval.generate and section is not None:
         match = _exact_match(ctx, ref, task, made, compute)
         made = dataclasses.replace(made, exact_match=match)
