@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from amasim import prng
-from amasim.capabilities import MixtureRoundsFromSteps
+from amasim.capabilities import CAPABILITIES, MixtureRoundsFromSteps
 from amasim.oracle import Batch
 from amasim.scores import example_scores
 from llm import lora
@@ -326,6 +326,8 @@ class DPOOracle(MixtureRoundsFromSteps):
         self._default = None  # DoReMi's default-mixture reference losses, when given
         if all(t.default_reference_losses is not None for t in tasks):
             self._default = np.concatenate([t.default_reference_losses for t in tasks])
+        else:  # offered only with the numbers: a mixer needing them is refused by name
+            self.capabilities = tuple(c for c in CAPABILITIES if c != "default_reference")
         # float32 on the device once: a step indexes it there (the DPO loss is float32)
         self._ref_device = torch.from_numpy(self._ref).to(self.device, torch.float32)
         self._max_length = max_length_of(self.policy)

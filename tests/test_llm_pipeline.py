@@ -478,3 +478,26 @@ def test_merges_retrain_a_specialist_whose_checkpoint_was_deleted(first_run, dat
     shutil.rmtree(folder / "out" / "specialists")
     again = run_pipeline(load_config(folder / "config.toml"), progress=False)
     assert outcome(again) == outcome(kept)
+
+
+def test_doremi_scores_against_one_model_trained_on_the_natural_mixture(
+    first_run, data_dir, tmp_path
+):
+    """DoReMi as published (Xie et al.): the excess over ONE reference trained on the
+    default mixture — the uniform generalist of seed 0 — whose per-pair losses the oracle
+    serves (the default_reference capability); that model's examples and the proxy's are
+    DoReMi's budget.  The specialists variant keeps its own name and needs none of it."""
+    folder = copy_run(
+        first_run, tmp_path, data_dir, run={"methods": ["doremi", "doremi-specialists"]}
+    )
+    results = run_pipeline(load_config(folder / "config.toml"), progress=False)
+    [entry] = (folder / "out" / "cache").glob("default-reference-*.npz")
+    with np.load(entry) as losses:
+        assert set(results["tasks"]) <= set(losses.files)  # with the entry's owner record
+        assert all(np.isfinite(losses[name]).all() for name in results["tasks"])
+    assert list((folder / "out" / "generalists").glob("uniform-seed0-*"))  # the reference run
+    examples = results["config"]["mix"]["examples"]
+    for run in results["runs"]["doremi"]:
+        assert run["extra_examples"] >= 2 * examples  # the proxy's and the reference's
+    for run in results["runs"]["doremi-specialists"]:
+        assert examples <= run["extra_examples"] < 2 * examples  # the proxy's alone
