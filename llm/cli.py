@@ -55,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
         "--seeds", type=_ints, default=None, help="comma-separated; overrides [run] seeds"
     )
     cost.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    study = sub.add_parser(
+        "study",
+        help="the claims over instances: equal tuning on a tuning instance, then every method "
+        "on --instances data sets (llm.instances)",
+    )
+    study.add_argument(
+        "--config", type=Path, default=Path(__file__).parent / "configs/small-cpu.toml"
+    )
+    study.add_argument("--out", type=Path, required=True)
+    study.add_argument("--instances", type=int, default=5, help="evaluation instances (>= 2)")
+    study.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
@@ -160,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
     from llm.preflight import preflight
 
     cfg = load_config(args.config)
+    if args.command == "study":
+        return _study(args, cfg)
     if args.out is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.out)))
     preflight(cfg, args.config)  # before the output folder is touched
@@ -178,6 +191,26 @@ def _run(args: argparse.Namespace) -> int:
         print(summary_table(results))
         print(f"wrote {cfg.run.out}/results.md ({results['seconds']:.0f} s)")
         return 0
+
+
+def _study(args: argparse.Namespace, cfg) -> int:
+    from llm.instances import run_study
+    from llm.lock import RunLock, prepare_output_folder
+    from llm.preflight import preflight
+    from llm.study_report import claims_table
+
+    if args.instances < 2:
+        raise ValueError(
+            f"--instances {args.instances}: claims over instances need at least 2 (a sign "
+            "test, an interval over instances). Fix: pass --instances 5"
+        )
+    preflight(cfg, args.config)
+    prepare_output_folder(args.out, "--out")
+    with RunLock(args.out, what="output folder (--out)"):
+        study = run_study(cfg, args.out, instances=args.instances)
+    print(claims_table(study["claims"]["claims"]))
+    print(f"wrote {args.out}/study.md ({study['seconds']:.0f} s)")
+    return 0
 
 
 def _specialist_cost(args: argparse.Namespace, cfg) -> int:

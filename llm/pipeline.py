@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from amasim.registry import MERGES
@@ -79,10 +80,14 @@ def run_stages(
     *,
     mixes: dict[str, MixSection] | None = None,
     held_out: str = "eval",
+    report: Path | None = None,
 ) -> dict[str, Any]:
     """Every stage in ``ctx`` (stages 1–3 from ``ready`` when given); ``mixes`` replaces
     ``[mix]`` for the methods it names (their tuned settings), ``held_out`` is the split the
-    runs are scored on (``"valid"`` when tuning)."""
+    runs are scored on (``"valid"`` when tuning), ``report`` the folder of ``results.json``,
+    ``results.md`` and the figures (default ``[run] out``)."""
+    report = Path(report or ctx.folders.out)
+    report.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     tasks, ref, scores = ready or prepare(ctx)
     methods = ctx.cfg.run.methods
@@ -121,11 +126,11 @@ def run_stages(
             ctx.say(f"{method} seed {seed}: worst-task excess {record['worst_task_excess']:.4f}")
             results["seconds"] = time.perf_counter() - started
             if ctx.parallel.is_main:  # every finished run at once: a later failure loses none
-                write_results(ctx.folders.out / "results.json", results)
+                write_results(report / "results.json", results)
     if ctx.parallel.is_main:
         results["summary"] = summarize(results)  # intervals over seeds, the claims' verdicts
-        write_results(ctx.folders.out / "results.json", results)
-        write_report(results, ctx.folders.out)
+        write_results(report / "results.json", results)
+        write_report(results, report)
     return results
 
 

@@ -1,0 +1,112 @@
+"""The LLM study over instances, written: ``study.json`` (sealed) and ``study.md``.
+
+Every sentence of ``study.md`` is generated from the numbers (:mod:`amasim.stats`): per
+pre-stated claim (:data:`llm.report.CLAIMS`) and metric, the count of instances where it
+holds, is reversed or is not significant, the mean paired estimate over instances with its
+t interval, the sign test and its Holm-adjusted p; then the tuning (each method's grid and
+the setting its validation score selected), the budgets (examples each method spends, its
+grid included), the theorem-tuned rows, and the one-instance verdicts per instance.
+
+>>> study = {"instances": ["instance-0"], "claims": {"claims": []}, "tuning": {},
+...          "budgets": {}, "per_instance": {}, "theory": {}, "config": {}}
+>>> print(study_markdown(study).splitlines()[0])
+# The LLM study over instances
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llm.report import STATISTICS, verdict_table, write_results
+
+__all__ = ["study_markdown", "write_study", "claims_table"]
+
+
+def claims_table(claims: list[dict[str, Any]]) -> str:
+    """One row per claim × metric over the instances (counts, estimate, sign test)."""
+    if not claims:
+        return ""
+    lines = [
+        "| claim | instances | holds | reversed | n.s. | mean estimate [95% CI] | "
+        "sign test (for/against) | Holm p | verdict |",
+        "|---|---:|---:|---:|---:|---|---|---:|---|",
+    ]
+    for c in claims:
+        counts, sign = c["counts"], c["sign_test"]
+        low_high = c["interval"]
+        ci = f" [{low_high[0]:+.4f}, {low_high[1]:+.4f}]" if low_high else ""
+        lines.append(
+            f"| {c['claim']} | {c['instances']} | {counts['holds']} | {counts['reversed']} | "
+            f"{counts['n.s.']} | {c['estimate']:+.4f}{ci} | {sign['favour']}/{sign['against']} "
+            f"| {c['p_holm']:.3g} | {c['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def _tuning_table(tuning: dict[str, Any]) -> str:
+    if not tuning:
+        return ""
+    lines = ["| method | grid (step, smoothing) → validation worst-task excess | selected |"]
+    lines.append("|---|---|---|")
+    for method, t in tuning.items():
+        cells = ", ".join(
+            f"({g['step_size']:g}, {g['smoothing']:g}) → {v:.4f}"
+            for g, v in zip(t["grid"], t["validation"], strict=True)
+        )
+        sel = t["selected"]
+        lines.append(f"| {method} | {cells} | ({sel['step_size']:g}, {sel['smoothing']:g}) |")
+    return "\n".join(lines)
+
+
+def _budget_table(budgets: dict[str, Any]) -> str:
+    if not budgets:
+        return ""
+    lines = [
+        "| method | examples per run | beside its steps | tuning grid |",
+        "|---|---:|---:|---:|",
+    ]
+    for method, b in budgets.items():
+        lines.append(
+            f"| {method} | {b['examples']:,} | {b['extra_examples']:,.0f} | "
+            f"{b['tuning_examples']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def study_markdown(study: dict[str, Any]) -> str:
+    """``study.md`` (module docstring)."""
+    claims = study["claims"].get("claims", [])
+    text = "# The LLM study over instances\n\n"
+    text += (
+        f"{len(study['instances'])} instances ({', '.join(study['instances'])}), each its own "
+        "data, reference and specialists; every method at its tuned setting.  "
+        f"{STATISTICS}\n\n"
+    )
+    table = claims_table(claims)
+    if table:
+        text += f"## Claims over instances\n\n{table}\n\n"
+        text += "".join(f"- {c['sentence']}\n" for c in claims) + "\n"
+    for title, body in (
+        ("Tuning (the tuning instance's validation split)", _tuning_table(study["tuning"])),
+        ("Budgets (examples = one loss and gradient each)", _budget_table(study["budgets"])),
+    ):
+        if body:
+            text += f"## {title}\n\n{body}\n\n"
+    for kind, title in (("per_instance", "tuned"), ("theory", "theorem-tuned")):
+        for name, summary in (study.get(kind) or {}).items():
+            body = verdict_table(summary)
+            if body:
+                text += f"## {name}: one-instance verdicts ({title})\n\n{body}\n\n"
+    return text
+
+
+def write_study(study: dict[str, Any], out: str | Path) -> list[Path]:
+    """``out/study.json`` (checksummed, :func:`llm.report.write_results`) and
+    ``out/study.md``; their paths."""
+    from llm.integrity import write_text_atomic
+
+    out = Path(out)
+    write_results(out / "study.json", study)
+    write_text_atomic(out / "study.md", study_markdown(study), kind="report")
+    return [out / "study.json", out / "study.md"]
