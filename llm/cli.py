@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--out", type=Path, required=True)
     study.add_argument("--instances", type=int, default=5, help="evaluation instances (>= 2)")
+    study.add_argument(
+        "--workers", type=int, default=1, help="processes (each instance in its own folder)"
+    )
     study.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
@@ -207,7 +210,7 @@ def _study(args: argparse.Namespace, cfg) -> int:
     preflight(cfg, args.config)
     prepare_output_folder(args.out, "--out")
     with RunLock(args.out, what="output folder (--out)"):
-        study = run_study(cfg, args.out, instances=args.instances)
+        study = run_study(cfg, args.out, instances=args.instances, workers=max(1, args.workers))
     print(claims_table(study["claims"]["claims"]))
     print(f"wrote {args.out}/study.md ({study['seconds']:.0f} s)")
     return 0

@@ -48,11 +48,16 @@ __all__ = [
     "GRID_SIZE",
     "grid",
     "instance_config",
+    "THEORY_ROWS",
     "tune",
+    "tune_part",
     "evaluate_instance",
     "run_study",
 ]
 
+#: the methods whose theorem-tuned rows stand beside their tuned ones (AutoMixAlign's, whose
+#: step sizes Theorems R, S and IX prescribe)
+THEORY_ROWS = ("ama-r", "ama-s", "ama-s-ix")
 #: the instance the grid is searched on (apart from the evaluation instances 0 … n − 1)
 TUNING_INSTANCE = 1000
 #: settings every tuned method tries: its mixer step η over a 100-fold range, or for the two
@@ -104,33 +109,69 @@ def _finished(folder: Path, methods: tuple[str, ...], seeds: tuple[int, ...]) ->
     return results if done and "summary" in results else None
 
 
-def tune(cfg: Config, out: Path, seeds: tuple[int, ...], progress: bool = True) -> dict:
-    """Equal tuning on the tuning instance (module docstring): per tuned method, every grid
-    setting's mean validation worst-task excess over ``seeds``, and the selected setting."""
-    methods = tuned_methods(cfg.run.methods)
-    base = instance_config(cfg, TUNING_INSTANCE, out / "tuning")
-    base = dataclasses.replace(base, run=dataclasses.replace(base.run, seeds=seeds))
-    scores: dict[str, list[float]] = {m: [] for m in methods}
-    with open_run(base, progress=progress) as ctx:
+def _tuning_config(cfg: Config, out: Path, part: int, seeds: tuple[int, ...]) -> Config:
+    """The tuning instance of worker ``part`` (its own folder): the tuned methods, the
+    tuning seeds, no greedy decoding (the selection reads the worst-task excess alone)."""
+    base = instance_config(cfg, TUNING_INSTANCE, out / "tuning" / f"part-{part}")
+    run = dataclasses.replace(base.run, seeds=seeds, methods=tuple(tuned_methods(cfg.run.methods)))
+    return dataclasses.replace(base, run=run, eval=dataclasses.replace(base.eval, generate=0))
+
+
+def tune_part(
+    cfg: Config, out: Path, seeds: tuple[int, ...], part: int, parts: int, progress: bool
+) -> dict[int, dict[str, float]]:
+    """Grid settings ``part``, ``part + parts``, … on the tuning instance: per setting, each
+    tuned method's mean validation worst-task excess over ``seeds``."""
+    tcfg = _tuning_config(cfg, out, part, seeds)
+    methods = tcfg.run.methods
+    scores: dict[int, dict[str, float]] = {}
+    with open_run(tcfg, progress=progress) as ctx:
         ready = None
-        for i in range(GRID_SIZE):
-            folder = ctx.folders.out / f"grid-{i}"
-            results = _finished(folder, tuple(methods), seeds)
+        for i in range(part, GRID_SIZE, parts):
+            folder = out / "tuning" / f"grid-{i}"  # whichever worker ran it
+            results = _finished(folder, methods, seeds)
             if results is None:
                 ready = ready or prepare(ctx)
                 mixes = {m: grid(m, cfg.mix)[i] for m in methods}
-                sub = dataclasses.replace(ctx, cfg=_with_methods(ctx.cfg, methods))
-                results = run_stages(sub, ready, mixes=mixes, held_out="valid", report=folder)
-            for m in methods:
-                scores[m].append(
-                    float(np.mean([r["worst_task_excess"] for r in results["runs"][m]]))
-                )
-    out_record = {}
-    for m in methods:
-        best = int(np.argmin(scores[m]))
+                results = run_stages(ctx, ready, mixes=mixes, held_out="valid", report=folder)
+            scores[i] = {
+                m: float(np.mean([r["worst_task_excess"] for r in results["runs"][m]]))
+                for m in methods
+            }
+    return scores
+
+
+def tune(
+    cfg: Config, out: Path, seeds: tuple[int, ...], progress: bool = True, workers: int = 1
+) -> dict[str, Any]:
+    """Equal tuning on the tuning instance (module docstring): per tuned method, every grid
+    setting's mean validation worst-task excess over ``seeds``, and the selected setting."""
+    parts = _in_parallel(
+        tune_part, [(cfg, out, seeds, p, workers, progress) for p in range(workers)], workers
+    )
+    scores = {i: row for part in parts for i, row in part.items()}
+    record = {}
+    for m in tuned_methods(cfg.run.methods):
+        values = [scores[i][m] for i in range(GRID_SIZE)]
         settings = [{"step_size": g.step_size, "smoothing": g.smoothing} for g in grid(m, cfg.mix)]
-        out_record[m] = {"grid": settings, "validation": scores[m], "selected": settings[best]}
-    return out_record
+        record[m] = {
+            "grid": settings,
+            "validation": values,
+            "selected": settings[int(np.argmin(values))],
+        }
+    return record
+
+
+def _in_parallel(function, calls: list[tuple], workers: int) -> list[Any]:
+    """``function(*call)`` for every call, on ``workers`` processes (in this one for 1)."""
+    if workers == 1:
+        return [function(*call) for call in calls]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state shared
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(function, *zip(*calls, strict=True)))
 
 
 def _with_methods(cfg: Config, methods: list[str] | tuple[str, ...]) -> Config:
@@ -150,7 +191,7 @@ def evaluate_instance(
     theorem-tuned rows beside them (``theory/results.json``); both records."""
     folder = out / f"instance-{number}"
     icfg = instance_config(cfg, number, folder)
-    theorem = tuple(m for m in cfg.run.methods if m in METHODS and METHODS[m].theorem)
+    theorem = tuple(m for m in cfg.run.methods if m in THEORY_ROWS)
     results = _finished(folder, cfg.run.methods, cfg.run.seeds)
     theory = _finished(folder / "theory", theorem, cfg.run.seeds)
     if results is not None and (theory is not None or not theorem):
@@ -169,15 +210,22 @@ def evaluate_instance(
 
 
 def run_study(
-    cfg: Config, out: str | Path, *, instances: int = 5, progress: bool = True
+    cfg: Config,
+    out: str | Path,
+    *,
+    instances: int = 5,
+    progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """The whole study (module docstring) into ``out``; its record (``out/study.json``)."""
+    """The whole study (module docstring) into ``out``, its runs on ``workers`` processes
+    (each instance in its own folder); its record (``out/study.json``)."""
     from llm.report import claims_over_instances
     from llm.study_report import write_study
 
     out, started = Path(out), time.perf_counter()
-    tuning = tune(cfg, out, cfg.run.seeds[:2], progress)
-    done = {n: evaluate_instance(cfg, n, out, tuning, progress) for n in range(instances)}
+    tuning = tune(cfg, out, cfg.run.seeds[:2], progress and workers == 1, workers)
+    calls = [(cfg, n, out, tuning, progress and workers == 1) for n in range(instances)]
+    done = dict(enumerate(_in_parallel(evaluate_instance, calls, workers)))
     study = {
         "config": dataclasses.asdict(cfg),
         "instances": [f"instance-{n}" for n in done],

@@ -31,7 +31,8 @@ def study(tmp_path_factory):
     sections["data"] |= {"validation": 0.2}
     sections["eval"] |= {"generate": 2}
     cfg = load_config(write_toml(tmp / "c.toml", sections))
-    return cfg, tmp / "out", run_study(cfg, tmp / "out", instances=2, progress=False)
+    # two worker processes: the grid and the instances split between them
+    return cfg, tmp / "out", run_study(cfg, tmp / "out", instances=2, progress=False, workers=2)
 
 
 def test_every_claim_holds_its_statistics_over_the_instances(study):
@@ -74,7 +75,7 @@ def test_every_tuned_method_gets_the_same_grid_on_the_validation_split(study):
 def test_a_rerun_reads_the_finished_instances_back(study, tmp_path):
     cfg, out, record = study
     before = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
-    again = run_study(cfg, out, instances=2, progress=False)
+    again = run_study(cfg, out, instances=2, progress=False)  # one worker now: the same files
     assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == before
     assert json.dumps(again["claims"], sort_keys=True) == json.dumps(
         record["claims"], sort_keys=True
