@@ -238,6 +238,7 @@ def tiny_study(tmp_path_factory):
     manifest = write_suite_small(folder / "data")
     sections = tiny_config_dict(folder / "out", manifest)
     sections["run"]["methods"] = ["stratified", "ama-r", "ama-s", "merge-linear"]
+    sections["data"]["validation"] = 0.2  # the study's tuning selects on it
     config = write_toml(folder / "config.toml", sections)
     run_pipeline(load_config(config), progress=False)
     return folder
@@ -318,6 +319,7 @@ def test_the_full_specialist_row_equals_the_pipeline_run_in_the_same_folder(tiny
     folder = tmp_path / "copy"
     shutil.copytree(tiny_study, folder)
     sections = tiny_config_dict(folder / "out", folder / "data" / "tasks.toml")
+    sections["data"]["validation"] = 0.2  # the fixture's data
     config = write_toml(folder / "config2.toml", sections)
     study = specialist_cost(load_config(config), fractions=(1.0,), progress=False)
     pipeline = read_results(folder / "out" / "results.json")["runs"]
@@ -344,14 +346,16 @@ def test_small_cpu_config_loads_and_runs_the_study():
         "uniform",
         "stratified",
         "group-dro",
-        "doremi-specialists",
+        "doremi",
         "ama-r",
         "ama-s",
+        "ama-s-ix",
         "gr-dpo",
     ):
         assert method in cfg.run.methods
     assert any(m.startswith("merge-") for m in cfg.run.methods)
-    assert cfg.mix.tuning == "theory"  # one stated rule for every method
+    assert cfg.mix.tuning == "theory"  # each method by its own theorem (the study tunes)
+    assert 0 < cfg.data.validation < 0.5  # the split the study's tuning selects on
 
 
 def test_gpu_study_config_passes_validation_on_a_cpu():
@@ -364,20 +368,23 @@ def test_gpu_study_config_passes_validation_on_a_cpu():
 
 
 def test_reproduce_llm_publishes_the_study_under_the_readme_names(tiny_study, tmp_path):
-    # `amasim reproduce --llm` (llm.study.publish_study): the run and its specialist cost
-    # under OUT/runs, the tables and figures copied where the README links them.
+    # `amasim reproduce --llm` (llm.study.publish_study): the study over instances and the
+    # first instance's specialist cost under OUT/runs, the tables and figures copied where
+    # the README links them.
     from llm.study import publish_study
 
     out = tmp_path / "published"
-    written = publish_study(out, config=tiny_study / "config.toml")
+    written = publish_study(out, config=tiny_study / "config.toml", instances=2)
     run = out / "runs" / "llm-config"
     expected = {
-        "results/llm_config.md": "results.md",
-        "results/llm_config.json": "results.json",
-        "figures/llm_config_weights.png": "weights.png",
-        "figures/llm_config_differences.png": "differences.png",
-        "results/llm_specialist_cost.json": "specialist_cost.json",
-        "figures/llm_specialist_cost.png": "specialist_cost.png",
+        "results/llm_study.md": "study.md",
+        "results/llm_study.json": "study.json",
+        "results/llm_config.md": "instance-0/results.md",
+        "results/llm_config.json": "instance-0/results.json",
+        "figures/llm_config_weights.png": "instance-0/weights.png",
+        "figures/llm_config_differences.png": "instance-0/differences.png",
+        "results/llm_specialist_cost.json": "instance-0/specialist_cost.json",
+        "figures/llm_specialist_cost.png": "instance-0/specialist_cost.png",
     }
     for target, source in expected.items():
         assert out / target in written, target
