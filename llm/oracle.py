@@ -77,6 +77,7 @@ __all__ = [
     "numerics",
     "reference_logps",
     "pair_losses",
+    "held_out_metrics",
     "load_policy",
     "ACCUMULATE",
 ]
@@ -211,6 +212,24 @@ def pair_losses(
     out = dpo_loss(p[:, 0], p[:, 1], r[:, 0], r[:, 1], **dpo)
     margin = out.chosen_rewards - out.rejected_rewards
     return {"loss": out.losses.double().numpy(), "margin": margin.double().numpy()}
+
+
+def held_out_metrics(
+    losses: np.ndarray, margins: np.ndarray, specialist_losses: np.ndarray
+) -> dict[str, float]:
+    """One task's held-out metrics from its per-pair DPO losses and reward margins
+    (:func:`pair_losses`): mean ``loss``, reward ``accuracy`` (share of positive margins),
+    mean ``excess`` and ``clipped`` excess over the specialist's losses on the same pairs.
+
+    >>> row = held_out_metrics(np.array([0.5, 0.9]), np.array([1.0, -1.0]), np.array([0.7, 0.7]))
+    >>> {k: round(v, 4) for k, v in row.items()}
+    {'loss': 0.7, 'accuracy': 0.5, 'excess': 0.0, 'clipped': 0.1}
+    """
+    row = {"loss": float(losses.mean()), "accuracy": float((margins > 0).mean())}
+    for name in ("excess", "clipped"):
+        values, _ = example_scores(name, losses, specialist_losses)
+        row[name] = float(values.mean())
+    return row
 
 
 def _checked(
@@ -653,15 +672,12 @@ class DPOOracle(MixtureRoundsFromSteps):
         out = {}
         for task in self.eval_tasks:
             res = self.pair_losses(task.pairs, task.reference_logps)
-            row: dict[str, Any] = {
-                "loss": float(res["loss"].mean()),
-                "accuracy": float((res["margin"] > 0).mean()),
-            }
-            for name in ("excess", "clipped"):
-                values, _ = example_scores(name, res["loss"], task.specialist_losses)
-                row[name] = float(values.mean())
-            if items:
-                row["items"] = {"clipped": values.tolist()}
+            row: dict[str, Any] = held_out_metrics(
+                res["loss"], res["margin"], task.specialist_losses
+            )
+            if items:  # each pair's clipped excess, for the item bootstrap
+                clipped, _ = example_scores("clipped", res["loss"], task.specialist_losses)
+                row["items"] = {"clipped": clipped.tolist()}
             out[task.name] = row
         return out
 

@@ -6,10 +6,15 @@ script (the data: a ``tasks.toml`` manifest as the pipeline reads it, or a folde
 
     task_datasets = load_task_datasets("data/tasks.toml", tokenizer, max_length=args.max_length)
     specialist_losses = cache_specialist_losses(model, task_datasets, specialists, args=args,
-                                                cache_dir="cache")
+                                                cache_dir="cache", need_weights=True)
     trainer = AMADPOTrainer(model, args=args, train_dataset=concatenate_tasks(task_datasets),
                             processing_class=tokenizer, mixer=ama_r(1.0),
                             specialist_losses=specialist_losses)
+    trainer.train()
+    evaluate_and_report(trainer, "data/tasks.toml", specialist_losses, out="runs/ama")
+
+with ``DPOConfig(..., **device_settings())`` placing the run as the pipeline places it
+(``need_weights=True`` keeps the specialists' weights for the held-out report).
 
 One idea per module:
 
@@ -21,6 +26,10 @@ One idea per module:
 * :mod:`llm.trl.tasks` — :func:`load_task_datasets` (the pipeline's data layout and
   audits), the task column, :func:`concatenate_tasks`, dataset digests;
 * :mod:`llm.trl.checkpoint` — the mixture's part of a Trainer checkpoint;
+* :mod:`llm.trl.device` — :func:`device_settings`, the device and precision the pipeline
+  would pick, as DPOConfig arguments;
+* :mod:`llm.trl.report` — :func:`evaluate_and_report`, the held-out split scored by the
+  pipeline's evaluator and written as the pipeline's report;
 * :mod:`llm.trl.tiny` — tiny offline models and datasets (smoke runs, tests).
 """
 
@@ -39,6 +48,8 @@ __all__ = [
     "load_task_datasets",
     "pair_losses",
     "PairLosses",
+    "device_settings",
+    "evaluate_and_report",
 ]
 
 # TRL 1.16 reads `model.is_gradient_checkpointing` around every reference forward
@@ -63,6 +74,8 @@ _HOME = {
     "load_task_datasets": "llm.trl.tasks",
     "pair_losses": "llm.trl.losses",
     "PairLosses": "llm.trl.losses",
+    "device_settings": "llm.trl.device",
+    "evaluate_and_report": "llm.trl.report",
 }
 
 

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm.cache import load_or_compute
+from llm.cache import cache_key, load_or_compute
+from llm.integrity import write_text_atomic
 from llm.model import fingerprint
 from llm.trl.losses import check_loss_types, pair_losses
 from llm.trl.tasks import dataset_digest
@@ -53,6 +54,7 @@ __all__ = [
 
 CACHE_KIND = "trl-specialist-losses"
 FORMAT = 1
+SPECIALIST_RECORD = "amasim_specialist.json"  # names the cache entry a trained folder made
 ROW_COLUMN = "ama_row"  # the row's index in its task's dataset, carried through TRL's filter
 
 # DPOConfig fields that shape a pair's loss (TRL 1.16): the loss, the tokenisation and
@@ -99,11 +101,19 @@ _IO_PREFIXES = ("logging_", "save_", "hub_", "push_to_hub_")
 class SpecialistLosses(dict):
     """``{task: (n_task,) float64 per-pair specialist losses}`` (NaN: a row TRL drops),
     with ``settings``: the :func:`loss_settings` and tokenizer digest they were computed
-    under."""
+    under, and ``models``: ``{task: the specialist}`` — the checkpoint or model given, or
+    the folder of one trained here (``None`` when the losses came from the cache and that
+    folder no longer holds the specialist that made them; ask ``need_weights=True``)."""
 
-    def __init__(self, losses: Mapping[str, np.ndarray], settings: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        losses: Mapping[str, np.ndarray],
+        settings: Mapping[str, Any],
+        models: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(losses)
         self.settings = dict(settings)
+        self.models = dict(models or {})
 
 
 def _jsonable(value: Any) -> Any:
@@ -228,12 +238,24 @@ def _score(
     return out
 
 
-def _train(base_model: Any, dataset: Any, tokenizer: Any, config: Any, name: str) -> str:
+def _kept(folder: Path, entry: str) -> bool:
+    """Whether ``folder`` holds the specialist trained for cache entry ``entry``."""
+    try:
+        return json.loads((folder / SPECIALIST_RECORD).read_text())["entry"] == entry
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _train(
+    base_model: Any, dataset: Any, tokenizer: Any, config: Any, name: str, entry: str
+) -> str:
     """A specialist: TRL's DPOTrainer on one task from the base model, saved to
-    ``<output_dir>/<task>`` (returned) and scored from there, untouched by training."""
+    ``<output_dir>/<task>`` (returned) with a record naming its cache ``entry``, and
+    scored from there, untouched by training."""
     from trl import DPOTrainer
 
     folder = str(Path(config.output_dir) / name)
+    (Path(folder) / SPECIALIST_RECORD).unlink(missing_ok=True)  # stale until saved again
     task_config = dataclasses.replace(config, output_dir=folder)
     trainer = DPOTrainer(
         model=str(base_model) if isinstance(base_model, (str, Path)) else copy.deepcopy(base_model),
@@ -244,6 +266,7 @@ def _train(base_model: Any, dataset: Any, tokenizer: Any, config: Any, name: str
     )
     trainer.train()
     trainer.save_model(folder)
+    write_text_atomic(Path(folder) / SPECIALIST_RECORD, json.dumps({"entry": entry}))
     return folder
 
 
@@ -256,6 +279,7 @@ def cache_specialist_losses(
     cache_dir: str | Path,
     processing_class: Any = None,
     batch_size: int | None = None,
+    need_weights: bool = False,
 ) -> SpecialistLosses:
     """Every task's per-pair specialist losses, from the cache or computed and cached.
 
@@ -267,9 +291,59 @@ def cache_specialist_losses(
     ``<output_dir>/<task>``).  ``args``: the ``DPOConfig`` of the multi-task run (its loss
     settings define the losses).  ``processing_class`` defaults to the tokenizer saved
     with a base model given as a path.  ``batch_size`` defaults to
-    ``args.per_device_eval_batch_size``.  At most two models are held at once: the
-    reference and one specialist, each loaded afresh (or deep-copied from an object).
+    ``args.per_device_eval_batch_size``.  ``need_weights`` (the held-out report,
+    :func:`llm.trl.report.evaluate_and_report`, scores the specialists again): a
+    specialist trained here whose folder no longer holds it is trained again.  At most
+    two models are held at once: the reference and one specialist, each loaded afresh
+    (or deep-copied from an object).
     """
+    from trl import DPOConfig
+
+    train = isinstance(specialists, DPOConfig)
+    _check_inputs(datasets, specialists, args, train)
+    if processing_class is None:
+        if not isinstance(model, (str, Path)):
+            raise ValueError("pass processing_class= (the tokenizer) when model is an object")
+        from transformers import AutoTokenizer
+
+        processing_class = AutoTokenizer.from_pretrained(str(model))
+    batch_size = int(batch_size or args.per_device_eval_batch_size)
+    settings = {**loss_settings(args), "tokenizer": tokenizer_digest(processing_class)}
+    common = {
+        "base": fingerprint(_load(model, args)),  # the reference is loaded afresh per task
+        "settings": settings,
+        "device": str(torch.device(args.device).type),
+        "versions": _versions(),
+    }
+    out, models = {}, {}
+    for name, dataset in datasets.items():
+        if train:
+            specialist_key: Any = {"trained_with": training_settings(specialists)}
+        else:
+            specialist_key = fingerprint(_load(specialists[name], args))
+        key = {"format": FORMAT, "task": name, "rows": dataset_digest(dataset)}
+        key |= {"specialist": specialist_key, **common}
+        entry = cache_key(key)
+
+        def compute(name=name, dataset=dataset, entry=entry):
+            source = specialists[name] if not train else None
+            if train:
+                source = _train(model, dataset, processing_class, specialists, name, entry)
+            spec, ref = _load(source, args), _load(model, args)  # fresh: TRL patches its models
+            return {"losses": _score(spec, ref, dataset, processing_class, args, batch_size)}
+
+        losses = load_or_compute(cache_dir, CACHE_KIND, key, compute)["losses"]
+        out[name] = _checked_losses(losses, name, len(dataset), cache_dir)
+        models[name] = specialists[name] if not train else None
+        if train:
+            folder = Path(specialists.output_dir) / name
+            if need_weights and not _kept(folder, entry):  # deterministic: the same weights
+                _train(model, dataset, processing_class, specialists, name, entry)
+            models[name] = str(folder) if _kept(folder, entry) else None
+    return SpecialistLosses(out, settings, models)
+
+
+def _check_inputs(datasets: Mapping[str, Any], specialists: Any, args: Any, train: bool) -> None:
     from trl import DPOConfig
 
     if not isinstance(args, DPOConfig):
@@ -279,7 +353,6 @@ def cache_specialist_losses(
     check_loss_types(args.loss_type)
     if not datasets:
         raise ValueError("datasets is empty: pass {task: Dataset}, one per task")
-    train = isinstance(specialists, DPOConfig)
     if not train:
         missing = [name for name in datasets if name not in specialists]
         if missing:
@@ -287,46 +360,14 @@ def cache_specialist_losses(
                 f"no specialist for task {missing[0]!r}: pass {{task: checkpoint}} for every "
                 "task, or a DPOConfig to train them"
             )
-    if processing_class is None:
-        if not isinstance(model, (str, Path)):
-            raise ValueError("pass processing_class= (the tokenizer) when model is an object")
-        from transformers import AutoTokenizer
 
-        processing_class = AutoTokenizer.from_pretrained(str(model))
-    batch_size = int(batch_size or args.per_device_eval_batch_size)
-    settings = {**loss_settings(args), "tokenizer": tokenizer_digest(processing_class)}
-    base_print = fingerprint(_load(model, args))  # the reference is loaded afresh per task
-    device = str(torch.device(args.device).type)
-    out = {}
-    for name, dataset in datasets.items():
-        if train:
-            specialist_key: Any = {"trained_with": training_settings(specialists)}
-        else:
-            specialist_key = fingerprint(_load(specialists[name], args))
-        key = {
-            "format": FORMAT,
-            "task": name,
-            "rows": dataset_digest(dataset),
-            "base": base_print,
-            "specialist": specialist_key,
-            "settings": settings,
-            "device": device,
-            "versions": _versions(),
-        }
 
-        def compute(name=name, dataset=dataset):
-            source = specialists[name] if not train else None
-            if train:
-                source = _train(model, dataset, processing_class, specialists, name)
-            spec, ref = _load(source, args), _load(model, args)  # fresh: TRL patches its models
-            return {"losses": _score(spec, ref, dataset, processing_class, args, batch_size)}
-
-        losses = load_or_compute(cache_dir, CACHE_KIND, key, compute)["losses"]
-        if losses.shape != (len(dataset),) or losses.dtype.kind != "f" or np.isinf(losses).any():
-            raise ValueError(
-                f"the cached specialist losses of task {name!r} in {cache_dir} are corrupt "
-                f"(shape {losses.shape}, {len(dataset)} rows expected): delete the "
-                f"{CACHE_KIND}-*.npz files there and run again"
-            )
-        out[name] = losses
-    return SpecialistLosses(out, settings)
+def _checked_losses(losses: np.ndarray, name: str, n: int, cache_dir: str | Path) -> np.ndarray:
+    """A cache entry's losses of task ``name`` (``n`` rows), or a ``ValueError``."""
+    if losses.shape != (n,) or losses.dtype.kind != "f" or np.isinf(losses).any():
+        raise ValueError(
+            f"the cached specialist losses of task {name!r} in {cache_dir} are corrupt "
+            f"(shape {losses.shape}, {n} rows expected): delete the "
+            f"{CACHE_KIND}-*.npz files there and run again"
+        )
+    return losses

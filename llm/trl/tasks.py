@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from llm.data import PreferencePair, find_task_files, read_task_split
+from llm.data import PreferencePair, TaskSplit, find_task_files, read_task_split
 from llm.tokenizer import ModelInputTokenizer
 
 __all__ = [
     "load_task_datasets",
+    "read_task_splits",
     "concatenate_tasks",
     "task_ids",
     "rows_by_task",
@@ -83,11 +84,44 @@ def load_task_datasets(
     >>> list(load_task_datasets(manifest.parent, CharTokenizer(), split="eval"))
     ['arithmetic', 'format']
     """
+    read = read_task_splits(path, tokenizer, split=split, max_length=max_length, strict=strict)
+    rows = {task: part.pairs for task, part in read.items()}
+    templated = any(p.template_kwargs is not None for pairs in rows.values() for p in pairs)
+    return {task: _dataset(pairs, templated) for task, pairs in rows.items()}
+
+
+def read_task_splits(
+    path: str | Path,
+    tokenizer: Any,
+    *,
+    split: str = "train",
+    max_length: int | None = 1024,
+    strict: bool = False,
+    eval_from_train: bool = False,
+) -> dict[str, TaskSplit]:
+    """``{task: TaskSplit}``: the ``split`` of every task in ``path`` as
+    :func:`load_task_datasets` reads it (pairs, TRL-mode token ids, audit).  A task
+    without an evaluation file has no ``"eval"`` entry, or with ``eval_from_train`` its
+    training split read again as ``"eval"`` — what the pipeline evaluates it on.
+
+    >>> import tempfile
+    >>> from llm.synth import write_suite
+    >>> from llm.tokenizer import CharTokenizer
+    >>> sizes = {"arithmetic": (4, 2), "safety": (3, 0), "format": (2, 1)}
+    >>> manifest = write_suite(tempfile.mkdtemp(), sizes=sizes)
+    >>> read = read_task_splits(manifest, CharTokenizer(), split="eval", eval_from_train=True)
+    >>> {task: len(part.tokens) for task, part in read.items()}  # safety: its 3 training pairs
+    {'arithmetic': 2, 'safety': 3, 'format': 1}
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     tok = tokenizer if isinstance(tokenizer, ModelInputTokenizer) else _hf_tokenizer(tokenizer)
-    files = {task: getattr(f, split) for task, f in find_task_files(path).items()}
-    rows = {
+    found = find_task_files(path)
+    files = {
+        task: getattr(f, split) or (f.train if eval_from_train else None)
+        for task, f in found.items()
+    }
+    return {
         task: read_task_split(
             task,
             split,
@@ -96,12 +130,10 @@ def load_task_datasets(
             strict=strict,
             max_length=sys.maxsize if max_length is None else max_length,
             tokenization="trl",
-        ).pairs
+        )
         for task, file in files.items()
         if file is not None
     }
-    templated = any(p.template_kwargs is not None for pairs in rows.values() for p in pairs)
-    return {task: _dataset(pairs, templated) for task, pairs in rows.items()}
 
 
 def _hf_tokenizer(tokenizer: Any) -> ModelInputTokenizer:
