@@ -85,15 +85,16 @@ def pipeline_config(out: Path, model: str, manifest: Path, seeds: list[int], bud
     return check_config(cfg, "trl_vs_pipeline")
 
 
-def export_specialists(tasks, model_dir: str, folder: Path) -> dict[str, str]:
+def export_specialists(specs, model_dir: str, folder: Path) -> dict[str, str]:
     """Our specialists' final weights as Hugging Face folders TRL loads."""
-    from llm.checkpoint import CheckpointFile
+    from llm.dcp import read_checkpoint
     from llm.hf import load_local
 
     paths = {}
-    for name, task in tasks.items():
+    for name, spec in specs.items():
         wrapper, tokenizer = load_local(model_dir)
-        wrapper.load_state_dict(CheckpointFile(task.checkpoint).load()["oracle"]["policy"])
+        saved = read_checkpoint(spec.checkpoint, owner=spec.key)
+        wrapper.load_state_dict(saved["oracle"]["policy"])
         target = folder / name
         wrapper.model.save_pretrained(target)
         tokenizer.tokenizer.save_pretrained(target)
@@ -101,14 +102,14 @@ def export_specialists(tasks, model_dir: str, folder: Path) -> dict[str, str]:
     return paths
 
 
-def score(model, tasks, pad_id: int, dpo: dict) -> dict:
+def score(model, tasks, scores, specs, pad_id: int, dpo: dict) -> dict:
     """Held-out metrics of ``model`` with the pipeline's own code and cached numbers."""
     from llm.oracle import pair_losses
 
     rows = {}
     for name, task in tasks.items():
-        res = pair_losses(model, task.eval, task.eval_ref, pad_id=pad_id, dpo=dpo)
-        excess = res["loss"] - task.eval_spec
+        res = pair_losses(model, task.eval, scores[name].eval, pad_id=pad_id, dpo=dpo)
+        excess = res["loss"] - specs[name].eval_losses
         rows[name] = {
             "loss": float(res["loss"].mean()),
             "clipped": float(np.maximum(excess, 0.0).mean()),
@@ -144,33 +145,15 @@ def main() -> None:
     ours = run_pipeline(cfg, progress=False)
 
     # The stages again (all cached now): the tasks with their reference and specialist numbers
-    from llm.oracle import dpo_settings
-    from llm.pipeline import (
-        dpo_oracle,
-        load_model,
-        load_tasks,
-        reference,
-        reference_cache,
-        specialists,
-    )
+    from llm.context import open_run
+    from llm.pipeline import prepare
+    from llm.stages.specialists import specialists
 
-    dpo = dpo_settings(cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing)
-    hf_model, tokenizer = load_model(cfg)
-    tasks = load_tasks(cfg, Path(cfg.run.out), tokenizer)
-    model = reference(cfg, Path(cfg.run.out), tasks, hf_model)
-    reference_cache(model, tasks, cfg, Path(cfg.run.out) / "cache", tokenizer.pad_id)
-    specialists(
-        model,
-        tasks,
-        cfg,
-        Path(cfg.run.out),
-        make_oracle=dpo_oracle(cfg, dpo, tokenizer.pad_id),
-        dpo=dpo,
-        pad_id=tokenizer.pad_id,
-        need_weights=True,
-        say=lambda *a: None,
-    )
-    spec_dirs = export_specialists(tasks, model_dir, out / "specialists-hf")
+    with open_run(cfg, progress=False) as ctx:
+        tasks, ref, scores = prepare(ctx)
+        specs = specialists(ctx, ref, tasks, scores, need_weights=True)
+        tokenizer, dpo = ctx.tokenizer, ctx.dpo
+    spec_dirs = export_specialists(specs, model_dir, out / "specialists-hf")
 
     k, batch = len(train), cfg.generalist.batch_size
     common = dict(
@@ -220,7 +203,8 @@ def main() -> None:
             trainer.model.save_pretrained(folder)
             trainer.processing_class.save_pretrained(folder)
             trained, _ = load_local(folder)
-            record = score(trained, tasks, tokenizer.pad_id, dpo) | {"seed": seed, "steps": steps}
+            record = score(trained, tasks, scores, specs, tokenizer.pad_id, dpo)
+            record |= {"seed": seed, "steps": steps}
             theirs.setdefault(method, []).append(record)
 
     summary = {"seeds": seeds, "budget": budget, "seconds": time.perf_counter() - start}

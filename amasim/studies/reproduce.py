@@ -139,35 +139,8 @@ def reproduce(
     figures.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    studies = []
-    for problem in PROBLEMS:
-        study = converge(
-            problem,
-            CONVERGE_METHODS,
-            settings["steps"],
-            seeds=settings["seeds"],
-            problem_kwargs=IMBALANCED,
-            progress=progress,
-        )
-        stem = f"converge_{problem}"
-        png_path = write_converge(study, results, stem)[-1]
-        png_path.replace(figures / png_path.name)
-        studies.append(study)
-        plot_weights(problem, figures / f"weights_{problem}.png")
-    tables = [
-        measure_claims(p, budget=settings["budget"], seeds=settings["seeds"]) for p in PROBLEMS
-    ]
-    tables = decide_tables(tables)  # one family: the claims of the three tables
-    claims_study = seed_claims(
-        problem_seeds=settings["problem_seeds"],
-        seeds=settings["claim_seeds"],
-        quick=quick,
-        progress=progress,
-    )
-    # the instances (problem seeds × training seeds, every record) and, per family, the
-    # one-instance tables of the seed claims at equal budget
-    claims_record = {**claims_study, "one_instance": tables}
-    (results / "claims.json").write_text(json.dumps(claims_record, indent=2))
+    studies = _convergence(settings, results, figures, progress)
+    tables, claims_study = _claims(settings, results, quick, progress)
     cost = specialist_cost(
         PROBLEMS,
         seeds=settings["claim_seeds"],
@@ -214,3 +187,42 @@ def reproduce(
         if status != 0:
             raise RuntimeError(f"the proofs reported a violation: see {results}/proofs_report.md")
     return path
+
+
+def _convergence(settings: dict, results: Path, figures: Path, progress: bool) -> list:
+    """The convergence study of every family: its tables, its figures, the weights."""
+    studies = []
+    for problem in PROBLEMS:
+        study = converge(
+            problem,
+            CONVERGE_METHODS,
+            settings["steps"],
+            seeds=settings["seeds"],
+            problem_kwargs=IMBALANCED,
+            progress=progress,
+        )
+        png_path = write_converge(study, results, f"converge_{problem}")[-1]
+        png_path.replace(figures / png_path.name)
+        studies.append(study)
+        plot_weights(problem, figures / f"weights_{problem}.png")
+    return studies
+
+
+def _claims(settings: dict, results: Path, quick: bool, progress: bool) -> tuple[list, dict]:
+    """The seed claims: one instance per family (one family of tests for the three tables)
+    and over instances; ``results/claims.json`` holds both."""
+    tables = [
+        measure_claims(p, budget=settings["budget"], seeds=settings["seeds"]) for p in PROBLEMS
+    ]
+    tables = decide_tables(tables)  # one family: the claims of the three tables
+    claims_study = seed_claims(
+        problem_seeds=settings["problem_seeds"],
+        seeds=settings["claim_seeds"],
+        quick=quick,
+        progress=progress,
+    )
+    # the instances (problem seeds × training seeds, every record) and, per family, the
+    # one-instance tables of the seed claims at equal budget
+    claims_record = {**claims_study, "one_instance": tables}
+    (results / "claims.json").write_text(json.dumps(claims_record, indent=2))
+    return tables, claims_study
