@@ -353,8 +353,10 @@ def _update_readme(out: Path) -> None:
         return
     from amasim.studies.readme import convex_blocks, update_readme
     from llm.report import readme_blocks
+    from llm.study_report import readme_study_blocks
 
-    blocks = {**convex_blocks(out / "results"), **readme_blocks(out / "results")}
+    results = out / "results"
+    blocks = {**convex_blocks(results), **readme_blocks(results), **readme_study_blocks(results)}
     print("rewrote the README blocks", ", ".join(update_readme(readme, blocks)))
 
 

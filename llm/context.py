@@ -31,6 +31,7 @@ the lock and the process group the context made.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from llm.packing import Layout
 from llm.parallel import ParallelDims, join, torchrun_rank
 from llm.precision import Precision
 from llm.preflight import preflight
+from llm.train import MetricsLog
 
 __all__ = ["RunContext", "Folders", "OracleFactory", "DPOOracleFactory", "open_run"]
 
@@ -192,10 +194,43 @@ class RunContext:
         if self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if self.parallel.mode == "fsdp":
-            model = self.parallel.wrap(model, bf16=self.cfg.run.dtype == "bfloat16")
+            model = self.shard(model)
         if self.cfg.run.compile:  # before the reference: compiled numbers differ from eager ones
             model.forward = torch.compile(model.forward)
         return model
+
+    def lora_key(self) -> dict[str, Any]:
+        """The LoRA settings, when adapters are on: ``alpha`` scales every update and
+        ``generalist`` decides what trains, yet neither shows in a fresh adapter's weights
+        (so not in :func:`llm.model.fingerprint`): a cache-key part."""
+        spec = self.cfg.model.lora
+        return {"lora": dataclasses.asdict(spec)} if spec.r > 0 else {}
+
+    def select_generalist(self, model: torch.nn.Module) -> None:
+        """Make the generalist's parameters the trainable ones (its adapter, or the base with
+        ``lora.generalist = "full"``) — before a DDP wrap, which averages the gradients of
+        what requires one when it wraps."""
+        if lora.has_adapters(model):
+            spec = self.cfg.model.lora
+            lora.use(model, lora.GENERALIST if spec.generalist == "adapter" else None)
+
+    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` laid out for training on the ranks: FSDP shards (bfloat16 gathers under
+        a bfloat16 policy) or a DDP wrapper under ``torchrun``, else itself."""
+        if self.parallel.mode == "fsdp":
+            return self.parallel.wrap(model, bf16=self.precision.dtype == torch.bfloat16)
+        return self.parallel.wrap(model)
+
+    def metrics_log(self, folder: Path, flops_per_token: float | None = None) -> MetricsLog:
+        """A run's metrics log in ``folder`` (TensorBoard with ``[run] tensorboard``; MFU
+        with ``[run] peak_flops``, the ranks' peak summed: the logged rates are global)."""
+        run = self.cfg.run
+        return MetricsLog(
+            folder / "metrics.jsonl",
+            folder / "tb" if run.tensorboard else None,
+            flops_per_token=flops_per_token,
+            peak_flops=(run.peak_flops * self.parallel.world) or None,
+        )
 
     def data_parallel(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` wrapped to train as one rank of the group: itself when sharded (FSDP

@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from llm.checkpoint import (
     RECORD_PLACEHOLDERS,
@@ -83,6 +82,7 @@ from llm.integrity import (
     write_failed,
     write_sealed,
 )
+from llm.parallel import all_gather_object, broadcast_object, is_distributed, rank, world_size
 
 __all__ = ["ShardedCheckpoint", "read_checkpoint", "sharded_path"]
 
@@ -142,30 +142,18 @@ def sharded_path(path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- collectives
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
+    return rank() if is_distributed() else 0
 
 
 def _from_rank0(value: Any) -> Any:
     """Rank 0's ``value`` on every rank."""
-    if not _distributed() or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return broadcast_object(value, src=0)
 
 
 def _gather(value: Any) -> list[Any]:
     """Every rank's ``value``, in rank order."""
-    if not _distributed() or dist.get_world_size() == 1:
-        return [value]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
+    return all_gather_object(value)
 
 
 def _agree(error: str | None) -> None:
@@ -236,7 +224,7 @@ def _verify_folder(folder: Path, fix: str) -> dict[str, Any]:
 
 
 def _no_dist() -> bool:
-    return not _distributed()
+    return not is_distributed()
 
 
 @contextlib.contextmanager
@@ -360,7 +348,7 @@ class ShardedCheckpoint:
 
     def _seal(self, rest: Any, keys: list[str], step: Any) -> None:
         meta = {"step": step} if isinstance(step, int) else {}
-        world = dist.get_world_size() if _distributed() else 1
+        world = world_size()
         saved = {"format": _FORMAT, "rest": rest, "tensors": keys, "world": world}
         write_sealed(
             self.tmp / "state.pt",

@@ -58,6 +58,7 @@ __all__ = [
     "reduce_task_scores",
     "is_distributed",
     "world_size",
+    "rank",
     "all_reduce_sum",
     "broadcast_object",
     "all_gather_object",
@@ -196,6 +197,11 @@ def is_distributed() -> bool:
 def world_size() -> int:
     """Ranks in the process group (1 without one)."""
     return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's rank in the process group (0 without one)."""
+    return dist.get_rank() if is_distributed() else 0
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 from llm.report import STATISTICS, verdict_table, write_results
 
-__all__ = ["study_markdown", "write_study", "claims_table"]
+__all__ = ["study_markdown", "write_study", "claims_table", "readme_study_blocks"]
 
 
 def claims_table(claims: list[dict[str, Any]]) -> str:
@@ -110,3 +110,21 @@ def write_study(study: dict[str, Any], out: str | Path) -> list[Path]:
     write_results(out / "study.json", study)
     write_text_atomic(out / "study.md", study_markdown(study), kind="report")
     return [out / "study.json", out / "study.md"]
+
+
+def readme_study_blocks(results_dir: str | Path) -> dict[str, str]:
+    """The README's block of the claims over instances (``llm-study``), rendered from
+    ``results_dir/llm_study.json``; empty when the file is absent."""
+    from llm.report import read_results
+
+    path = Path(results_dir) / "llm_study.json"
+    if not path.is_file():
+        return {}
+    study = read_results(path)
+    claims = study["claims"]["claims"]
+    sentences = "\n".join(f"- {c['sentence']}" for c in claims)
+    head = (
+        f"{len(study['instances'])} instances, each its own data, reference and specialists; "
+        f"every method at the setting its validation score selected.  {STATISTICS}"
+    )
+    return {"llm-study": f"{head}\n\n{claims_table(claims)}\n\n{sentences}"}

@@ -145,3 +145,56 @@ def test_no_function_is_over_80_lines():
     stale = sorted(_BEING_SPLIT - set(long))
     assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(offenders)
     assert not stale, "no longer over the limit, drop from _BEING_SPLIT:\n" + "\n".join(stale)
+
+
+#: the config sections each stage may read (llm/stages/__init__.py); run-wide settings come
+#: through the run context (llm.context), never from [run] directly
+STAGE_SECTIONS = {
+    "tasks": {"data"},
+    "reference": {"model", "sft"},
+    "scoring": {"eval"},
+    "specialists": {"specialist", "eval"},
+    "default_reference": {"mix"},
+    "generalists": {"generalist", "mix"},
+    "merges": set(),
+    "evaluation": {"eval"},
+    "records": set(),
+}
+
+
+def _sections_read(path: Path) -> set[str]:
+    """The config sections a module reads: every ``<x>.cfg.<section>`` or ``cfg.<section>``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Attribute, ast.Name)):
+            owner = node.value.attr if isinstance(node.value, ast.Attribute) else node.value.id
+            if owner == "cfg":
+                found.add(node.attr)
+    return found
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_SECTIONS))
+def test_a_stage_reads_only_its_own_config_sections(stage):
+    read = _sections_read(ROOT / "llm" / "stages" / f"{stage}.py")
+    assert read <= STAGE_SECTIONS[stage], (
+        f"llm/stages/{stage}.py reads {read - STAGE_SECTIONS[stage]}"
+    )
+
+
+def test_every_stage_module_is_listed():
+    modules = {p.stem for p in (ROOT / "llm" / "stages").glob("*.py")} - {"__init__"}
+    assert modules == set(STAGE_SECTIONS)
+
+
+def test_only_llm_parallel_asks_who_is_who():
+    """Rank, world size and "is a process group up" are read in one module (llm.parallel:
+    ParallelDims and its helpers); everything else reads a ParallelDims."""
+    calls = ("get_rank", "get_world_size", "is_initialized", "init_process_group")
+    offenders = []
+    for name, path in MODULES.items():
+        if name == "llm.parallel" or not name.startswith("llm"):
+            continue
+        text = path.read_text()
+        offenders += [f"{name}: {c}" for c in calls if f".{c}(" in text]
+        offenders += [f"{name}: environ RANK" for key in ('"RANK"', '"WORLD_SIZE"') if key in text]
+    assert not offenders, offenders

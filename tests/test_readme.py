@@ -36,6 +36,20 @@ def test_the_llm_verdicts_in_the_readme_are_the_statistics_of_the_results():
     )
 
 
+def test_the_llm_claims_over_instances_in_the_readme_are_the_study_s():
+    """The README's block of the LLM claims over instances is what results/llm_study.json
+    holds, rendered by llm.study_report."""
+    from amasim.studies.readme import read_blocks
+    from llm.study_report import readme_study_blocks
+
+    expected = readme_study_blocks(RESULTS)
+    assert expected, "results/llm_study.json is missing: run `amasim reproduce --llm --out .`"
+    assert read_blocks(README.read_text())["llm-study"] == expected["llm-study"], (
+        "the README's LLM claims over instances differ from results/: run "
+        "`amasim reproduce --llm --out .`"
+    )
+
+
 def test_the_convex_claims_in_the_readme_are_what_the_results_say():
     """Every convex block of the README (claims on one instance and over instances, the
     specialist cost, the compare suites' claims) is rendered from results/ as it stands."""

@@ -22,7 +22,6 @@ import torch
 
 from amasim.oracle import Oracle
 from amasim.registry import Constants, build, steps_for_budget
-from llm import lora
 from llm.cache import cache_key
 from llm.config import MixSection
 from llm.context import RunContext
@@ -30,8 +29,7 @@ from llm.dpo import dpo_loss
 from llm.integrity import owner_record
 from llm.preflight import mix_policy
 from llm.stages.records import Reference, Scores, Specialist, Task, task_data
-from llm.stages.specialists import lora_key
-from llm.train import LoopConfig, MetricsLog, history, train
+from llm.train import LoopConfig, history, train
 
 __all__ = ["GeneralistRun", "generalist_key", "generalist_oracle", "train_generalist"]
 
@@ -78,7 +76,7 @@ def generalist_key(
     key["data"] = [tasks[n].train.fingerprint for n in names]
     # the held-out pairs: methods with a validation signal (Skill-It, Aioli) train on them
     key["eval_data"] = [tasks[n].eval.fingerprint for n in names]
-    return key | lora_key(ctx)
+    return key | ctx.lora_key()
 
 
 def generalist_oracle(
@@ -99,9 +97,7 @@ def generalist_oracle(
     (:mod:`llm.stages.default_reference`).  The oracle starts every run from the reference
     weights."""
     ref.restore()  # an oracle restarts from the weights the model holds when it is built
-    if lora.has_adapters(ref.model):  # DDP averages the gradients of what trains when it wraps
-        spec = ctx.cfg.model.lora
-        lora.use(ref.model, lora.GENERALIST if spec.generalist == "adapter" else None)
+    ctx.select_generalist(ref.model)
     eval_specs = eval_specs or specs
     default = default_reference or {}
     return ctx.make_oracle(
@@ -145,12 +141,7 @@ def train_generalist(
     model = getattr(oracle, "policy", None)
     flops = getattr(getattr(model, "module", model), "flops_per_token", None)
     longest = max(len(seq) for t in tasks.values() for seq in t.train.chosen + t.train.rejected)
-    log = MetricsLog(
-        folder / "metrics.jsonl",
-        folder / "tb" if ctx.cfg.run.tensorboard else None,
-        flops_per_token=flops(longest) if flops else None,
-        peak_flops=(ctx.cfg.run.peak_flops * ctx.parallel.world) or None,
-    )
+    log = ctx.metrics_log(folder, flops(longest) if flops else None)
     loop = LoopConfig(
         steps=steps,
         batch_size=stage.batch_size,

@@ -91,11 +91,7 @@ def _train(
     sft, parallel = ctx.cfg.sft, ctx.parallel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.cfg.model.init_seed)
-        trainee = model.to(ctx.precision.device)
-        if parallel.mode == "fsdp":
-            trainee = parallel.wrap(trainee, bf16=ctx.cfg.run.dtype == "bfloat16")
-        else:
-            trainee = parallel.wrap(trainee)  # DDP under torchrun, else the model itself
+        trainee = ctx.shard(model.to(ctx.precision.device))  # FSDP, DDP, or the model
         oracle = SFTOracle(
             trainee,
             [sft_task(name, task.train) for name, task in tasks.items()],

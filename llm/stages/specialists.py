@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +32,10 @@ from llm.oracle import load_policy, pair_losses
 from llm.stages.records import Reference, Scores, Specialist, Task, task_data
 from llm.train import LoopConfig, MetricsLog, train
 
-__all__ = ["specialists", "stopped_stage", "lora_key", "finished"]
+__all__ = ["specialists", "stopped_stage", "finished"]
 
 #: 4: one precision policy and batch layout (earlier numbers differ in last bits)
 _VERSION = 4
-
-
-def lora_key(ctx: RunContext) -> dict[str, Any]:
-    """The LoRA settings, when adapters are on: ``alpha`` scales every update and
-    ``generalist`` decides what trains, yet neither shows in a fresh adapter's weights (so
-    not in :func:`llm.model.fingerprint`)."""
-    spec = ctx.cfg.model.lora
-    return {"lora": asdict(spec)} if spec.r > 0 else {}
 
 
 def stopped_stage(stage: StageSection, fraction: float) -> StageSection:
@@ -125,7 +116,7 @@ def _one(
         valid_pairs=task.valid.fingerprint if task.valid is not None else None,
         numerics=ref.numerics,
         version=_VERSION,
-        **lora_key(ctx),
+        **ctx.lora_key(),
     )
     folder = ctx.folders.specialists / f"{task.name}-{cache_key(key)[:12]}"
     if ctx.parallel.replicated:  # DDP: every rank trains the same specialist; own files
