@@ -995,3 +995,30 @@ def test_tensorboard_without_the_package_fails_in_seconds_before_any_training(tm
     ), done.stderr
     assert seconds < 5, seconds
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_a_generalist_checkpoint_of_another_run_is_refused_by_the_cli(finished, suite, tmp_path):
+    """A checkpoint copied in from a run with another [generalist] learning_rate, over this
+    run's own, is refused by name when the run resumes (exit 2), never trained on."""
+    other = copy_of(finished, tmp_path, suite, generalist={"learning_rate": 0.3})
+    run_pipeline(load_config(other / "config.toml"), progress=False)
+    ours = tmp_path / "ours"
+    shutil.copytree(finished / "out", ours / "out")
+    config_at(ours, suite)
+    [target] = (ours / "out" / "generalists").glob("ama-r-seed0-*/rank0/checkpoint.pt")
+    [foreign] = [
+        p
+        for p in (other / "out" / "generalists").glob("ama-r-seed0-*/rank0/checkpoint.pt")
+        if p.parent.parent.name != target.parent.parent.name
+    ]
+    shutil.copyfile(foreign, target)
+    (ours / "out" / "results.json").unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "llm", "run", "--config", str(ours / "config.toml")],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "[generalist] learning_rate" in done.stderr and "Fix:" in done.stderr
