@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,9 @@ import numpy as np
 
 from amasim.registry import MERGES, METHODS
 from llm.config import Config, MixSection
-from llm.context import open_run
+from llm.context import RunContext, open_run
 from llm.integrity import IntegrityError
-from llm.pipeline import prepare, run_stages
+from llm.pipeline import Prepared, prepare, run_stages
 from llm.report import read_results
 
 __all__ = [
@@ -185,28 +186,44 @@ def selected_mixes(cfg: Config, tuning: dict[str, Any]) -> dict[str, MixSection]
 
 
 def evaluate_instance(
-    cfg: Config, number: int, out: Path, tuning: dict[str, Any], progress: bool = True
+    cfg: Config,
+    number: int,
+    out: Path,
+    tuning: dict[str, Any],
+    progress: bool = True,
+    after: Callable[[RunContext, Prepared], Any] | None = None,
 ) -> dict[str, Any]:
     """Instance ``number``: every method at its selected setting (``results.json``), and the
-    theorem-tuned rows beside them (``theory/results.json``); both records."""
+    theorem-tuned rows beside them (``theory/results.json``); both records.  ``after(ctx,
+    ready)`` runs last in the same run context (one model load: the specialist-cost study)."""
     folder = out / f"instance-{number}"
-    icfg = instance_config(cfg, number, folder)
     theorem = tuple(m for m in cfg.run.methods if m in THEORY_ROWS)
     results = _finished(folder, cfg.run.methods, cfg.run.seeds)
     theory = _finished(folder / "theory", theorem, cfg.run.seeds)
-    if results is not None and (theory is not None or not theorem):
+    done = results is not None and (theory is not None or not theorem)
+    if done and (after is None or (folder / "specialist_cost.json").is_file()):
         return {"tuned": results, "theory": theory}
-    with open_run(icfg, progress=progress) as ctx:
+    with open_run(instance_config(cfg, number, folder), progress=progress) as ctx:
         ready = prepare(ctx)
         if results is None:
             results = run_stages(ctx, ready, mixes=selected_mixes(cfg, tuning))
         if theorem and theory is None:
             mix = dataclasses.replace(cfg.mix, tuning="theory")
-            sub = dataclasses.replace(
-                ctx, cfg=dataclasses.replace(_with_methods(ctx.cfg, theorem), mix=mix)
-            )
+            theory_cfg = dataclasses.replace(_with_methods(ctx.cfg, theorem), mix=mix)
+            sub = dataclasses.replace(ctx, cfg=theory_cfg)
             theory = run_stages(sub, ready, report=folder / "theory")
+        if after is not None:
+            after(ctx, ready)
     return {"tuned": results, "theory": theory}
+
+
+def specialist_cost_of(ctx: RunContext, ready: Prepared) -> None:
+    """The specialist-cost study (:mod:`llm.specialist_cost`) of an open instance, written
+    into its folder (unless it is there already)."""
+    from llm.specialist_cost import study, write_specialist_cost
+
+    if not (ctx.folders.out / "specialist_cost.json").is_file():
+        write_specialist_cost(study(ctx, ready), ctx.folders.out)
 
 
 def run_study(
@@ -216,15 +233,19 @@ def run_study(
     instances: int = 5,
     progress: bool = True,
     workers: int = 1,
+    cost_study: bool = False,
 ) -> dict[str, Any]:
     """The whole study (module docstring) into ``out``, its runs on ``workers`` processes
-    (each instance in its own folder); its record (``out/study.json``)."""
+    (each instance in its own folder); its record (``out/study.json``).  With
+    ``cost_study`` instance 0 also runs the specialist-cost study in its run context
+    (:func:`specialist_cost_of`)."""
     from llm.report import claims_over_instances
     from llm.study_report import write_study
 
     out, started = Path(out), time.perf_counter()
     tuning = tune(cfg, out, cfg.run.seeds[:2], progress and workers == 1, workers)
-    calls = [(cfg, n, out, tuning, progress and workers == 1) for n in range(instances)]
+    after = [specialist_cost_of if cost_study and n == 0 else None for n in range(instances)]
+    calls = [(cfg, n, out, tuning, progress and workers == 1, after[n]) for n in range(instances)]
     done = dict(enumerate(_in_parallel(evaluate_instance, calls, workers)))
     study = {
         "config": dataclasses.asdict(cfg),

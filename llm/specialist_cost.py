@@ -43,7 +43,12 @@ from llm.model import fingerprint
 from llm.pipeline import Prepared, prepare
 from llm.report import write_results
 from llm.stages.evaluation import evaluate
-from llm.stages.generalists import generalist_key, generalist_oracle, train_generalist
+from llm.stages.generalists import (
+    generalist_key,
+    generalist_oracle,
+    start_constants,
+    train_generalist,
+)
 from llm.stages.specialists import specialists, stopped_stage
 
 __all__ = [
@@ -135,9 +140,11 @@ def study(
         # trained against the cheap specialists, scored against the full ones
         oracle = generalist_oracle(ctx, ref, tasks, scores, cheap, eval_specs=full)
         key = generalist_key(ctx, ref, tasks, cheap)
+        # the theorems' constants from the specialists the mixer reads (the cheap ones)
+        constants = start_constants(ctx, cheap, ctx.cfg.generalist.batch_size)
         for method in methods:
             runs = [
-                _run(ctx, oracle, ready, full, key, method, seed, label)
+                _run(ctx, oracle, ready, full, key, method, seed, label, constants)
                 for seed in ctx.cfg.run.seeds
             ]
             record["runs"].setdefault(label, {})[method] = runs
@@ -149,11 +156,15 @@ def study(
     return record
 
 
-def _run(ctx, oracle, ready: Prepared, full, key, method: str, seed: int, label: str) -> dict:
+def _run(
+    ctx, oracle, ready: Prepared, full, key, method: str, seed: int, label: str, constants
+) -> dict:
     """One generalist of the study, evaluated against the full specialists."""
     tick = time.perf_counter()
     tasks, ref, _ = ready
-    trained = train_generalist(ctx, oracle, tasks, method, seed, key, progress=False)
+    trained = train_generalist(
+        ctx, oracle, tasks, method, seed, key, progress=False, constants=constants
+    )
     where = f"{method} seed {seed} ({label} specialists)"
     run = evaluate(ctx, oracle, ref.model, tasks, full, where)
     weights = np.asarray(trained.history["weights"], dtype=float)

@@ -4,10 +4,10 @@ the names the README links.
 
     amasim reproduce --llm --out .        # rewrites results/llm_*.{md,json} and the figures
 
-:func:`publish_study` runs ``python -m llm study`` on the config into
-``OUT/runs/llm-<name>`` (:mod:`llm.instances`: the tuning instance, then the evaluation
-instances on two worker processes; resumable), then the specialist-cost study on instance 0
-(in its folder: it reuses that instance's reference, caches and full specialists), and
+:func:`publish_study` runs ``python -m llm study`` on the config into ``OUT/runs/llm-<name>``
+(:mod:`llm.instances` on two worker processes: the tuning instance, then the evaluation
+instances, instance 0 with its specialist-cost study in one run context — one model load;
+the study reuses that instance's reference, caches and full specialists; all resumable), and
 copies
 
 * ``study.{md,json}`` → ``OUT/results/llm_study.{md,json}`` (the claims over instances);
@@ -22,7 +22,6 @@ renamed), so an interrupted copy never leaves half a table.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from llm.config import load_config
@@ -42,16 +41,13 @@ def publish_study(
     """Run the study of ``config`` under ``out/runs`` and copy its tables and figures into
     ``out/results`` and ``out/figures``; the copied paths."""
     from llm.instances import run_study
-    from llm.specialist_cost import specialist_cost, write_specialist_cost
 
     out = Path(out)
     name = Path(config).stem.replace("-", "_")
     cfg = load_config(config)
     run_dir = out / "runs" / f"llm-{Path(config).stem}"
-    run_study(cfg, run_dir, instances=instances, workers=2)
     first = run_dir / "instance-0"
-    cost_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(first)))
-    write_specialist_cost(specialist_cost(cost_cfg), first)
+    run_study(cfg, run_dir, instances=instances, workers=2, cost_study=True)
     copies = {
         run_dir / "study.md": "results/llm_study.md",
         run_dir / "study.json": "results/llm_study.json",

@@ -133,7 +133,12 @@ def train_generalist(
     # what the tuning set (the method may fix some)
     step_size, smoothing = policy(steps, k, "batch", method=method, constants=constants)
     owner = owner_record(
-        {"generalist": stage, "mix": mix}, method=method, seed=seed, driver=2, **key
+        {"generalist": stage, "mix": mix},
+        method=method,
+        seed=seed,
+        driver=2,
+        constants=constants._asdict() if constants is not None else None,  # B̂ sets the steps
+        **key,
     )
     folder = ctx.folders.generalists / f"{method}-seed{seed}-{cache_key(owner)[:12]}"
     # sharded: one folder for every rank and world size (llm.dcp); DDP: one per rank
