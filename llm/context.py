@@ -41,6 +41,7 @@ import torch
 from amasim.oracle import Oracle
 from llm import lora
 from llm.config import Config, StageSection
+from llm.dcp import drop_checkpoints
 from llm.lock import RunLock
 from llm.oracle import DPOOracle, TaskData, dpo_settings, numerics
 from llm.packing import Layout
@@ -165,6 +166,13 @@ class RunContext:
     def bar_label(self, label: str) -> str | None:
         """A progress bar's label (rank 0, when ``progress``), else ``None``: no bar."""
         return label if self.progress and self.parallel.is_main else None
+
+    def drop_checkpoints(self, folder: Path, *, keep_newest: bool = False) -> None:
+        """Remove the resume state of the finished run in ``folder`` (``[run] keep``,
+        :func:`llm.dcp.drop_checkpoints`; its metrics log stays): this rank's own folder,
+        or under FSDP the shared one, by rank 0."""
+        if self.parallel.mode != "fsdp" or self.parallel.is_main:
+            drop_checkpoints(folder / "checkpoint.pt", keep_newest=keep_newest)
 
     def numerics(self, model: torch.nn.Module) -> dict[str, Any]:
         """What sets a model's numbers besides its weights and data (device, hardware,

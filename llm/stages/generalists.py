@@ -8,27 +8,41 @@ settings, the method and seed, and (:func:`generalist_key`) the reference, the s
 losses it reads, the DPO settings, the data, the numerics and the LoRA settings — so a
 checkpoint of another run is refused by name.  Under data parallelism
 every rank draws the same global batch and trains on its block; the per-task scores are
-reduced before each mixer update (:mod:`llm.parallel`).
+reduced before each mixer update (:mod:`llm.parallel`).  A trained and evaluated
+generalist's record is cached (:func:`generalist_record`); its checkpoints then go unless
+``[run] keep = "all"``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from amasim.oracle import Oracle
 from amasim.registry import build, steps_for_budget
 from llm import lora
-from llm.cache import cache_key
+from llm.cache import cache_key, load_or_compute
 from llm.context import RunContext
+from llm.gpus import peak_flops
 from llm.integrity import owner_record
 from llm.preflight import mix_policy
+from llm.stages.evaluation import evaluate
 from llm.stages.records import Reference, Scores, Specialist, Task, task_data
 from llm.stages.specialists import lora_key
 from llm.train import LoopConfig, MetricsLog, history, train
 
-__all__ = ["GeneralistRun", "generalist_key", "generalist_oracle", "train_generalist"]
+__all__ = [
+    "GeneralistRun",
+    "generalist_key",
+    "generalist_oracle",
+    "generalist_record",
+    "train_generalist",
+]
 
 
 @dataclass(frozen=True)
@@ -104,12 +118,7 @@ def train_generalist(
     policy = mix_policy(mix)
     mixer = build(method, steps=steps, sizes=sizes, policy=policy)
     step_size, smoothing = policy(steps, k)  # what the tuning set (the method may fix some)
-    owner = owner_record(
-        {"generalist": stage, "mix": mix}, method=method, seed=seed, driver=2, **key
-    )
-    folder = ctx.folders.generalists / f"{method}-seed{seed}-{cache_key(owner)[:12]}"
-    # sharded: one folder for every rank and world size (llm.dcp); DDP: one per rank
-    folder /= "sharded" if ctx.parallel.mode == "fsdp" else f"rank{ctx.parallel.rank}"
+    owner, folder = _owner_and_folder(ctx, method, seed, key)
     model = getattr(oracle, "policy", None)
     flops = getattr(getattr(model, "module", model), "flops_per_token", None)
     longest = max(len(seq) for t in tasks.values() for seq in t.train.chosen + t.train.rejected)
@@ -117,7 +126,7 @@ def train_generalist(
         folder / "metrics.jsonl",
         folder / "tb" if ctx.cfg.run.tensorboard else None,
         flops_per_token=flops(longest) if flops else None,
-        peak_flops=(ctx.cfg.run.peak_flops * ctx.parallel.world) or None,
+        peak_flops=_peak(ctx),
     )
     loop = LoopConfig(
         steps=steps,
@@ -133,3 +142,55 @@ def train_generalist(
     log.close()
     tuned = {"step_size": step_size, "smoothing": smoothing, "tuning": mix.tuning}
     return GeneralistRun(steps, history(result), tuned)
+
+
+def _owner_and_folder(
+    ctx: RunContext, method: str, seed: int, key: dict[str, Any]
+) -> tuple[dict[str, Any], Path]:
+    """The owner record of generalist ``method`` × ``seed`` and this rank's run folder."""
+    mix, stage = ctx.cfg.mix, ctx.cfg.generalist
+    owner = owner_record(
+        {"generalist": stage, "mix": mix}, method=method, seed=seed, driver=2, **key
+    )
+    folder = ctx.folders.generalists / f"{method}-seed{seed}-{cache_key(owner)[:12]}"
+    # sharded: one folder for every rank and world size (llm.dcp); DDP: one per rank
+    folder /= "sharded" if ctx.parallel.mode == "fsdp" else f"rank{ctx.parallel.rank}"
+    return owner, folder
+
+
+def generalist_record(
+    ctx: RunContext,
+    oracle: Oracle,
+    model: Any,
+    tasks: dict[str, Task],
+    specs: dict[str, Specialist],
+    method: str,
+    seed: int,
+    key: dict[str, Any],
+) -> dict[str, Any]:
+    """Generalist ``method`` × ``seed`` trained (:func:`train_generalist`) and evaluated
+    (:func:`llm.stages.evaluation.evaluate` of ``model``): its record — held-out metrics,
+    steps, mixer tuning, per-step history — cached under its owner record and ``[eval]``,
+    so a rerun, or a run restarted after a stop, takes it as it was.  Once it is cached
+    the run's resume checkpoints go, unless ``[run] keep = "all"`` (its metrics log stays)."""
+    owner, folder = _owner_and_folder(ctx, method, seed, key)
+    entry = {"generalist": cache_key(owner), "eval": asdict(ctx.cfg.eval), "record": 1}
+
+    def compute() -> dict[str, np.ndarray]:
+        trained = train_generalist(ctx, oracle, tasks, method, seed, key)
+        record = evaluate(ctx, oracle, model, tasks, specs, f"{method} seed {seed}")
+        record |= {"steps": trained.steps, "tuned": trained.tuned, "history": trained.history}
+        return {"record": np.array(json.dumps(record))}
+
+    where = f"generalist {method} seed {seed}"
+    cached = load_or_compute(ctx.folders.cache, "generalist", entry, compute, where=where)
+    if ctx.cfg.run.keep != "all":
+        ctx.drop_checkpoints(folder)
+    return json.loads(str(cached["record"]))
+
+
+def _peak(ctx: RunContext) -> float | None:
+    """The group's peak FLOP/s for MFU: ``[run] peak_flops`` per GPU, or the GPU's own from
+    :data:`llm.gpus.GPUS` (0 on a CPU or an unknown GPU: no MFU)."""
+    peak = peak_flops(ctx.precision.device, ctx.cfg.run.peak_flops)
+    return peak * ctx.parallel.world if peak else None

@@ -8,31 +8,42 @@ warnings with counts, errors with ``[data] strict = true``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from llm.config import DataSection
 from llm.context import RunContext
 from llm.data import audit_pairs, load_manifest, read_preference_jsonl, report_audit, tokenize_pairs
 from llm.stages.records import SPLITS, Task
 
-__all__ = ["load_tasks", "manifest_of"]
+__all__ = ["load_tasks", "manifest_of", "manifest_path", "read_tasks"]
 
 
 def manifest_of(ctx: RunContext) -> Path:
     """The manifest ``[data] manifest``, or the built-in suite written to ``OUT/data``."""
-    data = ctx.cfg.data
+    return manifest_path(ctx.cfg.data, ctx.folders.data)
+
+
+def manifest_path(data: DataSection, folder: Path) -> Path:
+    """The manifest ``data.manifest``, or the built-in suite written to ``folder``."""
     if data.manifest:
         return Path(data.manifest)
     from llm.synth import write_suite
 
     # [data] suite: "classic" (tiny-cpu) or "learnable" (small-cpu), see llm.synth
-    return write_suite(ctx.folders.data, seed=data.synth_seed, suite=data.suite)
+    return write_suite(folder, seed=data.synth_seed, suite=data.suite)
 
 
 def load_tasks(ctx: RunContext) -> dict[str, Task]:
     """Every task of the manifest, read, tokenised and audited per split (the train file
     serves as eval when a task names none)."""
-    data, tokenizer = ctx.cfg.data, ctx.tokenizer
+    return read_tasks(ctx.cfg.data, ctx.tokenizer, ctx.folders.data)
+
+
+def read_tasks(data: DataSection, tokenizer: Any, folder: Path) -> dict[str, Task]:
+    """:func:`load_tasks` from its parts: ``[data]``, the tokenizer, and the folder the
+    built-in suite is written to (the cost plan reads the data without a run)."""
     tasks = {}
-    for name, files in load_manifest(manifest_of(ctx)).items():
+    for name, files in load_manifest(manifest_path(data, folder)).items():
         paths = {"train": files.train, "eval": files.eval or files.train}
         raw, tokens, audit = {}, {}, {}
         for split in SPLITS:
