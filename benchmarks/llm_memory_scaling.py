@@ -38,6 +38,7 @@ the JSON goes to ``benchmarks/results/llm_memory_scaling.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -304,6 +305,7 @@ def step(device: str, smoke: bool, steps: int = 3) -> dict:
     group = join("fsdp", device)  # one rank: FSDP's code path on one device
     found = {}
     for label in ("full", "lora", "fsdp", "fsdp+lora"):
+        gc.collect()  # the last setting's model (held in cycles) before the cache is emptied
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
