@@ -93,10 +93,10 @@ class ModelShape:
         matmul = io = 0
         for i, block in enumerate(blocks):
             for name, module in block.named_modules():
-                if isinstance(module, nn.Linear) and ".lora_" not in f".{name}":
+                if _is_matmul(module) and ".lora_" not in f".{name}":
                     matmul += module.weight.numel()  # a LoRA layer's base_layer included
                     if i == 0:
-                        io += module.in_features + module.out_features
+                        io += sum(module.weight.shape)  # d_in + d_out
         names = {
             k.split(".lora_A.")[1].split(".")[0]
             for k, _ in model.named_parameters()
@@ -114,6 +114,12 @@ class ModelShape:
             root=sum(p.numel() for k, p in unique.items() if k not in in_blocks),
             block=max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0),
         )
+
+
+def _is_matmul(module: nn.Module) -> bool:
+    """A linear layer: ``nn.Linear``, or transformers' ``Conv1D`` (GPT-2: the transposed
+    weight of the same matmul)."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
 def _adapter_size(model: nn.Module, names: set[str]) -> int:

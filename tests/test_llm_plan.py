@@ -21,6 +21,7 @@ from llm_helpers import (
     TOKENIZER,
     build_oracle,
     char_tasks,
+    synthetic_pairs,
     tiny_config_dict,
     tiny_gpt,
     write_suite_small,
@@ -32,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from amasim.registry import describe, examples_per_step
 from llm.config import ConfigError, load_config
 from llm.costs import CountingOracle, ModelShape, PairCosts, forward_flops, train_flops
+from llm.data import tokenize_pairs
 from llm.gpus import GPUS, gpu, match, peak_flops
 from llm.packing import Layout
 from llm.pipeline import run_pipeline
@@ -303,3 +305,52 @@ def test_every_gpu_config_plans_in_seconds_and_fits_its_gpu():
         record = plan.record()
         assert record["gpu_memory_bytes"] < plan.gpu.memory, path.name
         assert 0 < record["disk_bytes"] < 64 * 2**30, path.name  # a rented machine's disk
+
+
+def test_a_hugging_face_model_is_planned_from_its_config_and_counted_alike(tmp_path):
+    """A local Hugging Face model (GPT-2: Conv1D layers) is planned without its weights, and
+    one training step's FLOPs are the FLOP counter's."""
+    from test_llm_pipeline import make_hf_model_dir
+
+    from llm.hf import load_local
+    from llm.oracle import DPOOracle, TaskData, dpo_settings, reference_logps
+
+    folder = make_hf_model_dir(tmp_path / "model")
+    manifest = write_suite_small(tmp_path / "suite")
+    sections = tiny_config_dict(tmp_path / "out", manifest)
+    sections["model"] = {"kind": "hf", "path": str(folder)}
+    sections["model.lora"] = {"r": 4, "alpha": 8.0}
+    sections["run"] |= {"parallel": "fsdp"}
+    plan = make_plan(load_config(write_toml(tmp_path / "c.toml", sections)), gpus=2)
+    model, tokenizer = load_local(folder, dtype=torch.float32)
+    linears = [m for m in model.blocks()[0].modules() if type(m).__name__ == "Conv1D"]
+    assert plan.shape.matmul == sum(m.weight.numel() for m in linears)
+    assert plan.shape.adapter == 4 * sum(sum(m.weight.shape) for m in linears)
+    assert "reference SFT" not in [s.name for s in plan.stages]  # the base is the reference
+    assert plan.memory["gradients"] == 4 * plan.shape.adapter // 2  # one adapter, 2 ranks
+    # one full fine-tuning step of the loaded model against the plan's count
+    pairs = [
+        tokenize_pairs(p, tokenizer, max_length=48) for p, _ in list(synthetic_pairs().values())[:2]
+    ]
+    tasks = [
+        TaskData(
+            f"t{i}",
+            p,
+            reference_logps(model, p, pad_id=tokenizer.pad_id, average=False),
+            np.zeros(len(p)),
+        )
+        for i, p in enumerate(pairs)
+    ]
+    layout = Layout(True, 16)
+    oracle = DPOOracle(
+        model, tasks, pad_id=tokenizer.pad_id, dpo=dpo_settings(0.1, "sigmoid", 0.0), layout=layout
+    )
+    measured, batch = _flops_of_a_step(oracle, np.array([[0, 0, 1, 1, 1]]))
+    costs = [(t.name, PairCosts.of(t.pairs, oracle.layout, tokenizer.pad_id, 64)) for t in tasks]
+    counting = CountingOracle(costs)
+    counting.reset([0])
+    counting.losses(batch)
+    shape = ModelShape.of(model, model.model.get_output_embeddings(), 2)
+    assert train_flops(shape, counting.trained, base_trains=True) == pytest.approx(
+        measured, rel=0.10
+    )
