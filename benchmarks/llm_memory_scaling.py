@@ -17,15 +17,9 @@ below on the same shapes.
 **Computed** (the same formula, :func:`llm.memory.state_bytes`, which the cost plan
 ``python -m llm plan`` uses too) for Qwen2.5-0.5B, Qwen2.5-1.5B and Llama-3.1-8B, whose
 shapes (layers, width, MLP width, heads, key-value heads, vocabulary, tied embeddings) are
-written out below from their published configs.  Per rank, with N parameters of which T
-train, W ranks and AdamW's two float32 moments:
-
-    full fine-tuning      4N (fp32 weights) + 4T (grads) + 8T (moments)     = 16N
-    LoRA                  4N (the frozen base, fp32) + 16T                  T = r·Σ(d_in + d_out)
-    FSDP                  16N / W   + the gathered bf16 weights in use: the root (embeddings,
-                                      head) and one block, 2·(N_root + N_block)
-    FSDP + LoRA           (4N + 16T) / W + 2·(N_root + N_block)
-
+written out below from their published configs: per rank, 16N bytes in full fine-tuning,
+4N + 16T with T LoRA parameters, 16N / W + the gathered bf16 root and block under FSDP over
+W ranks, (4N + 16T) / W + the same under FSDP + LoRA (:mod:`llm.memory` derives them).
 (FSDP2 shards each parameter along its first dimension, padded to a multiple of W.)  The
 weights are counted in float32, the master weights that FSDP's bfloat16 policy gathers from
 (a frozen LoRA base held in bfloat16 would take 2N instead of 4N).

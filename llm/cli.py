@@ -242,7 +242,15 @@ def _announce_plan(args: argparse.Namespace, cfg) -> None:
 
     preflight(cfg, args.config)
     gpus = int(os.environ.get("WORLD_SIZE", "1")) if cfg.run.device.startswith("cuda") else 1
-    plan = make_plan(cfg, source=str(args.config), gpu_name=_local_gpu(), gpus=gpus)
+    try:
+        plan = make_plan(cfg, source=str(args.config), gpu_name=_local_gpu(), gpus=gpus)
+    except (ValueError, OSError, ImportError):
+        raise  # bad input (data, paths, a package): the run would stop on it too
+    except Exception as err:  # a limit of the plan itself never stops a run
+        warnings.warn(
+            f"no cost plan ({type(err).__name__}: {err}); the disk is not checked", stacklevel=2
+        )
+        return
     if int(os.environ.get("RANK", "0")) == 0:
         print(plan_summary(plan), flush=True)
     check_disk(plan, cfg.run.out)

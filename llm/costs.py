@@ -386,7 +386,20 @@ def replay(
     checkpoint_every: int = 50,
 ) -> Replay:
     """Run ``mixer`` on ``oracle`` through :func:`amasim.driver.run` as
-    :func:`llm.train.train` runs a stage (its rounds, apply rule and streams) and count."""
+    :func:`llm.train.train` runs a stage (its rounds, apply rule and streams) and count.
+
+    >>> from amasim import mixers
+    >>> from llm.data import TokenizedPairs
+    >>> seq = lambda *ids: np.array(ids, dtype=np.int32)
+    >>> pairs = TokenizedPairs(chosen=[seq(1, 2, 3)] * 4, rejected=[seq(1, 2, 4, 5)] * 4,
+    ...     prompt_lengths=np.full(4, 2), chosen_truncated=0, rejected_truncated=0,
+    ...     sources=["x"] * 4, fingerprint="x")
+    >>> costs = PairCosts.of(pairs, Layout(prefix_sharing=True, bucket=0), 0, 8)
+    >>> done = replay(mixers.stratified(), CountingOracle([("t", costs)]), steps=3,
+    ...               batch_size=2, checkpoint_every=2)
+    >>> done.steps, done.pairs, done.saves, done.tokens_seen, done.tokens_computed
+    (3, 6, 2, 42, 30)
+    """
     saves = _Saves()
     with torch.no_grad():  # nothing here computes; keep autograd out of it all the same
         run(

@@ -25,8 +25,10 @@ run beside its plan.  The counts are exact where the draws do not follow the los
 stage but adaptive resampling: there they are those of the mixer's initial weights, marked
 ``≈``); generated tokens are an upper bound (decoding stops at EOS).
 
->>> HOST_STEP_S(12) > HOST_BATCH_S(12) > HOST_TOKEN_S(12)
-True
+>>> from llm.config import Config
+>>> plan = make_plan(Config())  # tiny-cpu's defaults: 3 tasks, 4 methods, 3 seeds
+>>> [s.role for s in plan.stages][:3], plan.total().steps > 0, plan.disk["peak"] > 0
+(['sft', 'scoring', 'specialist'], True, True)
 """
 
 from __future__ import annotations
@@ -83,17 +85,17 @@ TENSOR_OVERHEAD = 300
 SETTINGS_BYTES = 3000
 
 
-def HOST_STEP_S(layers: int) -> float:
+def host_step_s(layers: int) -> float:
     """Host seconds of one optimizer step (module docstring)."""
     return 0.002 + 0.0008 * layers
 
 
-def HOST_BATCH_S(layers: int) -> float:
+def host_batch_s(layers: int) -> float:
     """Host seconds of one forward-only batch."""
     return 0.001 + 0.00025 * layers
 
 
-def HOST_TOKEN_S(layers: int) -> float:
+def host_token_s(layers: int) -> float:
     """Host seconds of one greedily decoded token."""
     return 0.0005 + 0.0002 * layers
 
@@ -255,8 +257,8 @@ def _seconds(stage: Stage, plan: Plan) -> float:
     """Wall seconds of ``stage`` (module docstring)."""
     layers, flops = plan.shape.layers, stage.train_flops + stage.forward_flops
     device = flops / (plan.mfu * plan.gpu.peak_bf16 * plan.gpus)
-    host = stage.steps * HOST_STEP_S(layers) + stage.forward_batches * HOST_BATCH_S(layers)
-    decoding = stage.generated * HOST_TOKEN_S(layers)
+    host = stage.steps * host_step_s(layers) + stage.forward_batches * host_batch_s(layers)
+    decoding = stage.generated * host_token_s(layers)
     return max(device, host) + decoding + stage.written / DISK_WRITE_BPS
 
 
@@ -628,9 +630,9 @@ def _table(plan: Plan) -> str:
     lines += [
         "",
         f"time: {_duration(plan.time_s)} — per stage the longer of FLOPs at {plan.mfu:.0%} MFU "
-        f"and the host's {1e3 * HOST_STEP_S(layers):.1f} ms per step "
-        f"({1e3 * HOST_BATCH_S(layers):.1f} ms per forward-only batch), plus "
-        f"{1e3 * HOST_TOKEN_S(layers):.1f} ms per generated token and writes at "
+        f"and the host's {1e3 * host_step_s(layers):.1f} ms per step "
+        f"({1e3 * host_batch_s(layers):.1f} ms per forward-only batch), plus "
+        f"{1e3 * host_token_s(layers):.1f} ms per generated token and writes at "
         f"{DISK_WRITE_BPS / 1e9:.0f} GB/s (assumed host costs: see llm/plan.py)",
         f"disk: peak {_gib(plan.disk['peak'])}, left after the run {_gib(plan.disk['final'])} "
         f"([run] keep = {plan.keep!r}; a checkpoint: "
