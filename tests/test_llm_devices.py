@@ -1,12 +1,14 @@
-"""Every stage computes on the configured device.
+"""Every stage computes on the configured device, in the configured precision.
 
-A :class:`~torch.overrides.TorchFunctionMode` records the device of every tensor that each
-model op (matmul, linear, attention, embedding, layer norm: the ops whose cost grows with
-the model) takes, per pipeline stage, while a tiny config runs through
-:func:`llm.pipeline.run_pipeline`.  No stage may run one elsewhere — the reference SFT once
-trained on the CPU of a CUDA run.  On a CPU machine the check is made able to fail by a
-stage that computes one op on the ``meta`` device (it is caught, by name); on a GPU (the
-``cuda`` case, run by ``benchmarks/gpu_check.sh``) the same run on ``cuda`` in bf16.
+A :class:`~torch.overrides.TorchFunctionMode` records, per pipeline stage, the device of
+every tensor that each model op (matmul, linear, attention, embedding, layer norm: the ops
+whose cost grows with the model) takes, and the dtype each matmul computes in (the autocast
+dtype when autocast is on, else its inputs'), while a tiny config runs through
+:func:`llm.pipeline.run_pipeline`.  No stage may run one elsewhere or otherwise — the
+reference SFT once trained on the CPU of a CUDA run, in float32.  On a CPU machine the
+check is made able to fail by a stage that computes one op on the ``meta`` device (it is
+caught, by name), and runs in float32 and under bf16 autocast; on a GPU (the ``cuda``
+case, run by ``benchmarks/gpu_check.sh``) the same run on ``cuda`` in bf16.
 
 Merging itself is float64 numpy on the host by :mod:`amasim.merging`'s design (no model
 op); the merged model is evaluated on the device, which the ``evaluation`` stage records.
@@ -46,6 +48,9 @@ MODEL_OPS = {
     torch.Tensor.__matmul__,
 }
 
+#: the model ops autocast runs in its lower precision
+MATMULS = MODEL_OPS - {F.embedding, F.layer_norm}
+
 #: the stages, by the name the pipeline calls them under
 STAGES = {
     "load_tasks": "tasks",
@@ -66,13 +71,16 @@ class DeviceLog(TorchFunctionMode):
         super().__init__()
         self.stack = ["outside"]
         self.devices: dict[str, Counter] = defaultdict(Counter)
+        self.dtypes: dict[str, Counter] = defaultdict(Counter)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in MODEL_OPS:
-            for value in tree_leaves((args, kwargs)):
-                if isinstance(value, torch.Tensor):
-                    self.devices[self.stack[-1]][value.device.type] += 1
+            tensors = [v for v in tree_leaves((args, kwargs)) if isinstance(v, torch.Tensor)]
+            for value in tensors:
+                self.devices[self.stack[-1]][value.device.type] += 1
+            if func in MATMULS and tensors:
+                self.dtypes[self.stack[-1]][str(_computes_in(tensors[0]))] += 1
         return func(*args, **kwargs)
 
     @contextlib.contextmanager
@@ -100,6 +108,14 @@ class DeviceLog(TorchFunctionMode):
         }
 
 
+def _computes_in(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on ``tensor`` computes in: autocast's, when it is on there."""
+    kind = tensor.device.type
+    if kind != "meta" and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return tensor.dtype
+
+
 def _misplaced(stage: Callable) -> Callable:
     """``stage``, then one model op on the ``meta`` device (the mistake the check exists for)."""
 
@@ -112,12 +128,15 @@ def _misplaced(stage: Callable) -> Callable:
     return wrapper
 
 
-def _run(tmp_path: Path, monkeypatch, device: str, misplace: str | None) -> DeviceLog:
+def _run(
+    tmp_path: Path, monkeypatch, device: str, misplace: str | None, dtype: str = "float32"
+) -> DeviceLog:
     manifest = write_suite_small(tmp_path / "suite")
     sections = tiny_config_dict(tmp_path / "out", manifest)
-    sections["run"] |= {"device": device, "methods": ["stratified", "ama-s", "merge-linear"]}
+    methods = ["stratified", "ama-s", "merge-linear"]
+    sections["run"] |= {"device": device, "dtype": dtype, "methods": methods}
     if device == "cuda":
-        sections["run"] |= {"dtype": "bfloat16", "threads": 0}
+        sections["run"] |= {"threads": 0}
     cfg = load_config(write_toml(tmp_path / "config.toml", sections))
     log = DeviceLog()
     for name, label in STAGES.items():
@@ -132,12 +151,20 @@ def _run(tmp_path: Path, monkeypatch, device: str, misplace: str | None) -> Devi
     return log
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_every_stage_computes_on_the_configured_device(tmp_path, monkeypatch, device):
-    log = _run(tmp_path, monkeypatch, device, None)
+@pytest.mark.parametrize(
+    "device, dtype",
+    [
+        ("cpu", "float32"),
+        ("cpu", "bfloat16"),
+        pytest.param("cuda", "bfloat16", marks=pytest.mark.cuda),
+    ],
+)
+def test_every_stage_computes_on_the_configured_device(tmp_path, monkeypatch, device, dtype):
+    log = _run(tmp_path, monkeypatch, device, None, dtype)
     assert log.elsewhere(device) == {}
     for stage in ("reference", "scoring", "specialists", "generalists", "evaluation"):
         assert log.devices[stage][device] > 0, stage  # each of them computed something
+        assert set(log.dtypes[stage]) == {f"torch.{dtype}"}, (stage, log.dtypes[stage])
     assert not log.devices["outside"]  # no model op outside a stage
 
 

@@ -49,7 +49,7 @@ def evaluate(
                 ctx.tokenizer,
                 tasks[name].eval_raw[: settings.generate],
                 max_new_tokens=settings.max_new_tokens,
-                device=ctx.precision.device,
+                precision=ctx.precision,
             )
     return {"tasks": per_task, "worst_task_excess": max(v["clipped"] for v in per_task.values())}
 

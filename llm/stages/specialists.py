@@ -229,7 +229,7 @@ def _exact_match(
             ctx.tokenizer,
             task.eval_raw[: settings.generate],
             max_new_tokens=settings.max_new_tokens,
-            device=ctx.precision.device,
+            precision=ctx.precision,
         )
         return {"exact_match": np.array([value])}
 
