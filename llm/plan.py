@@ -123,7 +123,7 @@ class Stage:
     def add(self, other: Stage) -> None:
         """Add ``other``'s counts to this row (the seconds are computed afterwards)."""
         for f in dataclasses.fields(self):
-            if f.type in ("int", int):
+            if type(getattr(self, f.name)) is int:  # the counts (not the names, flag, time)
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.exact = self.exact and other.exact
 
@@ -519,10 +519,10 @@ class _Counter:
         world = self.gpus if fsdp else 1
         trained, _ = self._trainable(role)
         n = self.model.bare_parameters if role == "sft" else self.shape.parameters
-        kind = "fsdp" if fsdp else "full"
-        if trained != n:
-            kind += "+lora" if fsdp else "lora"
-            kind = kind.replace("fulllora", "lora")
+        adapters = trained != n  # LoRA: a frozen base
+        kind = {(False, False): "full", (False, True): "lora", (True, False): "fsdp"}.get(
+            (fsdp, adapters), "fsdp+lora"
+        )
         state = state_bytes(n, trained, world, self.shape.root, self.shape.block)[kind]
         gradients, optimizer = 4 * trained / world, 8 * trained / world
         per_step, micro = self.batches[role]

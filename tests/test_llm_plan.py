@@ -265,8 +265,9 @@ def test_a_run_needing_more_disk_than_is_free_is_refused(tiny, monkeypatch, tmp_
 
     path = tiny / "config.toml"
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "new")]) == 2
-    err = capsys.readouterr().err
-    assert "error: the run needs" in err and "[run] keep" in err
+    printed = capsys.readouterr()
+    assert "error: the run needs" in printed.err and "[run] keep" in printed.err
+    assert "plan: disk peak" in printed.out  # the plan's figures come first
     assert not (tmp_path / "new").exists()  # refused before anything was written
 
 
