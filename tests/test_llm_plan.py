@@ -148,7 +148,13 @@ def test_the_plan_json_has_what_a_user_reads_first(tiny, capsys):
     assert record["gpu"] == "H200" and record["time_s"] > 0
     assert record["train_flops"] == sum(s["train_flops"] for s in record["stages"])
     assert any(line.startswith("| reference SFT |") for line in lines)
-    assert not (tiny / "plan-out").exists()
+    from amasim.cli import main as amasim_main
+
+    assert amasim_main(["llm", "plan", "--config", str(tiny / "config.toml")]) == 0
+    forwarded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert forwarded["gpu"] == "H100-SXM"  # the default GPU; the same counts
+    for key in ("steps", "pairs", "tokens", "train_flops", "disk_bytes", "gpu_memory_bytes"):
+        assert forwarded[key] == record[key], key
 
 
 def _flops_of_a_step(oracle, task_ids: np.ndarray) -> tuple[int, object]:
