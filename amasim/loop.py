@@ -304,9 +304,11 @@ class Phase:
             (seen, computed), (seen_before, computed_before) = self._tokens(), tokens_before
             record["tokens"] = seen - seen_before
             record["tokens_per_s"] = record["tokens"] / seconds if seconds > 0 else 0.0
+            record["tokens_seen"] = seen  # since the phase began (its last record: the total)
             if computed is not None:  # what the FLOPs were spent on (MFU)
                 done = computed - computed_before
                 record["computed_tokens_per_s"] = done / seconds if seconds > 0 else 0.0
+                record["tokens_computed"] = computed
         record.update({f"weight/{n}": float(w) for n, w in zip(names, out.weights[0])})
         record.update({f"score/{n}": float(s) for n, s in zip(names, out.scores[0])})
         if self.metrics:

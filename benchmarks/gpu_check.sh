@@ -1,120 +1,109 @@
 #!/usr/bin/env bash
-# The prepared GPU check: run it whenever a GPU machine is lent.  From the source tree, no
-# install (PYTHONPATH=.); what needs a missing package is skipped with a line saying so.
+# The prepared GPU check: one command of at most 540 s whose every result lands in one folder.
+# From the source tree, no install (PYTHONPATH=.).
 #
-#   bash benchmarks/gpu_check.sh            # CUDA: the cuda-marked tests, the ~0.5B DPO step
-#                                           # benchmark (≤ 8 min on one H100/H200), then the
-#                                           # tiny pipeline under torchrun with FSDP2 (1 GPU)
-#   bash benchmarks/gpu_check.sh --smoke    # the same steps on the CPU at a tiny size (< 2 min;
-#                                           # .ci/run runs it so the script cannot rot)
+#   bash benchmarks/gpu_check.sh --out DIR           # CUDA: ≤ 540 s on one H100/H200
+#   bash benchmarks/gpu_check.sh --smoke --out DIR   # the same stages on the CPU, tiny (~1.5 min;
+#                                                    # .ci/run runs it so the script cannot rot)
 #
-# Writes benchmarks/results/gpu_<device>.json (with --smoke: a temporary file, printed).
-# PYTHON=... picks the interpreter (default: python3).
+# DIR receives three files, whatever fails (a remote runner returns one folder):
+#   gpu_check.json  rewritten after every stage (benchmarks/gpu_report.py): the environment
+#                   (device, torch/CUDA, nvidia-smi), then per stage its status, wall time, time
+#                   cap and numbers — the keys are the same on a CPU and a GPU, null where a
+#                   stage could not measure
+#   junit.xml       the cuda-marked tests (the smoke run: the same DPO-step tests on the CPU)
+#   gpu_check.log   everything printed
+# Stages, each under its own time cap (seconds), each printing its wall time:
+#   tests 110    the cuda-marked tests, JUnit XML
+#   step 180     the ~0.5B DPO step benchmark, eager configurations first, compiled last, each
+#                caught on its own: tokens/s, MFU, max_memory_allocated/reserved, the plan's
+#                memory estimate (benchmarks/gpu_step.py)
+#   excess 60    self-excess at ~0.5B in bf16: max |excess|, max |clipped excess|,
+#                |first loss − log 2| (gpu_step.py --excess)
+#   pipeline 150 a short gpu-small run beside its cost plan: predicted and measured time, disk,
+#                memory (benchmarks/gpu_pipeline.py)
+# PYTHON=... picks the interpreter (default: python3).  Exit status 0 when every stage is ok.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
 SMOKE=0
-if [[ "${1:-}" == "--smoke" ]]; then SMOKE=1; fi
-status=0
+OUT=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --smoke) SMOKE=1; shift ;;
+        --out) OUT="${2:-}"; shift 2 ;;
+        *) echo "unknown argument $1: use --out DIR [--smoke]" >&2; exit 2 ;;
+    esac
+done
+if [[ -z "$OUT" ]]; then
+    echo "give --out DIR: the folder every result is written to" >&2
+    exit 2
+fi
+mkdir -p "$OUT" || exit 2
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(mktemp -d)"  # the pipeline's checkpoints and the stages' JSON before the report
+trap 'rm -rf "$WORK"' EXIT
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
-has() { "$PY" -c "import $1" >/dev/null 2>&1; }
+report() { "$PY" benchmarks/gpu_report.py "$@"; }
 
-echo "== environment"
-"$PY" - <<'PY'
-import platform, torch
-cuda = torch.cuda.is_available()
-print(f"python {platform.python_version()}, torch {torch.__version__}, cuda available: {cuda}")
-if cuda:
-    print("device:", torch.cuda.get_device_name(0))
-PY
-[[ $? -eq 0 ]] || { echo "torch does not import: nothing to check"; exit 1; }
+# stage NAME CAP FRAGMENT COMMAND...: run COMMAND under CAP seconds, record it in the report
+stage() {
+    local name="$1" cap="$2" fragment="$3"
+    shift 3
+    echo "== $name (cap ${cap} s)"
+    local start end rc status seconds
+    start=$(date +%s.%N)
+    timeout --kill-after=10 "$cap" "$@"
+    rc=$?
+    end=$(date +%s.%N)
+    seconds=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+    case $rc in
+        0) status=ok ;;
+        124 | 137) status=timeout ;;
+        *) status=failed ;;
+    esac
+    report stage "$OUT" "$name" --status "$status" --seconds "$seconds" --cap "$cap" \
+        --fragment "$fragment"
+    echo "== $name: $status in $seconds s (cap $cap s)"
+}
 
+if ! "$PY" -c "import torch, numpy" >/dev/null 2>&1; then
+    echo "torch or numpy does not import: nothing to check"
+    exit 1
+fi
 if [[ $SMOKE -eq 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     echo "no CUDA device: run with --smoke on a CPU"
     exit 1
 fi
+smoke=()
+[[ $SMOKE -eq 1 ]] && smoke=(--smoke)
+report init "$OUT" "${smoke[@]}" || exit 1
+"$PY" -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['environment']))" \
+    "$OUT/gpu_check.json"
 
-echo "== tests marked cuda"
-if has pytest && has hypothesis; then
-    files=$(grep -l "pytest.mark.cuda" tests/test_*.py 2>/dev/null | tr '\n' ' ')
-    if [[ -z "$files" ]]; then
-        echo "skip: no test file carries the cuda mark"
-    else
-        # -o addopts="": the project's addopts name plugins (pytest-benchmark) this machine
-        # may lack; -p no:cacheprovider: nothing written into the tree.
-        if ! timeout 300 "$PY" -m pytest -o addopts="" -p no:cacheprovider -q -rs -m cuda $files; then
-            status=1
-        fi
-        if [[ $SMOKE -eq 1 ]]; then
-            echo "-- the same DPO-step tests on the CPU (LLM_TEST_DEVICE=cpu)"
-            LLM_TEST_DEVICE=cpu timeout 300 "$PY" -m pytest -o addopts="" -p no:cacheprovider -q \
-                tests/test_llm_cuda.py || status=1
-        fi
-    fi
+# -o addopts="": the project's addopts name plugins (pytest-benchmark) this machine may lack;
+# -p no:cacheprovider: nothing written into the tree.
+pytest=("$PY" -m pytest -o addopts="" -p no:cacheprovider -q -rs --junitxml "$OUT/junit.xml")
+if [[ $SMOKE -eq 1 ]]; then
+    LLM_TEST_DEVICE=cpu stage tests 110 "$OUT/junit.xml" "${pytest[@]}" tests/test_llm_cuda.py
 else
-    echo "skip: the cuda tests need pytest and hypothesis (missing here)"
+    mapfile -t files < <(grep -l "pytest.mark.cuda" tests/test_*.py)
+    stage tests 110 "$OUT/junit.xml" "${pytest[@]}" -m cuda "${files[@]}"
 fi
+stage step 180 "$WORK/step.json" "$PY" benchmarks/gpu_step.py "${smoke[@]}" --out "$WORK/step.json"
+stage excess 60 "$WORK/excess.json" \
+    "$PY" benchmarks/gpu_step.py --excess "${smoke[@]}" --out "$WORK/excess.json"
+stage pipeline 150 "$WORK/pipeline.json" \
+    "$PY" benchmarks/gpu_pipeline.py "${smoke[@]}" --work "$WORK/run" --out "$WORK/pipeline.json"
 
-echo "== DPO step benchmark"
-if has numpy; then
-    if [[ $SMOKE -eq 1 ]]; then
-        out="$(mktemp -d)/gpu_cpu-smoke.json"
-        timeout 300 "$PY" benchmarks/gpu_step.py --smoke --out "$out" || status=1
-    else
-        timeout 420 "$PY" benchmarks/gpu_step.py || status=1
-    fi
-else
-    echo "skip: the benchmark needs numpy (missing here)"
-fi
-
-echo "== FSDP2 on one device (torchrun, 1 process; the whole pipeline, sharded)"
-fsdp_dir="$(mktemp -d)"
-if [[ $SMOKE -eq 1 ]]; then device=cpu; dtype=float32; else device=cuda; dtype=bfloat16; fi
-"$PY" - "$fsdp_dir" "$device" "$dtype" <<'PY' || status=1
-import sys
-from pathlib import Path
-
-from llm.synth import write_suite
-
-folder, device, dtype = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-sizes = {"arithmetic": (48, 16), "safety": (24, 16), "format": (96, 16)}
-manifest = write_suite(folder / "data", seed=0, sizes=sizes)
-(folder / "fsdp.toml").write_text(f"""
-[run]
-out = "{folder / 'out'}"
-seeds = [0]
-methods = ["stratified", "ama-r", "ama-s"]
-device = "{device}"
-dtype = "{dtype}"
-parallel = "fsdp"
-[data]
-manifest = "{manifest}"
-max_length = 48
-[model]
-n_layer = 2
-n_head = 2
-n_embd = 64
-block_size = 64
-[sft]
-steps = 50
-batch_size = 16
-[specialist]
-steps = 20
-batch_size = 8
-[generalist]
-batch_size = 8
-[mix]
-examples = 240
-[eval]
-generate = 4
-max_new_tokens = 8
-""")
+report finish "$OUT"
+"$PY" - "$OUT/gpu_check.json" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+for name, stage in report["stages"].items():
+    print(f"{name:>9}: {stage['status']:<8} {stage['seconds']:7.1f} s (cap {stage['cap_s']:.0f} s)")
+print("status:", report["status"], "->", sys.argv[1])
+sys.exit(0 if report["status"] == "ok" else 1)
 PY
-if ! timeout 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 \
-        -m llm run --config "$fsdp_dir/fsdp.toml" | tail -8; then
-    echo "FSDP run failed"
-    status=1
-fi
-
-exit $status

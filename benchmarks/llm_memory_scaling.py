@@ -14,17 +14,12 @@ tensors each rank holds after the step (the local shards under FSDP) — an exac
 the training state, not a resident-set reading — and they are compared with the formula
 below on the same shapes.
 
-**Computed** (the same formula) for Qwen2.5-0.5B, Qwen2.5-1.5B and Llama-3.1-8B, whose
+**Computed** (the same formula, :func:`llm.memory.state_bytes`, which the cost plan
+``python -m llm plan`` uses too) for Qwen2.5-0.5B, Qwen2.5-1.5B and Llama-3.1-8B, whose
 shapes (layers, width, MLP width, heads, key-value heads, vocabulary, tied embeddings) are
-written out below from their published configs.  Per rank, with N parameters of which T
-train, W ranks and AdamW's two float32 moments:
-
-    full fine-tuning      4N (fp32 weights) + 4T (grads) + 8T (moments)     = 16N
-    LoRA                  4N (the frozen base, fp32) + 16T                  T = r·Σ(d_in + d_out)
-    FSDP                  16N / W   + the gathered bf16 weights in use: the root (embeddings,
-                                      head) and one block, 2·(N_root + N_block)
-    FSDP + LoRA           (4N + 16T) / W + 2·(N_root + N_block)
-
+written out below from their published configs: per rank, 16N bytes in full fine-tuning,
+4N + 16T with T LoRA parameters, 16N / W + the gathered bf16 root and block under FSDP over
+W ranks, (4N + 16T) / W + the same under FSDP + LoRA (:mod:`llm.memory` derives them).
 (FSDP2 shards each parameter along its first dimension, padded to a multiple of W.)  The
 weights are counted in float32, the master weights that FSDP's bfloat16 policy gathers from
 (a frozen LoRA base held in bfloat16 would take 2N instead of 4N).
@@ -37,6 +32,7 @@ the JSON goes to ``benchmarks/results/llm_memory_scaling.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -48,6 +44,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree
+
+from llm.memory import state_bytes  # the formula of the docstring
 
 GIB = 2**30
 LORA_R, LORA_ALPHA = 16, 32.0
@@ -98,17 +96,6 @@ MODELS = (
     Shape("Qwen2.5-1.5B", 28, 1536, 8960, 12, 2, 151936, tied=True, qkv_bias=True),
     Shape("Llama-3.1-8B", 32, 4096, 14336, 32, 8, 128256, tied=False, qkv_bias=False),
 )
-
-
-def formula(n: int, t: int, world: int, root: int, block: int, *, base_bytes: int = 4) -> dict:
-    """Bytes per rank of each setting (the module docstring's formula)."""
-    gathered = 2 * (root + block)
-    return {
-        "full": 16 * n,
-        "lora": base_bytes * n + 16 * t,
-        "fsdp": 16 * n / world + gathered,
-        "fsdp+lora": (4 * n + 16 * t) / world + gathered,
-    }
 
 
 # --------------------------------------------------------------------------- measuring
@@ -211,7 +198,7 @@ def table(measured: dict, world: int) -> tuple[list[dict], str]:
     n, t = _small_shape()
     # the gathered term is transient (during the forward), so the measured state after the
     # step is compared with the formula without it
-    want = formula(n, t, world, 0, 0)
+    want = state_bytes(n, t, world, 0, 0)
     rows = [
         {
             "model": f"GPT-2 shape, {n / 1e6:.1f}M (measured, fp32)",
@@ -225,7 +212,7 @@ def table(measured: dict, world: int) -> tuple[list[dict], str]:
     for shape in MODELS:
         n, t = shape.parameters(), shape.lora()
         for ranks in (1, 8):
-            got = formula(n, t, ranks, shape.root(), shape.block())
+            got = state_bytes(n, t, ranks, shape.root(), shape.block())
             for label in ("full", "lora") if ranks == 1 else ("fsdp", "fsdp+lora"):
                 rows.append(
                     {
@@ -312,6 +299,7 @@ def step(device: str, smoke: bool, steps: int = 3) -> dict:
     group = join("fsdp", device)  # one rank: FSDP's code path on one device
     found = {}
     for label in ("full", "lora", "fsdp", "fsdp+lora"):
+        gc.collect()  # the last setting's model (held in cycles) before the cache is emptied
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

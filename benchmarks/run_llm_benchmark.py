@@ -6,7 +6,8 @@ Builds the built-in GPT (``tiny``: the tiny-cpu config's model; ``small``: the
 gpu-small config's ~100M-parameter model) over the built-in task suite, takes warm-up
 steps, then times steps of AMA-S and AMA-R through :class:`amasim.driver.Mixing` — the
 step the pipeline runs — and reports examples/s, tokens/s, the time share of
-``mixer.update``, MFU when ``--peak-flops`` is given and peak memory on CUDA.  Writes
+``mixer.update``, MFU (against ``--peak-flops``, or the GPU's own dense bf16 peak from
+:mod:`llm.gpus`) and peak memory on CUDA.  Writes
 ``benchmarks/results/llm_<device>_<size>.json``.
 """
 
@@ -27,6 +28,7 @@ from amasim import mixers
 from amasim.driver import Mixing
 from llm.data import load_manifest, read_preference_jsonl, tokenize_pairs
 from llm.dpo import dpo_loss
+from llm.gpus import peak_flops
 from llm.model import GPT, GPTConfig
 from llm.oracle import DPOOracle, TaskData, numerics, reference_logps
 from llm.precision import Precision
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--peak-flops", type=float, default=0.0)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
+    args.peak_flops = peak_flops(args.device, args.peak_flops) or 0.0  # llm.gpus' table
     torch.set_num_threads(args.threads)
     spec = SIZES[args.size]
     device = torch.device(args.device)

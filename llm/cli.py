@@ -36,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, default=Path(__file__).parent / "configs/tiny-cpu.toml")
     run.add_argument("--out", type=Path, default=None, help="overrides [run] out")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    plan = sub.add_parser(
+        "plan", help="the cost of a run before it starts: steps, tokens, FLOPs, time, disk, memory"
+    )
+    plan.add_argument("--config", type=Path, required=True)
+    plan.add_argument("--out", type=Path, default=None, help="overrides [run] out")
+    plan.add_argument("--gpu", default=None, help="the GPU to time (llm.gpus; default H100-SXM)")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs the run uses (default 1)")
+    plan.add_argument("--mfu", type=float, default=None, help="assumed MFU (default 0.3)")
+    plan.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     cost = sub.add_parser(
         "specialist-cost",
         help="AMA-R and AMA-S with early-stopped specialists and the reference as specialist",
@@ -179,6 +188,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.out)))
     preflight(cfg, args.config)  # before the output folder is touched
+    if args.command == "plan":
+        return _plan(args, cfg)
+    if args.command == "run":
+        _announce_plan(args, cfg)
     what = "--out" if args.out is not None else "[run] out"
     prepare_output_folder(cfg.run.out, what)
     # rank 0 holds the folder for every rank under torchrun (open_run's lock nests in it)
@@ -236,3 +249,57 @@ def _specialist_cost(args: argparse.Namespace, cfg) -> int:
     print(specialist_cost_markdown(study))
     print(f"wrote {', '.join(map(str, paths))} ({study['seconds']:.0f} s)")
     return 0
+
+
+def _plan(args: argparse.Namespace, cfg) -> int:
+    """``plan``: the table, then the plan as one JSON line."""
+    import json
+
+    from llm.gpus import DEFAULT_GPU
+    from llm.plan import DEFAULT_MFU, make_plan
+
+    plan = make_plan(
+        cfg,
+        source=str(args.config),
+        gpu_name=args.gpu or DEFAULT_GPU,
+        mfu=DEFAULT_MFU if args.mfu is None else args.mfu,
+        gpus=args.gpus,
+    )
+    print(plan.table())
+    print(json.dumps(plan.record()))
+    return 0
+
+
+def _announce_plan(args: argparse.Namespace, cfg) -> None:
+    """Before a run: the config checked whole (a CUDA config on a machine without CUDA
+    stops here, in seconds), the plan's time and disk printed, and a run whose disk need
+    exceeds the free space of ``[run] out`` refused (:class:`llm.plan.DiskTooSmall`)."""
+    from llm.parallel import torchrun_rank, torchrun_world_size
+    from llm.plan import check_disk, make_plan, plan_summary
+
+    gpus = torchrun_world_size() if cfg.run.device.startswith("cuda") else 1
+    try:
+        plan = make_plan(cfg, source=str(args.config), gpu_name=_local_gpu(), gpus=gpus)
+    except (ValueError, OSError, ImportError):
+        raise  # bad input (data, paths, a package): the run would stop on it too
+    except Exception as err:  # a limit of the plan itself never stops a run
+        warnings.warn(
+            f"no cost plan ({type(err).__name__}: {err}); the disk is not checked", stacklevel=2
+        )
+        return
+    if torchrun_rank() == 0:
+        print(plan_summary(plan), flush=True)
+    check_disk(plan, cfg.run.out)
+
+
+def _local_gpu() -> str:
+    """This machine's GPU when the table knows it, else the plan's default."""
+    import torch
+
+    from llm.gpus import DEFAULT_GPU, match
+
+    if torch.cuda.is_available():
+        found = match(torch.cuda.get_device_name())
+        if found is not None:
+            return found.name
+    return DEFAULT_GPU

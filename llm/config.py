@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "KEEP",
     "Config",
     "ConfigError",
     "check_config",
@@ -51,10 +52,13 @@ class RunSection:
     compile: bool = False
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     tensorboard: bool = False
-    peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 = no MFU
+    peak_flops: float = (
+        0.0  # peak FLOP/s per GPU for MFU; 0: the GPU's own (llm.gpus), none on a CPU
+    )
     prefix_sharing: bool = True  # one row per pair, the prompt once (Wang & Hegde 2024)
     bucket: int = 16  # pad each row to a multiple of this many tokens (0: the batch's longest)
     parallel: str = "ddp"  # under torchrun: "ddp" | "fsdp" (llm.parallel); "none": one process
+    keep: str = "final"  # what a finished stage leaves on disk: "final" | "all" | "none" (KEEP)
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,13 @@ class ConfigError(ValueError):
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 #: [run] dtype values the pipeline maps to an autocast dtype
 DTYPES = ("float32", "bfloat16")
+#: [run] keep: what a finished stage leaves on disk.  "final" (the default, for one disk):
+#: the results, the caches, the reference weights and the specialists' final checkpoints
+#: (the merges and their exact match read them); resume state goes as each stage finishes
+#: (the reference SFT's run, every ``.prev`` checkpoint, each generalist's checkpoints once
+#: its record is cached).  "all": every checkpoint stays.  "none": the specialists'
+#: checkpoints go too when the run ends (a rerun with merges trains them again).
+KEEP = ("final", "all", "none")
 
 
 class _Checks:
@@ -355,7 +366,18 @@ def _check_run(c: _Checks) -> None:
         )
     if not _DEVICE.match(run.device):
         c.bad("run", "device", "is not a device", "use 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    c.choice("run", "dtype", DTYPES, "a supported dtype")
+    if run.dtype == "float16":
+        c.bad(
+            "run",
+            "dtype",
+            "float16 autocast needs a gradient scaler (small gradients underflow to 0 in "
+            "float16), and the DPO step runs none",
+            'use dtype = "bfloat16" (the same speed on A100, H100 and later GPUs, float32\'s '
+            'range) or "float32"',
+        )
+    else:
+        c.choice("run", "dtype", DTYPES, "a supported dtype")
+    c.choice("run", "keep", KEEP, "a keep policy", 'use "final", "all" or "none"')
     if c.choice("run", "parallel", ("none", "ddp", "fsdp"), "a way to run the ranks"):
         if run.parallel == "fsdp":
             if run.device == "mps":
@@ -382,7 +404,7 @@ def _check_run(c: _Checks) -> None:
                         'use accumulate = "recompute"',
                     )
     c.at_least("run", "threads", 0, " (0 keeps torch's default)")
-    c.non_negative("run", "peak_flops", " (0 turns the MFU estimate off)")
+    c.non_negative("run", "peak_flops", " (0: the GPU's own peak, llm.gpus)")
 
 
 def _check_data(c: _Checks) -> None:

@@ -42,6 +42,8 @@ import torch
 from amasim.oracle import Oracle
 from llm import lora
 from llm.config import Config, StageSection
+from llm.dcp import drop_checkpoints
+from llm.gpus import peak_flops
 from llm.lock import RunLock
 from llm.oracle import DPOOracle, TaskData, dpo_settings, numerics
 from llm.packing import Layout
@@ -168,6 +170,13 @@ class RunContext:
         """A progress bar's label (rank 0, when ``progress``), else ``None``: no bar."""
         return label if self.progress and self.parallel.is_main else None
 
+    def drop_checkpoints(self, folder: Path, *, keep_newest: bool = False) -> None:
+        """Remove the resume state of the finished run in ``folder`` (``[run] keep``,
+        :func:`llm.dcp.drop_checkpoints`; its metrics log stays): this rank's own folder,
+        or under FSDP the shared one, by rank 0."""
+        if self.parallel.mode != "fsdp" or self.parallel.is_main:
+            drop_checkpoints(folder / "checkpoint.pt", keep_newest=keep_newest)
+
     def numerics(self, model: torch.nn.Module) -> dict[str, Any]:
         """What sets a model's numbers besides its weights and data (device, hardware,
         autocast dtype, layout, FSDP's casts, CPU threads, compilation): the cache-key part
@@ -221,15 +230,23 @@ class RunContext:
             return self.parallel.wrap(model, bf16=self.precision.dtype == torch.bfloat16)
         return self.parallel.wrap(model)
 
+    @property
+    def keep(self) -> str:
+        """``[run] keep``: what a finished run leaves on disk (``"final"``, ``"all"``,
+        ``"none"``)."""
+        return self.cfg.run.keep
+
     def metrics_log(self, folder: Path, flops_per_token: float | None = None) -> MetricsLog:
         """A run's metrics log in ``folder`` (TensorBoard with ``[run] tensorboard``; MFU
-        with ``[run] peak_flops``, the ranks' peak summed: the logged rates are global)."""
+        against the group's peak: ``[run] peak_flops`` per GPU or the GPU's own from
+        :data:`llm.gpus.GPUS`, summed over the ranks — the logged rates are global)."""
         run = self.cfg.run
+        peak = peak_flops(self.precision.device, run.peak_flops)
         return MetricsLog(
             folder / "metrics.jsonl",
             folder / "tb" if run.tensorboard else None,
             flops_per_token=flops_per_token,
-            peak_flops=(run.peak_flops * self.parallel.world) or None,
+            peak_flops=peak * self.parallel.world if peak else None,
         )
 
     def data_parallel(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -84,7 +84,7 @@ from llm.integrity import (
 )
 from llm.parallel import all_gather_object, broadcast_object, is_distributed, rank, world_size
 
-__all__ = ["ShardedCheckpoint", "read_checkpoint", "sharded_path"]
+__all__ = ["ShardedCheckpoint", "read_checkpoint", "sharded_path", "drop_checkpoints"]
 
 #: separator of the key paths of the tensors in the DCP files (never inside a state key)
 _SEP = "/"
@@ -139,6 +139,38 @@ def sharded_path(path: str | Path) -> Path:
     → ``.../checkpoint`` (where :func:`llm.train.train` keeps a sharded run's checkpoints)."""
     path = Path(path)
     return path.with_suffix("") if path.suffix == ".pt" else path
+
+
+def drop_checkpoints(path: str | Path, *, keep_newest: bool = False) -> list[Path]:
+    """Remove a finished run's resume state, whichever way it was saved: the checkpoint
+    file ``path`` (``.../checkpoint.pt``) or folder (:func:`sharded_path`), the one before
+    it (``.prev``) and an unfinished save; with ``keep_newest`` the newest checkpoint stays
+    (the final weights).  The removed paths (``[run] keep``, :data:`llm.config.KEEP`).
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+    ...     _ = (folder / name).write_bytes(b"x")
+    >>> [p.name for p in drop_checkpoints(folder / "checkpoint.pt", keep_newest=True)]
+    ['checkpoint.prev.pt']
+    >>> sorted(p.name for p in folder.iterdir())
+    ['checkpoint.pt']
+    """
+    files = CheckpointFile(path)
+    folders = ShardedCheckpoint(sharded_path(path))
+    doomed = [files.previous, files.pending, folders.previous, folders.pending, folders.tmp]
+    if not keep_newest:
+        doomed += [files.path, folders.path]
+    removed = []
+    for target in doomed:
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        else:
+            continue
+        removed.append(target)
+    return removed
 
 
 # --------------------------------------------------------------------------- collectives

@@ -429,13 +429,14 @@ class HFTokenizer:
 
 
 def load_local(
-    path: str | Path, *, dtype: torch.dtype | None = None
+    path: str | Path, *, dtype: torch.dtype | None = None, weights: bool = True
 ) -> tuple[HFCausalLM, HFTokenizer]:
     """Model and tokenizer saved (``save_pretrained``) in the local directory ``path``.
 
     ``dtype`` casts the weights (e.g. ``torch.bfloat16``); None keeps the checkpoint's dtype
     (float32 when it records none). The model is returned in eval mode. Custom model code
-    (``trust_remote_code``) is not run.
+    (``trust_remote_code``) is not run.  ``weights=False`` builds the model from its config
+    on the ``meta`` device: its shape, no weights read or allocated (the cost plan).
 
     >>> load_local("/no/such/model")
     Traceback (most recent call last):
@@ -461,9 +462,14 @@ def load_local(
     # transformers >= 4.56 names the argument `dtype`; older releases `torch_dtype`.
     old = Version(transformers.__version__) < Version("4.56")
     dtype_arg = {"torch_dtype" if old else "dtype": dtype if dtype is not None else "auto"}
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, **dtype_arg
-    )
+    if weights:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, **dtype_arg
+        )
+    else:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
     model.eval()
     eos_id = _first_int(model.config.eos_token_id)
     if eos_id is not None and not 0 <= eos_id < len(tokenizer):

@@ -79,6 +79,7 @@ __all__ = [
     "pair_losses",
     "held_out_metrics",
     "load_policy",
+    "draw_pairs",
     "ACCUMULATE",
 ]
 
@@ -251,11 +252,17 @@ def _checked(
     if adamw not in ("fused", "foreach", "loop"):
         raise ValueError(f"adamw={adamw!r}: use 'fused', 'foreach' or 'loop'")
     if precision is None:
-        return Precision(torch.device(device or "cpu"), autocast_dtype)
-    if device is not None or autocast_dtype is not None:
+        precision = Precision(torch.device(device or "cpu"), autocast_dtype)
+    elif device is not None or autocast_dtype is not None:
         raise ValueError(
             "give either precision or device/autocast_dtype, not both "
             "(precision = Precision(device, autocast_dtype))"
+        )
+    if precision.dtype == torch.float16:
+        raise ValueError(
+            "float16 autocast needs a gradient scaler (small gradients underflow to 0), and "
+            "the DPO step runs none: use torch.bfloat16 (float32's range, the same speed on "
+            "A100, H100 and later GPUs) or no autocast"
         )
     return precision
 
@@ -442,10 +449,8 @@ class DPOOracle(MixtureRoundsFromSteps):
     def sample(self, task_ids: np.ndarray) -> Batch:
         if self._keys is None:
             raise RuntimeError("call reset(seeds) before sample()")
-        u = prng.uniform(self._keys, self.draws, task_ids.shape[1])
+        index = draw_pairs(self._keys, self.draws, task_ids, self._offsets)
         self.draws += 1
-        sizes = np.diff(self._offsets)
-        index = self._offsets[:-1][task_ids] + prng.integers(u, sizes[task_ids])
         return Batch(task_ids, self._spec[index], index)
 
     def _forward(self, index: np.ndarray, measure: bool = True) -> torch.Tensor:
@@ -698,6 +703,7 @@ class DPOOracle(MixtureRoundsFromSteps):
             "draws": self.draws,
             "keys": self._keys.copy(),
             "tokens_seen": self.tokens_seen,
+            "tokens_computed": self.tokens_computed,
             "torch_rng": torch.get_rng_state(),
             "mixture_draws": self.mixture_draws,  # train_on_mixture's position
         }
@@ -715,10 +721,29 @@ class DPOOracle(MixtureRoundsFromSteps):
         self.draws = int(state["draws"])
         self._keys = np.asarray(state["keys"], dtype=np.uint64)
         self.tokens_seen = int(state["tokens_seen"])
+        self.tokens_computed = int(state.get("tokens_computed", 0))  # older checkpoints lack it
         torch.set_rng_state(state["torch_rng"])
         # checkpoints written before mixture rounds existed never trained on one
         self.mixture_draws = int(state.get("mixture_draws", 0))
         self._pending, self._skipped = None, None
+
+
+def draw_pairs(
+    keys: np.ndarray, draw: int, task_ids: np.ndarray, offsets: np.ndarray
+) -> np.ndarray:
+    """The rows of the merged pair table (task i: rows ``offsets[i]:offsets[i+1]``) that
+    draw number ``draw`` takes for ``task_ids`` (R, n): a uniform pair of each entry's task,
+    from the counter-based uniforms of that draw (a resumed run draws the same pairs).
+
+    >>> from amasim import prng
+    >>> keys = prng.replicate_keys([0], stream=prng.SAMPLE_STREAM)
+    >>> rows = draw_pairs(keys, 0, np.array([[0, 1, 1]]), np.array([0, 5, 7]))
+    >>> bool((rows[0, 0] < 5) and (5 <= rows[0, 1:]).all() and (rows[0, 1:] < 7).all())
+    True
+    """
+    u = prng.uniform(keys, draw, task_ids.shape[1])
+    sizes = np.diff(offsets)
+    return offsets[:-1][task_ids] + prng.integers(u, sizes[task_ids])
 
 
 def _same_pieces(batch: PackedBatch, pad_id: int) -> PackedBatch:

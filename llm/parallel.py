@@ -55,6 +55,7 @@ __all__ = [
     "SINGLE",
     "join",
     "torchrun_rank",
+    "torchrun_world_size",
     "reduce_task_scores",
     "is_distributed",
     "world_size",
@@ -175,6 +176,11 @@ def torchrun_rank() -> int:
     """This process's rank as ``torchrun`` numbers it (0 outside torchrun), known before any
     process group exists (a lock is taken before the group is joined)."""
     return int(os.environ.get("RANK", "0"))
+
+
+def torchrun_world_size() -> int:
+    """The ranks ``torchrun`` starts (1 outside torchrun), known before any group exists."""
+    return _torchrun_world() or 1
 
 
 def reduce_task_scores(means: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,11 +9,13 @@ A short composition of the stages (:mod:`llm.stages`), each taking the run conte
         scores = reference_scores(ctx, ref, tasks)  # reference log-probs, cached
         specs  = specialists(ctx, ref, tasks, scores)       # [specialist]: one per task
         for method, seed:                           # [generalist], [mix]: through the driver
-            train_generalist(...) | load_merge(...); evaluate(...)   # [eval]
+            generalist_record(...) | load_merge(...); evaluate(...)  # [eval], cached
 
 ``results.json`` is written after every method × seed (a finished run survives a later
 one's failure), then ``results.md`` and the figures (:mod:`llm.report`).  Every cache is
 keyed by what produced it, so a run on warm caches gives the numbers of a run from scratch.
+``[run] keep`` says what a finished stage leaves on disk (:data:`llm.config.KEEP`; the
+cost plan, :mod:`llm.plan`, counts it).
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ from llm.stages.evaluation import evaluate
 from llm.stages.generalists import (
     generalist_key,
     generalist_oracle,
+    generalist_record,
     start_constants,
-    train_generalist,
 )
 from llm.stages.merges import depends_on_seed, load_merge
 from llm.stages.records import Reference, Scores, Specialist, Task
 from llm.stages.reference import reference
 from llm.stages.scoring import reference_scores
-from llm.stages.specialists import specialists
+from llm.stages.specialists import drop_weights, specialists
 from llm.stages.tasks import load_tasks
 
 __all__ = ["Prepared", "prepare", "run_pipeline", "run_stages"]
@@ -93,13 +95,13 @@ def run_stages(
     methods = ctx.cfg.run.methods
     specs = specialists(ctx, ref, tasks, scores, need_weights=any(m in MERGES for m in methods))
     key = generalist_key(ctx, ref, tasks, specs)
+    constants = start_constants(ctx, specs, ctx.cfg.generalist.batch_size)
     default = None
     if "doremi" in methods:  # Xie et al.'s one reference, trained on the natural mixture
-        default = default_reference_losses(ctx, ref, tasks, scores, specs, key)
+        default = default_reference_losses(ctx, ref, tasks, scores, specs, key, constants)
     oracle = generalist_oracle(
         ctx, ref, tasks, scores, specs, held_out=held_out, default_reference=default
     )
-    constants = start_constants(ctx, specs, ctx.cfg.generalist.batch_size)
     results = _record(ctx, ref, tasks, specs) | {"held_out": held_out}
     once: dict[str, dict[str, Any]] = {}  # merges that ignore the seed, evaluated once
     for method in methods:
@@ -112,21 +114,28 @@ def run_stages(
                 record = _merge_run(ctx, oracle, ref, tasks, specs, method, seed)
                 if not depends_on_seed(method):
                     once[method] = record
-            else:
-                trained = train_generalist(
-                    ctx, oracle, tasks, method, seed, key, mix=mix, constants=constants
+            else:  # trained and evaluated, or its cached record
+                record = generalist_record(
+                    ctx,
+                    oracle,
+                    ref.model,
+                    tasks,
+                    specs,
+                    method,
+                    seed,
+                    key,
+                    mix=mix,
+                    constants=constants,
                 )
-                record = evaluate(ctx, oracle, ref.model, tasks, specs, f"{method} seed {seed}")
-                # DoReMi's budget: its proxy run and its default-mixture reference
-                extra = trained.extra_examples + (mix.examples if method == "doremi" else 0)
-                record |= {"steps": trained.steps, "tuned": trained.tuned, "extra_examples": extra}
-                record["history"] = trained.history
+                if method == "doremi":  # DoReMi's budget: its proxy run and its reference
+                    record = record | {"extra_examples": record["extra_examples"] + mix.examples}
             record |= {"seed": seed, "seconds": time.perf_counter() - tick}
             results["runs"].setdefault(method, []).append(record)
             ctx.say(f"{method} seed {seed}: worst-task excess {record['worst_task_excess']:.4f}")
             results["seconds"] = time.perf_counter() - started
             if ctx.parallel.is_main:  # every finished run at once: a later failure loses none
                 write_results(report / "results.json", results)
+    drop_weights(ctx, specs)  # [run] keep = "none": the specialists' weights too
     if ctx.parallel.is_main:
         results["summary"] = summarize(results)  # intervals over seeds, the claims' verdicts
         write_results(report / "results.json", results)

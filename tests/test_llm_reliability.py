@@ -618,14 +618,14 @@ def test_a_finished_method_survives_a_later_methods_failure(finished, suite, tmp
     import llm.pipeline
 
     folder = copy_of(finished, tmp_path, suite, run={"methods": ["ama-r", "uniform"]})
-    real = llm.pipeline.train_generalist
+    real = llm.pipeline.generalist_record
 
-    def failing(ctx, oracle, tasks, method, *args, **kwargs):
+    def failing(ctx, oracle, model, tasks, specs, method, *args, **kwargs):
         if method == "uniform":
             raise FloatingPointError("uniform diverged (simulated)")
-        return real(ctx, oracle, tasks, method, *args, **kwargs)
+        return real(ctx, oracle, model, tasks, specs, method, *args, **kwargs)
 
-    monkeypatch.setattr(llm.pipeline, "train_generalist", failing)
+    monkeypatch.setattr(llm.pipeline, "generalist_record", failing)
     with pytest.raises(FloatingPointError, match="simulated"):
         run_pipeline(load_config(folder / "config.toml"), progress=False)
     results = read_results(folder / "out" / "results.json")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from amasim.registry import Constants
 from llm.cache import load_or_compute
 from llm.context import RunContext
 from llm.stages.generalists import generalist_oracle, train_generalist
@@ -37,14 +38,16 @@ def default_reference_losses(
     scores: dict[str, Scores],
     specs: dict[str, Specialist],
     key: dict[str, Any],
+    constants: Constants | None = None,
 ) -> dict[str, np.ndarray]:
     """Every task's training pairs' DPO losses under DoReMi's reference (module docstring);
-    ``key`` is the generalists' (:func:`llm.stages.generalists.generalist_key`)."""
+    ``key`` is the generalists' (:func:`llm.stages.generalists.generalist_key`),
+    ``constants`` the run's (the ``uniform`` generalist of seed 0 is then that very run)."""
     cache_key = key | {"default_reference": METHOD, "seed": SEED, "mix": ctx.cfg.mix}
 
     def compute() -> dict[str, np.ndarray]:
         oracle = generalist_oracle(ctx, ref, tasks, scores, specs)
-        train_generalist(ctx, oracle, tasks, METHOD, SEED, key)
+        train_generalist(ctx, oracle, tasks, METHOD, SEED, key, constants=constants)
         out = {
             name: oracle.pair_losses(t.train, scores[name].train)["loss"]
             for name, t in tasks.items()

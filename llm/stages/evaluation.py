@@ -50,7 +50,7 @@ def evaluate(
                 ctx.tokenizer,
                 tasks[name].eval_raw[: settings.generate],
                 max_new_tokens=settings.max_new_tokens,
-                device=ctx.precision.device,
+                precision=ctx.precision,
             )
             row["exact_match"] = sum(matches) / len(matches)
             if "items" in row:

@@ -8,13 +8,17 @@ settings, the method and seed, and (:func:`generalist_key`) the reference, the s
 losses it reads, the DPO settings, the data, the numerics and the LoRA settings — so a
 checkpoint of another run is refused by name.  Under data parallelism
 every rank draws the same global batch and trains on its block; the per-task scores are
-reduced before each mixer update (:mod:`llm.parallel`).
+reduced before each mixer update (:mod:`llm.parallel`).  A trained and evaluated
+generalist's record is cached (:func:`generalist_record`); its checkpoints then go unless
+``[run] keep = "all"``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,16 +26,24 @@ import torch
 
 from amasim.oracle import Oracle
 from amasim.registry import Constants, build, steps_for_budget
-from llm.cache import cache_key
+from llm.cache import cache_key, load_or_compute
 from llm.config import MixSection
 from llm.context import RunContext
 from llm.dpo import dpo_loss
 from llm.integrity import owner_record
 from llm.preflight import mix_policy
+from llm.stages.evaluation import evaluate
 from llm.stages.records import Reference, Scores, Specialist, Task, task_data
 from llm.train import LoopConfig, history, train
 
-__all__ = ["GeneralistRun", "generalist_key", "generalist_oracle", "train_generalist"]
+__all__ = [
+    "GeneralistRun",
+    "generalist_key",
+    "generalist_oracle",
+    "generalist_record",
+    "start_constants",
+    "train_generalist",
+]
 
 
 @dataclass(frozen=True)
@@ -132,17 +144,7 @@ def train_generalist(
     mixer = build(method, steps=steps, sizes=sizes, policy=policy, constants=constants)
     # what the tuning set (the method may fix some)
     step_size, smoothing = policy(steps, k, "batch", method=method, constants=constants)
-    owner = owner_record(
-        {"generalist": stage, "mix": mix},
-        method=method,
-        seed=seed,
-        driver=2,
-        constants=constants._asdict() if constants is not None else None,  # B̂ sets the steps
-        **key,
-    )
-    folder = ctx.folders.generalists / f"{method}-seed{seed}-{cache_key(owner)[:12]}"
-    # sharded: one folder for every rank and world size (llm.dcp); DDP: one per rank
-    folder /= "sharded" if ctx.parallel.mode == "fsdp" else f"rank{ctx.parallel.rank}"
+    owner, folder = _owner_and_folder(ctx, method, seed, key, mix, constants)
     model = getattr(oracle, "policy", None)
     flops = getattr(getattr(model, "module", model), "flops_per_token", None)
     longest = max(len(seq) for t in tasks.values() for seq in t.train.chosen + t.train.rejected)
@@ -164,3 +166,79 @@ def train_generalist(
         tuned["bound"] = constants.bound
     extra = int(np.max(result.extra_gradient_evaluations))
     return GeneralistRun(steps, history(result), tuned, extra)
+
+
+def _owner_and_folder(
+    ctx: RunContext,
+    method: str,
+    seed: int,
+    key: dict[str, Any],
+    mix: MixSection,
+    constants: Constants | None,
+) -> tuple[dict[str, Any], Path]:
+    """The owner record of generalist ``method`` × ``seed`` and this rank's run folder."""
+    owner = owner_record(
+        {"generalist": ctx.cfg.generalist, "mix": mix},
+        method=method,
+        seed=seed,
+        driver=2,
+        constants=constants._asdict() if constants is not None else None,  # B̂ sets the steps
+        **key,
+    )
+    folder = ctx.folders.generalists / f"{method}-seed{seed}-{cache_key(owner)[:12]}"
+    # sharded: one folder for every rank and world size (llm.dcp); DDP: one per rank
+    folder /= "sharded" if ctx.parallel.mode == "fsdp" else f"rank{ctx.parallel.rank}"
+    return owner, folder
+
+
+def _held_out(oracle: Oracle) -> list[str] | None:
+    """What a record's evaluation depends on besides the model: the held-out pairs and the
+    specialists' losses it is scored against (``None`` for an oracle that does not say)."""
+    tasks = getattr(oracle, "eval_tasks", None)
+    if tasks is None:
+        return None
+    return [
+        f"{t.pairs.fingerprint}:{hashlib.sha256(np.asarray(t.specialist_losses).tobytes()).hexdigest()}"
+        for t in tasks
+    ]
+
+
+def generalist_record(
+    ctx: RunContext,
+    oracle: Oracle,
+    model: Any,
+    tasks: dict[str, Task],
+    specs: dict[str, Specialist],
+    method: str,
+    seed: int,
+    key: dict[str, Any],
+    *,
+    mix: MixSection | None = None,
+    constants: Constants | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generalist ``method`` × ``seed`` trained (:func:`train_generalist`) and evaluated
+    (:func:`llm.stages.evaluation.evaluate` of ``model``): its record — held-out metrics,
+    steps, mixer tuning, per-step history, the examples it spent beside its steps — cached
+    under its owner record, the held-out pairs and ``[eval]``, so a rerun, or a run
+    restarted after a stop, takes it as it was.  Once it is cached the run's resume
+    checkpoints go, unless ``[run] keep = "all"`` (its metrics log stays)."""
+    mix = mix or ctx.cfg.mix
+    owner, folder = _owner_and_folder(ctx, method, seed, key, mix, constants)
+    entry = {"generalist": cache_key(owner), "eval": asdict(ctx.cfg.eval), "record": 2}
+    entry["held_out"] = _held_out(oracle)
+
+    def compute() -> dict[str, np.ndarray]:
+        trained = train_generalist(
+            ctx, oracle, tasks, method, seed, key, mix=mix, constants=constants, progress=progress
+        )
+        record = evaluate(ctx, oracle, model, tasks, specs, f"{method} seed {seed}")
+        record |= {"steps": trained.steps, "tuned": trained.tuned, "history": trained.history}
+        record["extra_examples"] = trained.extra_examples
+        return {"record": np.array(json.dumps(record))}
+
+    where = f"generalist {method} seed {seed}"
+    cached = load_or_compute(ctx.folders.cache, "generalist", entry, compute, where=where)
+    if ctx.keep != "all":
+        ctx.drop_checkpoints(folder)
+    return json.loads(str(cached["record"]))

@@ -22,6 +22,7 @@ import torch
 from amasim import mixers
 from llm.cache import cache_key
 from llm.checkpoint import load_owned, save_atomic
+from llm.config import ModelSection, SFTSection
 from llm.context import RunContext
 from llm.integrity import owner_record
 from llm.model import GPT, GPTConfig, fingerprint
@@ -30,7 +31,7 @@ from llm.sft import SFTOracle, sft_task
 from llm.stages.records import Reference, Task
 from llm.train import LoopConfig, MetricsLog, train
 
-__all__ = ["reference", "initial_model", "sft_weights", "SFT_WEIGHT_DECAY"]
+__all__ = ["reference", "initial_model", "build_gpt", "sft_weights", "SFT_WEIGHT_DECAY"]
 
 #: the SFT's AdamW weight decay (torch's default); it clips no gradient
 SFT_WEIGHT_DECAY = 0.01
@@ -40,11 +41,16 @@ _SFT_VERSION = 3
 
 def initial_model(ctx: RunContext) -> GPT:
     """The built-in GPT of ``[model]``, initialised from ``init_seed``, on the CPU."""
-    m = ctx.cfg.model
-    config = GPTConfig(
-        ctx.tokenizer.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout
-    )
-    return GPT(config, generator=torch.Generator().manual_seed(m.init_seed))
+    return build_gpt(ctx.cfg.model, ctx.tokenizer.vocab_size)
+
+
+def build_gpt(m: ModelSection, vocab_size: int, *, seeded: bool = True) -> GPT:
+    """The built-in GPT of ``[model]`` section ``m`` over ``vocab_size`` tokens, initialised
+    from ``init_seed`` (``seeded=False``: from the global RNG, e.g. a shape on the ``meta``
+    device under ``torch.device("meta")``, where a CPU generator costs a second)."""
+    config = GPTConfig(vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
+    generator = torch.Generator().manual_seed(m.init_seed) if seeded else None
+    return GPT(config, generator=generator)
 
 
 def reference(ctx: RunContext, tasks: dict[str, Task]) -> Reference:
@@ -71,16 +77,33 @@ def sft_weights(ctx: RunContext, tasks: dict[str, Task]) -> dict[str, torch.Tens
     )
     key = cache_key(owner)
     path = ctx.folders.models / f"reference-{key[:16]}.pt"
+    folder = ctx.folders.reference / f"sft-{key[:12]}"
+    if ctx.parallel.replicated:  # DDP: every rank trains alike; its own files
+        folder /= f"rank{ctx.parallel.rank}"
     saved = load_owned(path, owner=owner, kind="reference model")
     if saved is not None:
-        return saved["state"]
-    state = init.state_dict()
-    if ctx.cfg.sft.steps:
-        folder = ctx.folders.reference / f"sft-{key[:12]}"
-        state = _train(ctx, init, tasks, folder, owner)
-    if ctx.parallel.is_main:
-        save_atomic({"state": state}, path, kind="reference model", owner=owner)
+        state = saved["state"]
+    else:
+        state = init.state_dict()
+        if ctx.cfg.sft.steps:
+            state = _train(ctx, init, tasks, folder, owner)
+        if ctx.parallel.is_main:
+            save_atomic({"state": state}, path, kind="reference model", owner=owner)
+    if ctx.keep != "all":  # the reference file holds the weights: no resume needed
+        ctx.drop_checkpoints(folder)
     return state
+
+
+def sft_loop(sft: SFTSection, seed: int) -> LoopConfig:
+    """The SFT's loop: ``[sft]``'s steps, batch and rate, seeded by ``[model] init_seed``,
+    with ten resume points whatever its length (each one writes the whole model)."""
+    return LoopConfig(
+        sft.steps,
+        sft.batch_size,
+        sft.learning_rate,
+        seed=seed,
+        checkpoint_every=max(50, sft.steps // 10),
+    )
 
 
 def _train(
@@ -88,7 +111,7 @@ def _train(
 ) -> dict[str, torch.Tensor]:
     """SFT through the driver (module docstring); the trained weights, whole, on the CPU.
     The global RNG is left as it was (dropout masks draw from it)."""
-    sft, parallel = ctx.cfg.sft, ctx.parallel
+    sft = ctx.cfg.sft
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.cfg.model.init_seed)
         trainee = ctx.shard(model.to(ctx.precision.device))  # FSDP, DDP, or the model
@@ -101,11 +124,7 @@ def _train(
             grad_clip=0.0,
             weight_decay=SFT_WEIGHT_DECAY,
         )
-        if parallel.replicated:  # DDP: every rank trains alike; its own files
-            folder /= f"rank{parallel.rank}"
-        loop = LoopConfig(
-            sft.steps, sft.batch_size, sft.learning_rate, seed=ctx.cfg.model.init_seed
-        )
+        loop = sft_loop(sft, ctx.cfg.model.init_seed)
         log = MetricsLog(folder / "metrics.jsonl")
         mixer = mixers.uniform([len(t.train) for t in tasks.values()])
         label = ctx.bar_label("reference SFT")

@@ -4,7 +4,9 @@ its per-pair losses cached once.
 Reads ``[specialist]`` and ``[eval]``.  A specialist's losses are cached (:mod:`llm.cache`),
 keyed by its owner record — the reference, the pairs, the DPO and stage settings, the
 numerics and the LoRA settings — which also seals its checkpoints: its weights stay in
-``OUT/specialists/<task>-<key>/`` for the merges, and a checkpoint of another run is refused.  With
+``OUT/specialists/<task>-<key>/`` for the merges (the checkpoint before the last goes when
+it finishes, unless ``[run] keep = "all"``; ``"none"``: the last too, when the run ends),
+and a checkpoint of another run is refused.  With
 ``[eval] generate`` > 0 each specialist's greedy exact match on its own task's held-out
 prompts is measured once (cached).  ``fraction`` < 1 makes *early-stopped* specialists
 (the cost study, :mod:`llm.specialist_cost`): the first steps of the full run
@@ -32,7 +34,7 @@ from llm.oracle import load_policy, pair_losses
 from llm.stages.records import Reference, Scores, Specialist, Task, task_data
 from llm.train import LoopConfig, MetricsLog, train
 
-__all__ = ["specialists", "stopped_stage", "finished"]
+__all__ = ["specialists", "stopped_stage", "finished", "drop_weights"]
 
 #: 4: one precision policy and batch layout (earlier numbers differ in last bits)
 _VERSION = 4
@@ -138,6 +140,8 @@ def _one(
     if need_weights and not finished(checkpoint, steps, key):
         ctx.say(f"specialist {task.name}: final checkpoint missing, training it for the merges")
         compute()
+    if section is not None and ctx.keep != "all":  # the final weights stay
+        ctx.drop_checkpoints(folder, keep_newest=True)
     made = Specialist(
         cached["train"], cached["eval"], checkpoint, key, steps, valid_losses=cached.get("valid")
     )
@@ -145,6 +149,16 @@ def _one(
         match = _exact_match(ctx, ref, task, made, compute)
         made = dataclasses.replace(made, exact_match=match)
     return made
+
+
+def drop_weights(ctx: RunContext, specs: dict[str, Specialist]) -> None:
+    """``[run] keep = "none"``: remove the specialists' final checkpoints once the run has
+    used them (merges, exact match); a later run that merges trains them again."""
+    if ctx.keep != "none":
+        return
+    for spec in specs.values():
+        if spec.checkpoint is not None:
+            ctx.drop_checkpoints(spec.checkpoint.parent)
 
 
 def _train(
@@ -209,7 +223,7 @@ def _exact_match(
             ctx.tokenizer,
             task.eval_raw[: settings.generate],
             max_new_tokens=settings.max_new_tokens,
-            device=ctx.precision.device,
+            precision=ctx.precision,
         )
         return {"exact_match": np.array([value])}
 

@@ -14,25 +14,31 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from llm.config import DataSection
 from llm.context import RunContext
 from llm.data import load_manifest, read_preference_jsonl, task_split
 from llm.stages.records import Task
 
-__all__ = ["load_tasks", "manifest_of", "validation_rows"]
+__all__ = ["load_tasks", "manifest_of", "manifest_path", "read_tasks", "validation_rows"]
 
 
 def manifest_of(ctx: RunContext) -> Path:
     """The manifest ``[data] manifest``, or the built-in suite written to ``OUT/data``."""
-    data = ctx.cfg.data
+    return manifest_path(ctx.cfg.data, ctx.folders.data)
+
+
+def manifest_path(data: DataSection, folder: Path) -> Path:
+    """The manifest ``data.manifest``, or the built-in suite written to ``folder``."""
     if data.manifest:
         return Path(data.manifest)
     from llm.synth import write_suite
 
     # [data] suite: "classic" (tiny-cpu) or "learnable" (small-cpu), see llm.synth
-    return write_suite(ctx.folders.data, seed=data.synth_seed, suite=data.suite)
+    return write_suite(folder, seed=data.synth_seed, suite=data.suite)
 
 
 def validation_rows(n: int, fraction: float) -> np.ndarray:
@@ -51,7 +57,12 @@ def validation_rows(n: int, fraction: float) -> np.ndarray:
 def load_tasks(ctx: RunContext) -> dict[str, Task]:
     """Every task of the manifest, read, tokenised and audited per split (the train file
     serves as eval when a task names none; the validation split is carved from train)."""
-    data = ctx.cfg.data
+    return read_tasks(ctx.cfg.data, ctx.tokenizer, ctx.folders.data)
+
+
+def read_tasks(data: DataSection, tokenizer: Any, folder: Path) -> dict[str, Task]:
+    """:func:`load_tasks` from its parts: ``[data]``, the tokenizer, and the folder the
+    built-in suite is written to (the cost plan reads the data without a run)."""
     settings = {
         "max_length": data.max_length,
         "max_prompt_length": data.max_prompt_length,
@@ -60,18 +71,16 @@ def load_tasks(ctx: RunContext) -> dict[str, Task]:
     }
 
     def split(name: str, which: str, pairs: list, path: Path):
-        return task_split(name, which, pairs, path, ctx.tokenizer, strict=data.strict, **settings)
+        return task_split(name, which, pairs, path, tokenizer, strict=data.strict, **settings)
 
     tasks = {}
-    for name, files in load_manifest(manifest_of(ctx)).items():
+    for name, files in load_manifest(manifest_path(data, folder)).items():
         paths = {"train": files.train, "eval": files.eval or files.train}
-        whole = read_preference_jsonl(paths["train"], ctx.tokenizer)
+        whole = read_preference_jsonl(paths["train"], tokenizer)
         held = validation_rows(len(whole), data.validation)
         kept = np.setdiff1d(np.arange(len(whole)), held)
         train = split(name, "train", [whole[i] for i in kept], paths["train"])
-        evals = split(
-            name, "eval", read_preference_jsonl(paths["eval"], ctx.tokenizer), paths["eval"]
-        )
+        evals = split(name, "eval", read_preference_jsonl(paths["eval"], tokenizer), paths["eval"])
         valid = (
             split(name, "valid", [whole[i] for i in held], paths["train"]) if held.size else None
         )
