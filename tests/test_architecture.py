@@ -155,7 +155,7 @@ STAGE_SECTIONS = {
     "scoring": {"eval"},
     "specialists": {"specialist", "eval"},
     "default_reference": {"mix"},
-    "generalists": {"generalist", "mix"},
+    "generalists": {"generalist", "mix", "eval"},  # its cached record is evaluated
     "merges": set(),
     "evaluation": {"eval"},
     "records": set(),

@@ -998,20 +998,25 @@ def test_tensorboard_without_the_package_fails_in_seconds_before_any_training(tm
 
 
 def test_a_generalist_checkpoint_of_another_run_is_refused_by_the_cli(finished, suite, tmp_path):
-    """A checkpoint copied in from a run with another [generalist] learning_rate, over this
-    run's own, is refused by name when the run resumes (exit 2), never trained on."""
-    other = copy_of(finished, tmp_path, suite, generalist={"learning_rate": 0.3})
+    """A checkpoint copied in from a run with another [generalist] learning_rate, into the
+    folder of this run's generalist stopped before its record was cached, is refused by name
+    when the run resumes (exit 2), never trained on."""
+    other = copy_of(
+        finished, tmp_path, suite, generalist={"learning_rate": 0.3}, run={"keep": "all"}
+    )
     run_pipeline(load_config(other / "config.toml"), progress=False)
     ours = tmp_path / "ours"
     shutil.copytree(finished / "out", ours / "out")
     config_at(ours, suite)
-    [target] = (ours / "out" / "generalists").glob("ama-r-seed0-*/rank0/checkpoint.pt")
+    [folder] = (ours / "out" / "generalists").glob("ama-r-seed0-*/rank0")
     [foreign] = [
         p
         for p in (other / "out" / "generalists").glob("ama-r-seed0-*/rank0/checkpoint.pt")
-        if p.parent.parent.name != target.parent.parent.name
+        if p.parent.parent.name != folder.parent.name
     ]
-    shutil.copyfile(foreign, target)
+    shutil.copyfile(foreign, folder / "checkpoint.pt")
+    for stale in (ours / "out" / "cache").glob("generalist-*"):
+        stale.unlink()  # as if stopped before the record was cached
     (ours / "out" / "results.json").unlink()
     done = subprocess.run(
         [sys.executable, "-m", "llm", "run", "--config", str(ours / "config.toml")],
