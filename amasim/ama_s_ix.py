@@ -14,8 +14,12 @@ The γ in the denominator biases ℓ̂ *down* (E[ℓ̂_i] = α_i(B − E_i)/(α_
 estimate of a task's gain B − ℓ̂_i is optimistic, and its upper deviations are small for
 every task at once (Neu's Lemma 1), which is what the proof needs for the task that is
 worst *after* the run.  γ = 0 is the plain importance-weighted loss estimate,
-:func:`amasim.mixers.importance_weighted` of B − ê.  Scores are clipped into [0, B]
-before use (a no-op when B bounds them, as the theorem assumes).  With full information
+:func:`amasim.mixers.importance_weighted` of B − ê.  Scores are used as they are: the
+theorem assumes them in [0, B], and clipping a score that B does not bound (a study's B̂,
+:func:`amasim.registry.start_constants`) would bias the estimate of a rarely drawn task —
+its batch mean is one or two examples, clipped far more often than a well-drawn task's —
+and starve it (with clipping, the gap of the log-linear DPO convergence study rose from
+0.0014 at T = 10⁴ to 0.017 at T = 10⁵; ``07_ama_s_ix.md``).  With full information
 (``counts=None``: every task's score, e.g. the rounds protocol) the update is Hedge on the
 losses B − ê, which is AMA-R's exponentiated-gradient step on ê.
 
@@ -56,23 +60,25 @@ __all__ = ["ama_s_ix", "ix_losses", "ix_steps"]
 def ix_losses(
     scores: np.ndarray, counts: np.ndarray, probs: np.ndarray, bound: float, gamma: float
 ) -> np.ndarray:
-    """The implicit-exploration loss estimate n_i·(B − ê_i)/(b·(α_i + γ)), scores in [0, B].
+    """The implicit-exploration loss estimate n_i·(B − ê_i)/(b·(α_i + γ)).
 
     ``counts`` ~ Multinomial(b, ``probs``); ``scores`` are the per-task batch means (any
-    value where n_i = 0).  With γ = 0 it is the unbiased importance-weighted estimate of
-    B − E_i; a task with n_i = 0 gets 0 (also when its probability is 0).
+    value where n_i = 0), not clipped: E[ℓ̂_i] = α_i(B − E_i)/(α_i + γ) whether or not B
+    bounds them, and with γ = 0 it is the unbiased importance-weighted estimate of B − E_i;
+    a task with n_i = 0 gets 0 (also when its probability is 0).
 
     >>> import numpy as np
     >>> ix_losses(np.array([0.5, 0.0]), np.array([3, 1]), np.array([0.5, 0.5]), 1.0, 0.0)
     array([0.75, 0.5 ])
     """
-    losses = bound - np.clip(scores, 0.0, bound)
+    losses = bound - scores
     size = np.add.reduce(counts, axis=-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         estimate = counts * losses / (size * (probs + gamma))
-    # a task drawn at a probability near 0 (γ = 0, or subnormal) would overflow to inf: the
-    # largest float drives its weight to 0 all the same and keeps the exponents finite
-    estimate = np.minimum(estimate, np.finfo(np.float64).max)
+    # a task drawn at a probability near 0 (γ = 0, or subnormal) would overflow to ±inf: the
+    # largest float moves its weight to the same end and keeps the exponents finite
+    largest = np.finfo(np.float64).max
+    estimate = np.clip(estimate, -largest, largest)
     return np.where(counts > 0, estimate, 0.0)
 
 
@@ -119,7 +125,7 @@ def ama_s_ix(
         k = state.log_weights.shape[-1]
         s = check_scores(scores, k, like=state.log_weights)
         if counts is None:  # full information: Hedge on B − ê
-            losses = b_max - np.clip(s, 0.0, b_max)
+            losses = b_max - s
         else:
             losses = ix_losses(s, check_counts(counts, s.shape), state.weights, b_max, gamma)
         log_weights, probs = eg_step(state.log_weights, -losses, eta)
