@@ -85,9 +85,10 @@ def run_stages(
     report: Path | None = None,
 ) -> dict[str, Any]:
     """Every stage in ``ctx`` (stages 1–3 from ``ready`` when given); ``mixes`` replaces
-    ``[mix]`` for the methods it names (their tuned settings), ``held_out`` is the split the
-    runs are scored on (``"valid"`` when tuning), ``report`` the folder of ``results.json``,
-    ``results.md`` and the figures (default ``[run] out``)."""
+    ``[mix]`` for the methods it names (their tuned settings; ``results["mixes"]`` names
+    them), ``held_out`` is the split the runs are scored on (``"valid"`` when tuning),
+    ``report`` the folder of ``results.json``, ``results.md`` and the figures (default
+    ``[run] out``)."""
     report = Path(report or ctx.folders.out)
     report.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -102,7 +103,7 @@ def run_stages(
     oracle = generalist_oracle(
         ctx, ref, tasks, scores, specs, held_out=held_out, default_reference=default
     )
-    results = _record(ctx, ref, tasks, specs) | {"held_out": held_out}
+    results = _record(ctx, ref, tasks, specs) | {"held_out": held_out, "mixes": sorted(mixes or {})}
     once: dict[str, dict[str, Any]] = {}  # merges that ignore the seed, evaluated once
     for method in methods:
         mix = (mixes or {}).get(method, ctx.cfg.mix)

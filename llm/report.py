@@ -433,8 +433,9 @@ def verdict_note(summary: dict[str, Any]) -> str:
     )
 
 
-def tuning_table(summary: dict[str, Any]) -> str:
-    """The mixer step sizes each trained method ran with (``tuned``), and its horizon."""
+def tuning_table(summary: dict[str, Any], *, replaced: dict[str, str] | None = None) -> str:
+    """The mixer step sizes each trained method ran with (``tuned``), and its horizon;
+    ``replaced`` names the rule of the methods whose ``[mix]`` the study replaced."""
     from amasim.registry import METHODS
 
     rows = [(m, e) for m, e in summary["methods"].items() if e.get("tuned")]
@@ -448,9 +449,8 @@ def tuning_table(summary: dict[str, Any]) -> str:
             f"{tuned[name]:.4g}" if name in uses else "– (none)"
             for name in ("step_size", "smoothing")
         ]
-        lines.append(
-            f"| {method} | {e['steps']} | {tuned.get('tuning', '')} | " + " | ".join(cells) + " |"
-        )
+        rule = (replaced or {}).get(method, tuned.get("tuning", ""))
+        lines.append(f"| {method} | {e['steps']} | {rule} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -525,16 +525,39 @@ def _setup(results: dict[str, Any]) -> str:
     mix = cfg.get("mix") or {}
     if mix:
         parts.append(f"{mix['examples']:,} training pairs per generalist (equal budget)")
-        parts.append(
-            f"tuning {mix.get('tuning', 'fixed')!r} (step_size {mix['step_size']}, "
-            f"smoothing {mix['smoothing']})"
-        )
+        if tuning_rule(results) in ("grid", "selected"):
+            setting = "a grid" if tuning_rule(results) == "grid" else "its selected"
+            parts.append(f"each tuned method at {setting} setting (the tuning table)")
+        else:
+            parts.append(
+                f"tuning {mix.get('tuning', 'fixed')!r} (step_size {mix['step_size']}, "
+                f"smoothing {mix['smoothing']})"
+            )
     if results.get("seconds"):
         parts.append(f"{results['seconds'] / 60:.1f} min wall time")
     return "; ".join(parts) + "." if parts else ""
 
 
+def tuning_rule(results: dict[str, Any]) -> str:
+    """How the runs of ``results`` were tuned: the config's ``[mix] tuning``, or — where the
+    study replaced ``[mix]`` for the methods ``results["mixes"]`` names — ``"grid"`` (a
+    tuning run, scored on validation) or ``"selected"`` (an evaluation instance)."""
+    if results.get("mixes"):
+        return "grid" if results.get("held_out") == "valid" else "selected"
+    return ((results.get("config") or {}).get("mix") or {}).get("tuning", "fixed")
+
+
 TUNING_NOTE = {
+    "grid": (
+        "A tuning run of the study: each method that tunes its mixer at one setting of the "
+        "grid every such method gets (llm.instances.grid), scored on the validation split."
+    ),
+    "selected": (
+        "Each method that tunes its mixer runs at the setting the study selected for it: the "
+        "same grid of settings for every such method (llm.instances.grid), each trained on a "
+        "tuning instance of its own and scored on its validation split; the lowest mean "
+        "validation worst-task excess wins.  The methods no grid tunes run as [mix] says."
+    ),
     "theory": (
         "Every method a theorem covers takes that theorem's step sizes at its own horizon T "
         "and the start model's bound B̂ on the clipped excess (llm.preflight.mix_policy, "
@@ -581,10 +604,10 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
             f"\n## Verdicts against the seed claims\n\n{verdict_note(summary)}\n\n{table}\n\n"
             f"{sentences}"
         )
-    tuning = tuning_table(summary)
+    rule = tuning_rule(results)
+    tuning = tuning_table(summary, replaced={m: rule for m in results.get("mixes", [])})
     if tuning:
-        rule = (results.get("config") or {}).get("mix", {}).get("tuning", "fixed")
-        text += f"\n## Tuning protocol\n\n{TUNING_NOTE.get(rule, '')}\n\n{tuning}\n"
+        text += f"\n## Tuning protocol\n\n{TUNING_NOTE[rule]}\n\n{tuning}\n"
     swing = weight_swing_table(results)
     if swing:
         text += "\n## Task weights over training\n\nHow much each method's weights move per "

@@ -70,6 +70,15 @@ def test_every_tuned_method_gets_the_same_grid_on_the_validation_split(study):
     assert evaluated["config"]["model"]["init_seed"] == 1  # each instance its own model
     selected = record["tuning"]["ama-r"]["selected"]
     assert evaluated["runs"]["ama-r"][0]["tuned"]["step_size"] == selected["step_size"]
+    # the instance's report says its methods ran at the selected settings, not [mix]'s rule
+    report = (out / "instance-1" / "results.md").read_text()
+    assert "each tuned method at its selected setting" in report
+    assert f"| ama-r | {evaluated['runs']['ama-r'][0]['steps']} | selected |" in report
+    assert "selected" not in (out / "instance-1" / "theory" / "results.md").read_text()
+    assert (
+        "each tuned method at a grid setting"
+        in (out / "tuning" / "grid-0" / "results.md").read_text()
+    )
 
 
 def test_a_rerun_reads_the_finished_instances_back(study, tmp_path):
