@@ -187,9 +187,10 @@ def _run(args: argparse.Namespace) -> int:
         return _study(args, cfg)
     if args.out is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.out)))
-    preflight(cfg, args.config)  # before the output folder is touched
-    if args.command == "plan":
+    if args.command == "plan":  # the cost of a GPU run, planned on any machine
+        preflight(cfg, args.config, check_device=False)
         return _plan(args, cfg)
+    preflight(cfg, args.config)  # before the output folder is touched
     if args.command == "run":
         _announce_plan(args, cfg)
     what = "--out" if args.out is not None else "[run] out"

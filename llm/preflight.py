@@ -82,19 +82,22 @@ def preflight(
     *,
     oracle: type | None = None,
     check_capabilities: bool = True,
+    check_device: bool = True,
 ) -> Config:
     """Check what ``cfg`` needs from the package and the machine (module docstring);
     ``cfg`` itself, or a :class:`~llm.config.ConfigError` listing every problem.  With
     ``check_capabilities`` the methods may need only capabilities ``oracle`` (default
     :class:`llm.oracle.DPOOracle`) offers — a custom oracle factory is checked by the
-    driver instead."""
+    driver instead.  ``check_device=False`` leaves ``[run] device`` unchecked: a plan of a
+    GPU run is made on any machine."""
     problems: list[str] = []
     methods = _check_methods(cfg, str(source), problems)
     if check_capabilities and methods:
         methods = _check_capabilities(cfg, str(source), methods, oracle, problems)
     _check_budgets(cfg, str(source), methods, problems)
     problems += check_optional_dependencies(cfg, str(source))
-    _check_device(cfg, str(source), problems)
+    if check_device:
+        _check_device(cfg, str(source), problems)
     if problems:
         raise ConfigError(problems)
     return cfg

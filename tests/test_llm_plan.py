@@ -157,6 +157,21 @@ def test_the_plan_json_has_what_a_user_reads_first(tiny, capsys):
         assert forwarded[key] == record[key], key
 
 
+def test_the_gpu_study_is_planned_on_a_machine_without_a_gpu(capsys, tmp_path):
+    """``python -m llm plan`` of the CUDA config exits 0 here (the issue's acceptance), and
+    touches no output folder; ``run`` of it stops on the device, naming CUDA."""
+    from llm.cli import main
+
+    config = str(REPO / "llm" / "configs" / "gpu-study.toml")
+    assert main(["plan", "--config", config, "--out", str(tmp_path / "out")]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(record[k] > 0 for k in ("time_s", "train_flops", "disk_bytes", "gpu_memory_bytes"))
+    assert not (tmp_path / "out").exists()
+    if not torch.cuda.is_available():
+        assert main(["run", "--config", config, "--out", str(tmp_path / "out")]) == 2
+        assert "CUDA" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def _flops_of_a_step(oracle, task_ids: np.ndarray) -> tuple[int, object]:
     """(FlopCounterMode's count of one step of ``oracle``, the batch).  Attention through
     the math backend: the counter has no formula for the CPU's fused kernel."""
