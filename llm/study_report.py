@@ -20,7 +20,14 @@ from typing import Any
 
 from llm.report import STATISTICS, verdict_table, write_results
 
-__all__ = ["study_markdown", "write_study", "claims_table", "readme_study_blocks"]
+__all__ = [
+    "study_markdown",
+    "write_study",
+    "claims_table",
+    "methods_table",
+    "design_note",
+    "readme_study_blocks",
+]
 
 
 def claims_table(claims: list[dict[str, Any]]) -> str:
@@ -41,6 +48,38 @@ def claims_table(claims: list[dict[str, Any]]) -> str:
             f"{counts['n.s.']} | {c['estimate']:+.4f}{ci} | {sign['favour']}/{sign['against']} "
             f"| {c['p_holm']:.3g} | {c['verdict']} |"
         )
+    return "\n".join(lines)
+
+
+def methods_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """One row per method over the instances' ``summaries`` (one per instance): the mean
+    over instances of each instance's seed mean, and the lowest and highest instance mean —
+    worst-task excess and worst-task exact match.
+
+    >>> row = lambda x: {"worst_task_excess": {"mean": x}, "worst_task_exact_match": {"mean": 0.5}}
+    >>> summaries = {"i0": {"methods": {"a": row(0.2)}}, "i1": {"methods": {"a": row(0.4)}}}
+    >>> print(methods_table(summaries))
+    | method | worst-task excess: mean over instances [lowest, highest] | worst-task exact match |
+    |---|---|---|
+    | a | 0.3000 [0.2000, 0.4000] | 0.50 [0.50, 0.50] |
+    """
+    if not summaries:
+        return ""
+    methods = list(next(iter(summaries.values()))["methods"])
+    lines = [
+        "| method | worst-task excess: mean over instances [lowest, highest] | "
+        "worst-task exact match |",
+        "|---|---|---|",
+    ]
+    for method in methods:
+        cells = []
+        for metric, digits in (("worst_task_excess", 4), ("worst_task_exact_match", 2)):
+            means = [s["methods"][method][metric]["mean"] for s in summaries.values()]
+            cells.append(
+                f"{sum(means) / len(means):.{digits}f} [{min(means):.{digits}f}, "
+                f"{max(means):.{digits}f}]"
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -74,6 +113,30 @@ def _budget_table(budgets: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def design_note(claims: list[dict[str, Any]]) -> str:
+    """What the design can detect at all, from its sizes: Holm's smallest threshold over
+    the instance tests, and the smallest p a two-sided sign test over the instances reaches.
+
+    >>> design_note([{"instances": 5, "records": [{}] * 5, "family": {"tests": 2}}] * 2)
+    'Power of the design: 10 instance tests, so the strongest one holds only at p ≤ 0.005 (Holm: 0.05/10); a two-sided sign test over 5 instances cannot go below p = 0.0625 (2/2^5), so it cannot be significant even before Holm over the 2 claims.'
+    """  # noqa: E501
+    if not claims:
+        return ""
+    tests = sum(len(c.get("records", [])) for c in claims)
+    n = max(c["instances"] for c in claims)
+    floor = 2.0 ** (1 - n)
+    family = claims[0]["family"]["tests"]
+    text = (
+        f"Power of the design: {tests} instance tests, so the strongest one holds only at "
+        f"p ≤ {0.05 / tests:.2g} (Holm: 0.05/{tests}); a two-sided sign test over {n} "
+        f"instances cannot go below p = {floor:.3g} (2/2^{n})"
+    )
+    if floor * family > 0.05 or floor > 0.05:
+        reach = "even before" if floor > 0.05 else "after"
+        return text + f", so it cannot be significant {reach} Holm over the {family} claims."
+    return text + "."
+
+
 def study_markdown(study: dict[str, Any]) -> str:
     """``study.md`` (module docstring)."""
     claims = study["claims"].get("claims", [])
@@ -81,11 +144,15 @@ def study_markdown(study: dict[str, Any]) -> str:
     text += (
         f"{len(study['instances'])} instances ({', '.join(study['instances'])}), each its own "
         "data, reference and specialists; every method at its tuned setting.  "
-        f"{STATISTICS}\n\n"
+        f"{STATISTICS[0].upper()}{STATISTICS[1:]}.\n\n"
     )
+    for kind, title in (("per_instance", "tuned"), ("theory", "theorem-tuned")):
+        table = methods_table(study.get(kind) or {})
+        if table:
+            text += f"## Methods over instances ({title})\n\n{table}\n\n"
     table = claims_table(claims)
     if table:
-        text += f"## Claims over instances\n\n{table}\n\n"
+        text += f"## Claims over instances\n\n{design_note(claims)}\n\n{table}\n\n"
         text += "".join(f"- {c['sentence']}\n" for c in claims) + "\n"
     for title, body in (
         ("Tuning (the tuning instance's validation split)", _tuning_table(study["tuning"])),
@@ -125,6 +192,12 @@ def readme_study_blocks(results_dir: str | Path) -> dict[str, str]:
     sentences = "\n".join(f"- {c['sentence']}" for c in claims)
     head = (
         f"{len(study['instances'])} instances, each its own data, reference and specialists; "
-        f"every method at the setting its validation score selected.  {STATISTICS}"
+        "every method at the setting its validation score selected.  "
+        f"{STATISTICS[0].upper()}{STATISTICS[1:]}.  {design_note(claims)}"
     )
-    return {"llm-study": f"{head}\n\n{claims_table(claims)}\n\n{sentences}"}
+    methods = methods_table(study["per_instance"])
+    theory = methods_table(study.get("theory") or {})
+    tables = f"Every method at its selected setting:\n\n{methods}\n\n"
+    if theory:
+        tables += f'The theorem-tuned rows (`[mix] tuning = "theory"`):\n\n{theory}\n\n'
+    return {"llm-study": f"{head}\n\n{tables}{claims_table(claims)}\n\n{sentences}"}
