@@ -103,6 +103,11 @@ def main(out: str, model_path: str) -> None:
         }
     rank = int(os.environ.get("RANK", "0"))
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+    # leave the process group before exit: gloo's threads still running at interpreter
+    # shutdown abort the process ("terminate called without an active exception", exit -6)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
