@@ -419,7 +419,8 @@ def learnparams_rounds(phase: Phase, mixer: Mixer, state: Any, start: int) -> An
         phase.save(state, end)
     end = spec.rounds * per_round
     if end < spec.steps:
-        phase.train_on(mixer.weights(state), end, spec.steps, phase.record.scores[-1])
+        last_round = phase.record.scores[(end - 1) // phase.record.every]
+        phase.train_on(mixer.weights(state), end, spec.steps, last_round)
         phase.save(state, spec.steps)
     return state
 
@@ -465,7 +466,7 @@ def train_with_proxy(
             "weights": record.weights,
         }
         saved = None
-    steps = int(proxy["examples"].max()) // spec.batch_size
+    steps = int(proxy["examples"].max()) // (spec.batch_size * spec.world)  # global counts
     average = proxy["average_weights"]
     final = spec.replace(
         mixer=static_weights(lambda k: average, "loss", "resample", spec.mixer.name),

@@ -523,10 +523,15 @@ class _DataParallelOracle(SimulatedOracle):
         self.iterations += 1
 
 
-@pytest.mark.parametrize("mixer", [mixers.ama_r(1.0), mixers.ama_s(1.0, 0.2)], ids=["r", "s"])
+@pytest.mark.parametrize(
+    "mixer",
+    [mixers.ama_r(1.0), mixers.ama_s(1.0, 0.2), mixers.doremi(1.0, 1e-3, reference="specialists")],
+    ids=["r", "s", "doremi"],
+)
 def test_two_ranks_sharing_one_global_batch_equal_one_rank(mixer):
     """shard=(rank, 2) with batch B per rank trains what one rank does with 2B: the same
-    global batch, the same mixer updates, gradients equal up to summation order."""
+    global batch, the same mixer updates, gradients equal up to summation order.  For
+    DoReMi that includes the final model's length (as many examples as the proxy drew)."""
     import threading
 
     problem = make_problem("quadratic", sizes=(60, 20, 20), dim=4)
@@ -556,10 +561,36 @@ def test_two_ranks_sharing_one_global_batch_equal_one_rank(mixer):
     [t.start() for t in threads]
     [t.join() for t in threads]
     for result in results:
+        assert result.steps == whole.steps
         np.testing.assert_allclose(result.weights, whole.weights, rtol=1e-10, atol=1e-12)
         np.testing.assert_array_equal(result.task_examples, whole.task_examples)
         np.testing.assert_allclose(result.task_scores, whole.task_scores, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(thetas[0], thetas[1])  # every rank holds the same model
+
+
+def test_aioli_steps_after_the_last_round_record_that_rounds_gains():
+    """A horizon that rounds do not divide: the leftover steps train on the last round's
+    mixture and record its gains (not the empty rows they start as)."""
+    from amasim import lmo
+
+    problem = make_problem("quadratic", sizes=(40, 40), dim=3)
+    mixer = lmo.aioli(0.5, sweeps=2, epsilon=0.75, ema=0.5, normalise=True)
+    result = run(
+        mixer,
+        SimulatedOracle(problem),
+        steps=105,
+        learning_rate=0.1,
+        rounds=10,
+        record_every=1,
+        batch_size=4,
+    )
+    assert np.any(result.scores[99] != 0)
+    np.testing.assert_array_equal(
+        result.scores[100:], np.broadcast_to(result.scores[99], (5, 1, 2))
+    )
+    np.testing.assert_array_equal(
+        result.weights[100:], np.broadcast_to(result.weights[99], (5, 1, 2))
+    )
 
 
 def test_sharding_needs_a_reduce_and_array_data():
