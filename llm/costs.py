@@ -83,6 +83,7 @@ class ModelShape:
     linear_io: int  # Σ (d_in + d_out) over one block's linear layers
     root: int  # parameters outside the blocks (embeddings, final norm, head)
     block: int  # parameters of the largest block
+    last: int = 0  # weight size of the last matmul a block runs (not recomputed; see below)
 
     @classmethod
     def of(cls, model: nn.Module, head: nn.Module, heads: int) -> ModelShape:
@@ -90,9 +91,11 @@ class ModelShape:
         blocks = list(model.blocks())
         unique = {id(p): p for p in model.parameters()}
         in_blocks = {id(p) for b in blocks for p in b.parameters()}
-        matmul = io = 0
+        matmul = io = last = 0
         for i, block in enumerate(blocks):
             for name, module in block.named_modules():
+                if _is_matmul(module) and i == 0:
+                    last = module.weight.numel()  # registration order = execution order
                 if _is_matmul(module) and ".lora_" not in f".{name}":
                     matmul += module.weight.numel()  # a LoRA layer's base_layer included
                     if i == 0:
@@ -113,6 +116,7 @@ class ModelShape:
             linear_io=io,
             root=sum(p.numel() for k, p in unique.items() if k not in in_blocks),
             block=max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0),
+            last=last,
         )
 
 
@@ -164,12 +168,19 @@ def train_flops(
     matmul is 2× its forward (input and weight gradients), of a frozen one 1× (input only);
     attention's 2×; the head recomputes its logits, then its input's gradient and, when it
     trains, its weight's (2 + 2 + 2 per scored token and V·d); activation checkpointing runs
-    the blocks' forward again."""
+    the blocks' forward again up to the last tensor the backward needs: torch's non-reentrant
+    checkpoint stops early (``torch.utils.checkpoint.set_checkpoint_early_stop``), so each
+    block's last matmul (``shape.last``: the MLP's output projection, or with LoRA there
+    its ``lora_B``, which runs after the base weight) is not run again.  With a frozen base
+    the first block's input projections need no input gradient either (nothing below them
+    trains); they are counted, so the count is an upper bound by 2·(their weights)·tokens,
+    1/L of the input projections' backward at depth L."""
     d, layers = shape.width, shape.layers
     backward = (4 if base_trains else 2) * shape.matmul * t.computed
     backward += 4 * shape.adapter * t.computed + 8 * layers * d * t.square
     backward += (6 if base_trains else 4) * shape.vocab * d * t.scored
     again = forward_flops(shape, Tokens(computed=t.computed, square=t.square))
+    again -= 2 * layers * shape.last * t.computed
     return forward_flops(shape, t) + backward + (again if checkpointing else 0)
 
 
