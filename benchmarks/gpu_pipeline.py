@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a so
 
 from llm.config import Config, load_config
 from llm.gpus import DEFAULT_GPU, match
+from llm.integrity import write_text_atomic
 from llm.pipeline import run_pipeline
 from llm.plan import make_plan
 from llm.synth import write_suite
@@ -86,40 +87,45 @@ def main() -> None:
     found = match(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     plan = make_plan(cfg, source="gpu-small (short)", gpu_name=found.name if found else DEFAULT_GPU)
     print(plan.table(), flush=True)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    tick = time.perf_counter()
-    results = run_pipeline(cfg, progress=False)
-    measured = time.perf_counter() - tick
-    rows = {s.method: s.seconds for s in plan.stages if s.role == "generalist"}
     record = {
         "config": "gpu-small (short)" if not args.smoke else "tiny-cpu (short)",
         "device": cfg.run.device,
         "gpu": plan.gpu.name,
         "mfu": plan.mfu,
         "predicted_s": plan.time_s,
+        "measured_s": None,
+        "generalists": None,
+        "predicted_peak_disk_bytes": plan.disk["peak"],
+        "predicted_final_disk_bytes": plan.disk["final"],
+        "measured_final_disk_bytes": None,
+        "predicted_memory_bytes": plan.memory["total"],
+        "max_memory_allocated": None,
+        "max_memory_reserved": None,
+        "worst_task_excess": None,
+    }
+    write_text_atomic(args.out, json.dumps(record, indent=2), kind="report")  # a timeout keeps it
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    tick = time.perf_counter()
+    results = run_pipeline(cfg, progress=False)
+    measured = time.perf_counter() - tick
+    rows = {s.method: s.seconds for s in plan.stages if s.role == "generalist"}
+    record |= {
         "measured_s": measured,
         "generalists": {
             method: {"predicted_s": rows[method], "measured_s": runs[0]["seconds"]}
             for method, runs in results["runs"].items()
             if method in rows
         },
-        "predicted_peak_disk_bytes": plan.disk["peak"],
-        "predicted_final_disk_bytes": plan.disk["final"],
         "measured_final_disk_bytes": _disk(args.work / "out"),
-        "predicted_memory_bytes": plan.memory["total"],
-        "max_memory_allocated": torch.cuda.max_memory_allocated()
-        if torch.cuda.is_available()
-        else None,
-        "max_memory_reserved": torch.cuda.max_memory_reserved()
-        if torch.cuda.is_available()
-        else None,
         "worst_task_excess": {
             m: runs[0]["worst_task_excess"] for m, runs in results["runs"].items()
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    if torch.cuda.is_available():
+        record["max_memory_allocated"] = torch.cuda.max_memory_allocated()
+        record["max_memory_reserved"] = torch.cuda.max_memory_reserved()
+    write_text_atomic(args.out, json.dumps(record, indent=2), kind="report")
     print(
         f"gpu-small (short): predicted {plan.time_s:.0f} s on {plan.gpu.name} at "
         f"{plan.mfu:.0%} MFU, measured {measured:.0f} s"

@@ -56,6 +56,7 @@ from amasim.scores import example_scores, task_means
 from llm.costs import ModelShape, PairCosts, Tokens, train_flops
 from llm.data import TokenizedPairs
 from llm.gpus import peak_flops
+from llm.integrity import write_text_atomic
 from llm.memory import activation_bytes, state_bytes
 from llm.model import GPT, GPTConfig
 from llm.oracle import DPOOracle, TaskData, dpo_settings, numerics, pair_losses, reference_logps
@@ -283,9 +284,9 @@ def _record(args, device: torch.device) -> dict:
 
 
 def _write(record: dict, out: Path | None) -> None:
-    if out is not None:
+    if out is not None:  # atomic: a stage killed mid-write keeps the rows written before
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2))
+        write_text_atomic(out, json.dumps(record, indent=2), kind="report")
 
 
 def _parse() -> argparse.Namespace:

@@ -92,3 +92,23 @@ def test_the_stage_caps_fit_one_lent_command():
     }
     assert set(caps) == set(gpu_report.STAGES)
     assert sum(caps.values()) + 10 * len(caps) <= LIMIT_S  # 10 s to kill each stage
+
+
+def test_a_pipeline_stopped_mid_run_keeps_the_plans_predictions(tmp_path, monkeypatch):
+    """The pipeline stage writes the plan's numbers before it trains: a run cut off by its
+    cap (here: the pipeline raises) leaves them in the fragment, the measured ones null."""
+    import gpu_pipeline  # benchmarks/gpu_pipeline.py
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt("the stage's cap")
+
+    monkeypatch.setattr(gpu_pipeline, "run_pipeline", stopped)
+    out = tmp_path / "pipeline.json"
+    argv = ["gpu_pipeline.py", "--smoke", "--work", str(tmp_path / "run"), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_pipeline.main()
+    result = gpu_report.stage_result("pipeline", out)
+    assert tuple(result) == gpu_report.SCHEMA["pipeline"]
+    assert result["predicted_s"] > 0 and result["predicted_peak_disk_bytes"] > 0
+    assert result["measured_s"] is None and result["worst_task_excess"] is None
