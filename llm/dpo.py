@@ -346,7 +346,7 @@ def dpo_metric_sums(
         out.losses,
     )
     sums = torch.stack([t.detach().double().sum() for t in columns])
-    return torch.cat([sums, sums.new_tensor([float(out.losses.numel())])])
+    return torch.cat([sums, sums.new_full((1,), out.losses.numel())])
 
 
 def metrics_from_sums(sums: Any, names: Sequence[str] = METRIC_NAMES) -> dict[str, float]:

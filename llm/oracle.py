@@ -233,6 +233,12 @@ def held_out_metrics(
     return row
 
 
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` on ``device`` without a stream synchronisation: a blocking host-to-device
+    copy waits for the stream, and the step reads the device once (for the losses)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
+
+
 def _checked(
     tasks: Sequence[TaskData],
     precision: Precision | None,
@@ -458,7 +464,7 @@ class DPOOracle(MixtureRoundsFromSteps):
         ``measure`` their metric sums are added to the step's (no copy to the host)."""
         batch = self._packed(index)
         chosen, rejected = packed_logps(self.policy, batch, self.precision, average=self._average)
-        ref = self._ref_device[torch.from_numpy(np.asarray(index)).to(self.device)]
+        ref = self._ref_device[_to_device(index, self.device)]
         out = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], **self.dpo)
         if measure:
             self.tokens_seen += batch.tokens
@@ -545,7 +551,7 @@ class DPOOracle(MixtureRoundsFromSteps):
             for lo in range(0, where.size, size):
                 chunk = where[lo : lo + size]
                 losses = self._forward(index[chunk])
-                values[torch.from_numpy(chunk).to(self.device)] = losses.detach()
+                values[_to_device(chunk, self.device)] = losses.detach()
                 losses.sum().backward()  # accumulates this task's chunks in .grad
             grads[int(task)] = [p.grad for p in params]
             for p in params:  # park G_i; the next task starts from empty gradients
@@ -555,7 +561,7 @@ class DPOOracle(MixtureRoundsFromSteps):
     def step(self, batch: Batch, loss_weights: np.ndarray, learning_rate: float) -> None:
         if self._pending is None or self._pending[0] is not batch:
             self.losses(batch)
-        weights = torch.as_tensor(loss_weights[0], dtype=torch.float32, device=self.device)
+        weights = _to_device(np.asarray(loss_weights[0], dtype=np.float32), self.device)
         _, pending = self._pending
         self._pending = None
         if isinstance(pending, torch.Tensor):

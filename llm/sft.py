@@ -71,6 +71,6 @@ class SFTOracle(DPOOracle):
         losses = -packed_sequence_logps(self.policy, batch, self.precision, average=True)
         if measure:
             self.tokens_seen += batch.tokens
-            sums = torch.stack([losses.detach().double().sum(), losses.new_tensor(len(losses))])
+            sums = torch.stack([losses.detach().double().sum(), losses.new_full((), len(losses))])
             self._metric_sums = sums if self._metric_sums is None else self._metric_sums + sums
         return losses
