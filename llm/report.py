@@ -284,10 +284,21 @@ def claim_records(
     return out
 
 
-STATISTICS = (
+_PAIRED_TEST = (
     "paired t over the seeds both methods ran (df = n − 1), two-sided; 'at least as good' "
-    "against the metric's margin (H0: advantage = −margin); Holm over every claim × verdict "
-    "metric of the run; the item bootstrap's variance added when runs carry per-item values"
+    "against the metric's margin (H0: advantage = −margin)"
+)
+_BOOTSTRAP = "the item bootstrap's variance added when runs carry per-item values"
+
+#: how one run's verdicts are drawn (:func:`summarize`)
+STATISTICS = f"{_PAIRED_TEST}; Holm over every claim × verdict metric of the run; {_BOOTSTRAP}"
+
+#: how a study's verdicts over instances are drawn (:func:`claims_over_instances`)
+STUDY_STATISTICS = (
+    f"per instance: {_PAIRED_TEST}; {_BOOTSTRAP}; Holm over every claim × verdict metric × "
+    "instance; per claim and metric: counts over instances and a two-sided sign test over the "
+    "instance estimates, Holm over the claim × metric rows; estimate = mean instance "
+    "advantage, interval = Student t over instances (df = instances − 1)"
 )
 
 
@@ -328,7 +339,7 @@ def claims_over_instances(
     summaries = over_instances(list(stated.values()), grouped)
     for summary in summaries:
         summary["records"] = grouped[summary["claim"]]
-    return {"instances": list(instances), "rule": STATISTICS, "claims": summaries}
+    return {"instances": list(instances), "rule": STUDY_STATISTICS, "claims": summaries}
 
 
 def readme_blocks(results_dir: str | Path, name: str = "small_cpu") -> dict[str, str]:

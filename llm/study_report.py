@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llm.report import STATISTICS, verdict_table, write_results
+from llm.report import STUDY_STATISTICS, verdict_table, write_results
 
 __all__ = [
     "study_markdown",
@@ -144,7 +144,7 @@ def study_markdown(study: dict[str, Any]) -> str:
     text += (
         f"{len(study['instances'])} instances ({', '.join(study['instances'])}), each its own "
         "data, reference and specialists; every method at its tuned setting.  "
-        f"{STATISTICS[0].upper()}{STATISTICS[1:]}.\n\n"
+        f"{STUDY_STATISTICS[0].upper()}{STUDY_STATISTICS[1:]}.\n\n"
     )
     for kind, title in (("per_instance", "tuned"), ("theory", "theorem-tuned")):
         table = methods_table(study.get(kind) or {})
@@ -193,7 +193,7 @@ def readme_study_blocks(results_dir: str | Path) -> dict[str, str]:
     head = (
         f"{len(study['instances'])} instances, each its own data, reference and specialists; "
         "every method at the setting its validation score selected.  "
-        f"{STATISTICS[0].upper()}{STATISTICS[1:]}.  {design_note(claims)}"
+        f"{STUDY_STATISTICS[0].upper()}{STUDY_STATISTICS[1:]}.  {design_note(claims)}"
     )
     methods = methods_table(study["per_instance"])
     theory = methods_table(study.get("theory") or {})
