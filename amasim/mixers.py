@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from amasim.scores import check_score
-from amasim.validate import check_count, check_object, check_seed
+from amasim.validate import check_count, check_object, check_seeds
 
 __all__ = [
     "Mixer",
@@ -220,19 +220,9 @@ def replicate_shape(num_tasks: int, seed: int | Sequence[int]) -> tuple[int, ...
         raise TypeError(f"num_tasks must be an int, got {type(num_tasks).__name__}")
     if num_tasks < 1:
         raise ValueError(f"num_tasks={num_tasks} must be >= 1 (one weight per task)")
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        check_seed(seed)
-        return ()
-    if isinstance(seed, (str, bytes)) or not hasattr(seed, "__iter__"):
-        raise TypeError(f"seed={seed!r}: pass an int, or one int per replicate")
-    seeds = list(seed)
-    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
-        raise TypeError(f"seed={seeds!r}: pass an int, or one int per replicate")
-    if not seeds:
-        raise ValueError("seed=[] is empty: pass an int, or one int per replicate")
-    for s in seeds:
-        check_seed(s)
-    return (len(seeds),)
+    seeds = check_seeds(seed)
+    is_int = isinstance(seed, (int, np.integer))  # one replicate, no replicate axis
+    return () if is_int else (len(seeds),)
 
 
 def check_scores(

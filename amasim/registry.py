@@ -457,8 +457,8 @@ def build(
     kind = (signal or describe(name, k).signal).kind
     constants = constants or _constants_of(policy)
     step_size, smoothing = policy(steps, k, kind, method=name, constants=constants)
-    hyper = Hyper(step_size, smoothing, tuple(int(s) for s in sizes), target_weights)
-    return method.factory(hyper._replace(bound=constants.bound))
+    sizes = tuple(int(s) for s in sizes)
+    return method.factory(Hyper(step_size, smoothing, sizes, target_weights, constants.bound))
 
 
 def _constants_of(policy: Any) -> Constants:

@@ -122,7 +122,6 @@ def _learning_rate(value: Any) -> float:
 
 def _seeds(seeds: Any, oracle: Any) -> tuple[int, ...]:
     out = check_seeds(seeds)
-    prng.replicate_keys(out)
     if len(set(out)) != len(out):
         raise ValueError(
             f"seeds={list(out)} repeats a seed: replicates with the same seed are the same "

@@ -115,9 +115,12 @@ def check_object(value: Any, kind: type, name: str, hint: str) -> Any:
 
 
 def check_seeds(seeds: Any) -> tuple[int, ...]:
-    """``seeds`` (an int, or one int per replicate) as a tuple of ints >= 0."""
+    """``seeds`` (an int, or one int per replicate) as a non-empty tuple of ints >= 0."""
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
         return (check_seed(seeds),)
     if isinstance(seeds, str | bytes) or not hasattr(seeds, "__iter__"):
         raise TypeError(f"seed={seeds!r}: pass an int, or one int per replicate")
-    return tuple(check_seed(s) for s in seeds)
+    out = tuple(check_seed(s) for s in seeds)
+    if not out:
+        raise ValueError("seeds is empty: pass an int, or one int per replicate")
+    return out

@@ -64,6 +64,8 @@ TUNING_INSTANCE = 1000
 #: settings every tuned method tries: its mixer step η over a 100-fold range, or for the two
 #: tuned parameters of AMA-S (η, exploration c) and AMA-S-IX (η, γ) three η × two values
 GRID_SIZE = 6
+#: the training seeds each grid point runs on (the first of ``[run] seeds``)
+TUNING_SEEDS = 2
 _STEPS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 _STEPS_2D, _SMOOTHING_2D = (0.1, 1.0, 10.0), (0.02, 0.2)
 
@@ -243,7 +245,7 @@ def run_study(
     from llm.study_report import write_study
 
     out, started = Path(out), time.perf_counter()
-    tuning = tune(cfg, out, cfg.run.seeds[:2], progress and workers == 1, workers)
+    tuning = tune(cfg, out, cfg.run.seeds[:TUNING_SEEDS], progress and workers == 1, workers)
     after = [specialist_cost_of if cost_study and n == 0 else None for n in range(instances)]
     calls = [(cfg, n, out, tuning, progress and workers == 1, after[n]) for n in range(instances)]
     done = dict(enumerate(_in_parallel(evaluate_instance, calls, workers)))
@@ -265,7 +267,7 @@ def run_study(
 def _budgets(cfg: Config, tuning: dict[str, Any], done: dict[int, dict]) -> dict[str, Any]:
     """Per method: examples per run (its own steps, then what it spends beside them —
     DoReMi's proxy and reference), and the tuning grid's examples."""
-    tuning_seeds = min(2, len(cfg.run.seeds))
+    tuning_seeds = len(cfg.run.seeds[:TUNING_SEEDS])
     out = {}
     for method in cfg.run.methods:
         runs = [r for d in done.values() for r in d["tuned"]["runs"].get(method, [])]

@@ -1,8 +1,9 @@
 """The AutoMixAlign paper's claims, measured on convex instances at equal example budget.
 
 Every method gets the same number of examples (= gradient evaluations): a reweighting
-method takes budget/(k·B) steps, a resampling one budget/B.  Step sizes follow the
-theory's 1/√T tuning for each method's own horizon (:class:`amasim.studies.Tuning`).  The metric
+method takes budget/(k·B) steps, a resampling one budget/B.  Step sizes follow
+:class:`amasim.studies.Tuning` at each method's own horizon: a theorem's step sizes where one
+covers the method, 1/√T otherwise.  The metric
 is the worst-task clipped excess loss max_i E_i(θ̄) of the averaged iterate, mean ± std
 over seeds, next to the exact optimum.  The verdicts are the rows of
 :data:`amasim.studies.CLAIMS` whose methods ran here (the ``mixing`` claims but the merges),
@@ -83,12 +84,12 @@ def measure_claims(
         "optimum": optimum.value,
         "optimum_duality_gap": optimum.duality_gap,
         "rows": rows,
-        "verdicts": _verdicts(problem, rows, k),
+        "verdicts": _verdicts(problem, rows),
         "facts": _facts(rows, k),
     }
 
 
-def _verdicts(problem: str, rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
+def _verdicts(problem: str, rows: dict[str, Any]) -> list[dict[str, Any]]:
     """The mixing claims whose methods ran, decided over this table."""
     mixing = [c for c in CLAIMS if c.suite == "mixing"]
     records = [claim_record(c, rows, (), setting=problem) for c in mixing]

@@ -250,7 +250,7 @@ class AMADPOTrainer(DPOTrainer):
         if mixer.apply not in APPLY_MODES:
             raise ValueError(
                 f"mixer {mixer.name!r} has apply={mixer.apply!r}: AMADPOTrainer "
-                "drives 'reweight' and 'resample' mixers"
+                f"drives mixers whose apply is one of {APPLY_MODES}"
             )
         check_score(mixer.score)
 
