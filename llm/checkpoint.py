@@ -67,6 +67,7 @@ from llm.integrity import (
 
 __all__ = [
     "NonFiniteStateError",
+    "refused_state",
     "OWNER_KEY",
     "save_atomic",
     "load",
@@ -87,6 +88,17 @@ OWNER_KEY = "__owner__"
 class NonFiniteStateError(NonFiniteError):
     """A state to be saved holds a NaN or an infinity (the model diverged): nothing was
     written.  A ``FloatingPointError``, so a training loop treats it as divergence."""
+
+
+def refused_state(step: Any, key: str, problem: str, last_good: str) -> NonFiniteStateError:
+    """The error of a training checkpoint refused at ``step``: which value, and what is left
+    on disk (``last_good``)."""
+    return NonFiniteStateError(
+        f"the state at step {step} holds a non-finite value: {key} holds {problem}; it was "
+        f"not saved. {last_good}",
+        key,
+        problem,
+    )
 
 
 def _rebuild_hint(path: Path) -> str:
@@ -143,6 +155,7 @@ def save_atomic(
             f"refusing to save the {kind} {path}: {key} holds {problem}; the files on disk "
             "are unchanged",
             key,
+            problem,
         )
     _not_a_folder(Path(label or path), kind)
     payload = state if owner is None else {**state, OWNER_KEY: canonical_owner(owner)}
@@ -354,23 +367,17 @@ class CheckpointFile:
     def save(self, state: dict[str, Any]) -> None:
         step = state.get("step")
         meta = {"step": step} if isinstance(step, int) else {}
-        bad = first_non_finite(state, nan_allowed=self.nan_allowed)
-        if bad is not None:
-            key, problem = bad
-            raise NonFiniteStateError(
-                f"the state at step {step} holds a non-finite value: {key} holds {problem}; "
-                f"it was not saved. {self.last_good()}",
-                key,
+        try:  # the newest file is named in messages: the pending one is an implementation detail
+            save_atomic(
+                state,
+                self.pending,
+                meta=meta,
+                owner=self.owner,
+                label=self.path,
+                nan_allowed=self.nan_allowed,
             )
-        # the newest file is named in messages: the pending one is an implementation detail
-        save_atomic(
-            state,
-            self.pending,
-            meta=meta,
-            owner=self.owner,
-            label=self.path,
-            nan_allowed=self.nan_allowed,
-        )
+        except NonFiniteStateError as err:  # the one scan of the state, with this file's hint
+            raise refused_state(step, err.key, err.problem, self.last_good()) from None
         # Two renames; a crash between them leaves the new state at ``pending`` (load()
         # takes it first) and the old one at ``previous``: never fewer than one good file.
         try:

@@ -47,7 +47,7 @@ from llm.gpus import peak_flops
 from llm.lock import RunLock
 from llm.oracle import DPOOracle, TaskData, dpo_settings, numerics
 from llm.packing import Layout
-from llm.parallel import ParallelDims, join, torchrun_rank
+from llm.parallel import ParallelDims, is_sharded, join, torchrun_rank, wrap_numerics
 from llm.precision import Precision
 from llm.preflight import preflight
 from llm.train import MetricsLog
@@ -119,8 +119,6 @@ class DPOOracleFactory:
     layout: Layout
     dpo: dict
     pad_id: int
-
-    oracle_class = DPOOracle  # what the config's capability check reads
 
     def __call__(self, model, tasks, *, eval_tasks, role, section) -> DPOOracle:
         spec = self.cfg.model.lora
@@ -226,9 +224,13 @@ class RunContext:
     def shard(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` laid out for training on the ranks: FSDP shards (bfloat16 gathers under
         a bfloat16 policy) or a DDP wrapper under ``torchrun``, else itself."""
-        if self.parallel.mode == "fsdp":
-            return self.parallel.wrap(model, bf16=self.precision.dtype == torch.bfloat16)
-        return self.parallel.wrap(model)
+        return self.parallel.wrap(model, bf16=self.precision.dtype == torch.bfloat16)
+
+    def trained_numerics(self, model: torch.nn.Module) -> dict[str, Any]:
+        """:meth:`numerics` of ``model`` once :meth:`shard` has laid it out (FSDP's
+        bfloat16 gathers included): the key of a cache filled by training it."""
+        bf16 = self.precision.dtype == torch.bfloat16
+        return self.numerics(model) | wrap_numerics(self.parallel.mode, bf16)
 
     @property
     def keep(self) -> str:
@@ -253,9 +255,7 @@ class RunContext:
         """``model`` wrapped to train as one rank of the group: itself when sharded (FSDP
         wrapped it in :meth:`scale`) or alone, else DDP (which averages the gradients of the
         parameters that require one when it wraps: select them first)."""
-        from llm.parallel import is_sharded
-
-        return model if is_sharded(model) else self.parallel.wrap(model)
+        return model if is_sharded(model) else self.shard(model)
 
 
 def _load_tokenizer(cfg: Config) -> tuple[torch.nn.Module | None, Any]:

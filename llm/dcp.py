@@ -63,8 +63,8 @@ import torch
 from llm.checkpoint import (
     RECORD_PLACEHOLDERS,
     CheckpointFile,
-    NonFiniteStateError,
     payload_bytes,
+    refused_state,
     unreadable,
 )
 from llm.integrity import (
@@ -174,10 +174,6 @@ def drop_checkpoints(path: str | Path, *, keep_newest: bool = False) -> list[Pat
 
 
 # --------------------------------------------------------------------------- collectives
-def _rank() -> int:
-    return rank() if is_distributed() else 0
-
-
 def _from_rank0(value: Any) -> Any:
     """Rank 0's ``value`` on every rank."""
     return broadcast_object(value, src=0)
@@ -336,14 +332,9 @@ class ShardedCheckpoint:
         bad = first_non_finite(local, nan_allowed=self.nan_allowed)
         found = next((b for b in _gather(bad) if b is not None), None)
         if found is not None:
-            key, problem = found
-            raise NonFiniteStateError(
-                f"the state at step {step} holds a non-finite value: {key} holds {problem}; "
-                f"it was not saved. {self.last_good()}",
-                key,
-            )
+            raise refused_state(step, *found, self.last_good())
         error = None
-        if _rank() == 0:
+        if rank() == 0:
             try:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 self.tmp.mkdir(parents=True)
@@ -369,7 +360,7 @@ class ShardedCheckpoint:
                 cause, self.path, "checkpoint", needed=payload_bytes(local), before=kept
             ) from err
         error = None
-        if _rank() == 0:
+        if rank() == 0:
             try:
                 self._seal(rest, sorted(tensors), step)
                 self._rotate()
@@ -461,9 +452,9 @@ class ShardedCheckpoint:
         (collective: every rank calls it), or None when there is none."""
         if not self.resume:
             return None
-        if _rank() == 0:  # resuming: no save runs now, so a killed save's leftovers go
+        if rank() == 0:  # resuming: no save runs now, so a killed save's leftovers go
             shutil.rmtree(self.tmp, ignore_errors=True)
-        choice = self._choose() if _rank() == 0 else None
+        choice = self._choose() if rank() == 0 else None
         chosen, skipped, refusal = _from_rank0(choice)
         chosen = self._found(chosen and Path(chosen), skipped, refusal)
         if chosen is None:

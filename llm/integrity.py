@@ -117,11 +117,12 @@ class IntegrityWarning(UserWarning):
 
 
 class NonFiniteError(FloatingPointError):
-    """A NaN or an infinity where only finite numbers may be; ``key`` names where."""
+    """A NaN or an infinity where only finite numbers may be; ``key`` names where,
+    ``problem`` what (e.g. "nan")."""
 
-    def __init__(self, message: str, key: str = "") -> None:
+    def __init__(self, message: str, key: str = "", problem: str = "") -> None:
         super().__init__(message)
-        self.key = key
+        self.key, self.problem = key, problem
 
 
 # ----------------------------------------------------------------------------- writing

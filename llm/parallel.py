@@ -22,7 +22,8 @@ the ranks must agree on.
 Every rank trains on its block of one global batch (:class:`amasim.driver.Mixing` with
 ``shard=(rank, world)``), so ranks apply the same mixer update and end with the same
 model; the averaged gradient is that of the global batch.  What the ranks must decide
-together (a non-finite loss on one rank's block) goes through :func:`any_rank`.
+together (a non-finite loss on one rank's block) travels in the step's one all-reduce of
+the losses' flags and metric sums (:meth:`llm.oracle.DPOOracle.losses`).
 
 The numbers of a sharded fp32 model are those of the plain model (the gathered weights
 are the same tensors); a bfloat16 policy changes them, so :func:`numerics_of` names it for
@@ -68,7 +69,7 @@ __all__ = [
     "is_sharded",
     "shard_of",
     "numerics_of",
-    "any_rank",
+    "wrap_numerics",
     "full_state",
     "load_full_state",
 ]
@@ -113,11 +114,6 @@ class ParallelDims:
     def replicated(self) -> bool:
         """Several ranks each holding the whole model (DDP): each writes its own files."""
         return self.mode != "fsdp" and self.world > 1
-
-    @property
-    def reduce(self):
-        """The per-task score reduction of a data-parallel run (None for one rank)."""
-        return reduce_task_scores if self.world > 1 else None
 
     def wrap(self, model: nn.Module, *, bf16: bool = False) -> nn.Module:
         """``model`` as this layout trains it (:func:`wrap`)."""
@@ -284,9 +280,14 @@ def wrap(model: nn.Module, parallel: str, group: ParallelDims, *, bf16: bool = F
     # load would be lost at the next reshard): shard the root first.
     model.register_state_dict_pre_hook(_reshard_root)
     model.register_load_state_dict_pre_hook(_reshard_root)
-    if bf16:
-        _NUMERICS[model] = {"param_dtype": "bfloat16"}
+    _NUMERICS[model] = wrap_numerics(parallel, bf16)
     return model
+
+
+def wrap_numerics(parallel: str, bf16: bool) -> dict[str, str]:
+    """What :func:`wrap` with these arguments changes in a model's numbers (the part of
+    :func:`numerics_of` known before wrapping: a cache key of what a model *will* train as)."""
+    return {"param_dtype": "bfloat16"} if parallel == "fsdp" and bf16 else {}
 
 
 def _reshard_root(module: nn.Module, *args: Any) -> None:
@@ -313,19 +314,6 @@ def numerics_of(model: nn.Module) -> dict[str, str]:
     """What the wrapping changes in ``model``'s numbers: ``{"param_dtype": "bfloat16"}``
     for FSDP's bfloat16 policy, else ``{}`` (a sharded fp32 model computes as the plain one)."""
     return dict(_NUMERICS.get(model, {}))
-
-
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """Whether ``flag`` holds on any rank (an all-reduce; ``flag`` itself in one process),
-    so every rank takes the same branch — one rank raising alone would leave the others
-    waiting in a collective forever."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return bool(flag)
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
 
 
 def full_state(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -259,6 +259,26 @@ def test_fresh_sft_leaves_no_gradients_and_the_global_rng_alone(data_dir, tmp_pa
         assert torch.equal(a, b), name
 
 
+def test_the_sft_cache_key_names_how_the_sft_will_train(data_dir, tmp_path):
+    """The reference SFT's owner is written before its model is laid out, so its numerics
+    must already be those of the sharded model (FSDP's bfloat16 gathers): otherwise a
+    reference trained without FSDP would be read by an FSDP-bf16 run in the same folder."""
+    from llm.context import open_run
+    from llm.stages.reference import initial_model, reference
+    from llm.stages.tasks import load_tasks
+
+    made = {}
+    for parallel in ("none", "fsdp"):
+        run = {"parallel": parallel, "dtype": "bfloat16"}
+        cfg = load_config(config_file(tmp_path, data_dir, run=run))
+        with open_run(cfg, progress=False) as ctx:
+            model = initial_model(ctx)
+            assert ctx.trained_numerics(model) == ctx.numerics(ctx.shard(model))
+            reference(ctx, load_tasks(ctx))
+            made[parallel] = {p.name for p in ctx.folders.models.glob("reference-*.pt")}
+    assert len(made["fsdp"] - made["none"]) == 1  # its own reference, not the first run's
+
+
 def test_merging_the_specialists_is_a_method(first_run, data_dir, tmp_path):
     """merge-* methods merge the cached specialists (base: the reference) and evaluate them."""
     methods = ["merge-linear", "merge-task-arithmetic", "merge-dare-ties"]

@@ -30,7 +30,9 @@ def merged_state(
 ) -> dict[str, torch.Tensor]:
     """The state dict of merge ``method`` of the specialists (module docstring)."""
     base = full_state(ref.state)  # FSDP: gathered (every rank)
-    states = [read_checkpoint(s.checkpoint)["oracle"]["policy"] for s in specs.values()]
+    states = [
+        read_checkpoint(s.checkpoint, owner=s.key)["oracle"]["policy"] for s in specs.values()
+    ]  # only this run's specialists
     options = {"seed": seed} if depends_on_seed(method) else {}
     weights = [1.0 / len(specs)] * len(specs)
     if lora.has_adapters(ref.model):

@@ -72,7 +72,7 @@ def sft_weights(ctx: RunContext, tasks: dict[str, Task]) -> dict[str, torch.Tens
         {"model": ctx.cfg.model, "sft": ctx.cfg.sft},
         init=fingerprint(init),
         data={name: t.train.fingerprint for name, t in tasks.items()},
-        numerics=ctx.numerics(init),  # device, dtype, layout, CPU threads
+        numerics=ctx.trained_numerics(init),  # device, dtype, FSDP casts, layout, threads
         sft_version=_SFT_VERSION,
     )
     key = cache_key(owner)
